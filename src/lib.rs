@@ -1,0 +1,4 @@
+//! scuttlefs: Secure Scuttlebutt feeds, replicated between machines and mounted as a filesystem.
+#![warn(missing_docs)]
+
+pub mod feed;

@@ -2,3 +2,5 @@
 #![warn(missing_docs)]
 
 pub mod feed;
+pub mod store;
+pub mod view;

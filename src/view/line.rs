@@ -1,0 +1,255 @@
+//! How a log message becomes one line of text.
+//!
+//! ```text
+//! 2026-11-25T10:41:31.123Z laptop source=laptop destination=nas backup finished
+//! ```
+//!
+//! The timestamp is the author's claimed time in UTC with milliseconds, then
+//! the machine's label, then every content field other than `type` and
+//! `text` as `key=value` (in the content's order), then the text. Control
+//! characters are escaped (`\n`, `\r`, `\t`, `\xHH`) so that one message is
+//! always one line. A value that is empty or holds spaces, quotes or `=` is
+//! printed as a JSON string; other values as compact JSON.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::feed::json::{js_key_order, to_js_compact};
+use crate::feed::{FeedId, Message};
+
+/// The content type that log views show.
+pub const LOG_TYPE: &str = "log";
+
+/// Content field marking a message whose line continues in the feed's next
+/// message. A line too long for one message is split this way.
+pub const MORE_FIELD: &str = "more";
+
+/// Whether `msg` shows in log views at all.
+pub fn is_log(msg: &Message) -> bool {
+    msg.content_type() == Some(LOG_TYPE)
+}
+
+/// Whether `msg` is a part of a line that its feed's next message continues.
+pub fn continues(msg: &Message) -> bool {
+    is_log(msg) && msg.content().get(MORE_FIELD) == Some(&Value::Bool(true))
+}
+
+/// The `text` field of a log message, or the empty string.
+pub fn text_of(msg: &Message) -> &str {
+    msg.content().get("text").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Renders a complete log line, newline included. `text` is the whole text,
+/// which for a split line is the concatenation of all its parts.
+pub fn render(label: &str, msg: &Message, text: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(64 + text.len());
+    out.push_str(&format_timestamp(msg.timestamp));
+    out.push(' ');
+    out.push_str(label);
+    if let Some(map) = msg.content().as_object() {
+        for (key, value) in js_key_order(map) {
+            if key == "type" || key == "text" || key == MORE_FIELD {
+                continue;
+            }
+            out.push(' ');
+            escape_into(&mut out, key);
+            out.push('=');
+            match value {
+                Value::String(s) if !needs_quotes(s) => escape_into(&mut out, s),
+                other => escape_into(&mut out, &to_js_compact(other)),
+            }
+        }
+    }
+    out.push(' ');
+    escape_into(&mut out, text);
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// `2026-11-25T10:41:31.123Z`, or the raw number for times chrono cannot show.
+pub fn format_timestamp(ms: f64) -> String {
+    let whole = ms.floor();
+    if whole.is_finite() && whole.abs() < 8.0e15 {
+        if let Some(t) = chrono::DateTime::from_timestamp_millis(whole as i64) {
+            return t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        }
+    }
+    format!("{ms}")
+}
+
+fn needs_quotes(s: &str) -> bool {
+    s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '"' || c == '=')
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// A feed's label: its self-given name made safe, or its id made safe.
+pub fn label(feed: &FeedId, names: &HashMap<FeedId, String>) -> String {
+    names
+        .get(feed)
+        .and_then(|name| safe_name(name))
+        .unwrap_or_else(|| feed.file_safe())
+}
+
+/// `name` as one path component and one whitespace-free word: `/`, control
+/// characters and white space become `_`. `None` when nothing usable is left.
+pub fn safe_name(name: &str) -> Option<String> {
+    let cleaned: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '/' || c.is_control() || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .take(64)
+        .collect();
+    match cleaned.as_str() {
+        "" | "." | ".." => None,
+        _ => Some(cleaned),
+    }
+}
+
+/// Turns the messages of every feed into log lines, rejoining split lines.
+///
+/// Holds the names it has seen and the unfinished parts of split lines, so
+/// messages must be fed in each feed's sequence order.
+#[derive(Default)]
+pub struct LineRenderer {
+    names: HashMap<FeedId, String>,
+    partial: HashMap<FeedId, (u64, String)>,
+}
+
+impl LineRenderer {
+    /// A renderer that knows these names.
+    pub fn new(names: HashMap<FeedId, String>) -> Self {
+        LineRenderer {
+            names,
+            partial: HashMap::new(),
+        }
+    }
+
+    /// The names it knows.
+    pub fn names(&self) -> &HashMap<FeedId, String> {
+        &self.names
+    }
+
+    /// The line `msg` completes, if any. `earlier` fetches an earlier message
+    /// of the same feed when a split line began before this renderer started.
+    pub fn render(
+        &mut self,
+        msg: &Message,
+        earlier: impl Fn(&FeedId, u64) -> Option<Message>,
+    ) -> Option<Vec<u8>> {
+        if let Some(name) = crate::store::self_given_name(msg) {
+            self.names.insert(msg.author, name.to_string());
+        }
+        if !is_log(msg) {
+            self.partial.remove(&msg.author);
+            return None;
+        }
+        let mut text = match self.partial.remove(&msg.author) {
+            Some((seq, text)) if seq + 1 == msg.sequence => text,
+            _ => self.parts_before(msg, &earlier),
+        };
+        text.push_str(text_of(msg));
+        if continues(msg) {
+            self.partial.insert(msg.author, (msg.sequence, text));
+            return None;
+        }
+        Some(render(&label(&msg.author, &self.names), msg, &text))
+    }
+
+    /// The text of the unfinished parts just before `msg`, read back from the
+    /// store.
+    fn parts_before(
+        &self,
+        msg: &Message,
+        earlier: &impl Fn(&FeedId, u64) -> Option<Message>,
+    ) -> String {
+        let mut parts = Vec::new();
+        let mut seq = msg.sequence;
+        while seq > 1 {
+            seq -= 1;
+            match earlier(&msg.author, seq) {
+                Some(prev) if continues(&prev) => parts.push(text_of(&prev).to_string()),
+                _ => break,
+            }
+        }
+        parts.reverse();
+        parts.concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Keypair;
+    use serde_json::json;
+
+    fn signed(content: Value) -> Message {
+        Message::sign(&Keypair::from_seed(&[7; 32]), None, 1_764_067_291_123.0, content)
+            .expect("signs")
+    }
+
+    #[test]
+    fn fields_come_before_the_text_and_control_characters_are_escaped() {
+        let msg = signed(json!({
+            "type": "log",
+            "source": "laptop",
+            "destination": "my nas",
+            "exit": 2,
+            "text": " backup\nfinished\tok \u{1b}[0m",
+        }));
+        let line = String::from_utf8(render("laptop", &msg, text_of(&msg))).expect("utf8");
+        assert_eq!(
+            line,
+            "2025-11-25T10:41:31.123Z laptop source=laptop destination=\"my nas\" exit=2  backup\\nfinished\\tok \\x1b[0m\n"
+        );
+    }
+
+    #[test]
+    fn names_are_made_safe() {
+        assert_eq!(safe_name("my laptop/home").as_deref(), Some("my_laptop_home"));
+        assert_eq!(safe_name(".."), None);
+        assert_eq!(safe_name("  "), None);
+    }
+
+    #[test]
+    fn split_lines_are_rejoined() {
+        let keys = Keypair::from_seed(&[9; 32]);
+        let first = Message::sign(&keys, None, 1.0, json!({"type":"log","text":"abc","more":true}))
+            .expect("signs");
+        let second =
+            Message::sign(&keys, Some(&first.tip()), 2.0, json!({"type":"log","text":"def"}))
+                .expect("signs");
+        let mut renderer = LineRenderer::default();
+        assert_eq!(renderer.render(&first, |_, _| None), None);
+        let line = renderer.render(&second, |_, _| None).expect("a line");
+        assert!(String::from_utf8_lossy(&line).ends_with(" abcdef\n"));
+
+        // A fresh renderer finds the first part through the store.
+        let mut fresh = LineRenderer::default();
+        let first_clone = first.clone();
+        let line = fresh
+            .render(&second, move |_, seq| (seq == 1).then(|| first_clone.clone()))
+            .expect("a line");
+        assert!(String::from_utf8_lossy(&line).ends_with(" abcdef\n"));
+    }
+}

@@ -1,0 +1,360 @@
+//! What the filesystem shows, independent of FUSE.
+//!
+//! Rendered log lines are appended to a line file (a cache, rebuilt from
+//! the store's timestamp index at every start, so it begins in timestamp
+//! order). `merged.log` and each machine's `log` are indexes into that
+//! file, so a read is a few `pread`s of contiguous bytes.
+//!
+//! Invariants:
+//! - The line file holds every log line exactly once; its length is the
+//!   size of `merged.log`, which therefore never shrinks.
+//! - A line is in the file before any index points at it, so readers can
+//!   `pread` without holding the lock.
+
+pub mod line;
+pub mod merged;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::RwLock;
+
+use crate::feed::json::js_number;
+use crate::feed::FeedId;
+use crate::store::{RawMessage, Store, StoreError, Stored};
+use merged::{LineRef, MergedIndex};
+
+/// A feed's log lines in sequence order.
+#[derive(Default, Clone)]
+struct FeedLines {
+    /// Offsets of the lines in the line file.
+    pos: Vec<u64>,
+    /// Where each line ends in the feed's `log`.
+    ends: Vec<u64>,
+}
+
+impl FeedLines {
+    fn len(&self) -> u64 {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    fn push(&mut self, pos: u64, len: u32) {
+        let end = self.len() + u64::from(len);
+        self.pos.push(pos);
+        self.ends.push(end);
+    }
+}
+
+/// The cumulative line ends of a feed's `feed.jsonl`, built on first use.
+#[derive(Default, Clone)]
+struct JsonlIndex {
+    ends: Vec<u64>,
+}
+
+struct ViewState {
+    merged: MergedIndex,
+    file_len: u64,
+    feeds: HashMap<FeedId, FeedLines>,
+    jsonl: HashMap<FeedId, JsonlIndex>,
+}
+
+/// What one open handle of `merged.log` reads: the lines known at open in
+/// timestamp order, then every later line in arrival order.
+#[derive(Clone)]
+pub struct MergedSnapshot {
+    index: MergedIndex,
+}
+
+/// The filesystem's views of the store.
+pub struct Views {
+    file: File,
+    state: RwLock<ViewState>,
+}
+
+impl Views {
+    /// Rebuilds the line file at `line_file` from the store's timestamp
+    /// index and indexes it.
+    pub fn build(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(line_file)
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, &file);
+        let mut merged = MergedIndex::default();
+        let mut by_feed: HashMap<FeedId, Vec<(u64, u64, u32)>> = HashMap::new();
+        let mut pos = 0u64;
+        for entry in store.timestamp_index() {
+            let entry = entry?;
+            let len = entry.line.len() as u32;
+            writer
+                .write_all(&entry.line)
+                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            merged.insert(LineRef {
+                key: (entry.timestamp, entry.recv),
+                pos,
+                len,
+            });
+            by_feed
+                .entry(entry.author)
+                .or_default()
+                .push((entry.seq, pos, len));
+            pos += u64::from(len);
+        }
+        writer
+            .flush()
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        drop(writer);
+        let feeds = by_feed
+            .into_iter()
+            .map(|(feed, mut lines)| {
+                lines.sort_unstable_by_key(|(seq, _, _)| *seq);
+                let mut feed_lines = FeedLines::default();
+                for (_, pos, len) in lines {
+                    feed_lines.push(pos, len);
+                }
+                (feed, feed_lines)
+            })
+            .collect();
+        Ok(Views {
+            file,
+            state: RwLock::new(ViewState {
+                merged,
+                file_len: pos,
+                feeds,
+                jsonl: HashMap::new(),
+            }),
+        })
+    }
+
+    /// Adds newly stored messages to every view.
+    pub fn add(&self, stored: &[Stored]) -> io::Result<()> {
+        let mut state = self.write();
+        for entry in stored {
+            if let Some(jsonl) = state.jsonl.get_mut(&entry.msg.author) {
+                let end = jsonl.ends.last().copied().unwrap_or(0);
+                let len = kvt_line_len(&entry.msg.key, entry.msg.value_json().len(), entry.received_ms);
+                jsonl.ends.push(end + len);
+            }
+            let Some(line) = &entry.line else { continue };
+            let pos = state.file_len;
+            self.file.write_all_at(line, pos)?;
+            let len = line.len() as u32;
+            state.file_len += u64::from(len);
+            state.merged.insert(LineRef {
+                key: (
+                    crate::store::ordered_timestamp(entry.msg.timestamp),
+                    entry.recv,
+                ),
+                pos,
+                len,
+            });
+            state.feeds.entry(entry.msg.author).or_default().push(pos, len);
+        }
+        Ok(())
+    }
+
+    /// The size of `merged.log`.
+    pub fn merged_len(&self) -> u64 {
+        self.read().file_len
+    }
+
+    /// A snapshot for a newly opened `merged.log` handle.
+    pub fn merged_snapshot(&self) -> MergedSnapshot {
+        MergedSnapshot {
+            index: self.read().merged.clone(),
+        }
+    }
+
+    /// Reads `merged.log` as `snapshot`'s handle sees it.
+    pub fn read_merged(
+        &self,
+        snapshot: &MergedSnapshot,
+        offset: u64,
+        size: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut segments = Segments::new(size);
+        let known = snapshot.index.bytes();
+        if offset < known {
+            snapshot.index.visit_from(offset, |line, skip| {
+                segments.push(line.pos + skip, u64::from(line.len) - skip)
+            });
+        }
+        if !segments.full() {
+            // Lines that arrived after the snapshot follow it in the line
+            // file, in arrival order.
+            let tail_start = offset.max(known);
+            let file_len = self.merged_len();
+            if tail_start < file_len {
+                segments.push(tail_start, file_len - tail_start);
+            }
+        }
+        segments.read(&self.file)
+    }
+
+    /// The size of `feed`'s `log`.
+    pub fn feed_log_len(&self, feed: &FeedId) -> u64 {
+        self.read().feeds.get(feed).map_or(0, FeedLines::len)
+    }
+
+    /// Reads `feed`'s `log`.
+    pub fn read_feed_log(&self, feed: &FeedId, offset: u64, size: usize) -> io::Result<Vec<u8>> {
+        let mut segments = Segments::new(size);
+        {
+            let state = self.read();
+            let Some(lines) = state.feeds.get(feed) else {
+                return Ok(Vec::new());
+            };
+            let first = lines.ends.partition_point(|end| *end <= offset);
+            for i in first..lines.ends.len() {
+                let start = if i == 0 { 0 } else { lines.ends[i - 1] };
+                let skip = offset.saturating_sub(start);
+                let len = lines.ends[i] - start;
+                if !segments.push(lines.pos[i] + skip, len - skip) {
+                    break;
+                }
+            }
+        }
+        segments.read(&self.file)
+    }
+
+    /// The size of `feed`'s `feed.jsonl`.
+    pub fn jsonl_len(&self, store: &Store, feed: &FeedId) -> Result<u64, StoreError> {
+        self.ensure_jsonl(store, feed)?;
+        Ok(self
+            .read()
+            .jsonl
+            .get(feed)
+            .and_then(|j| j.ends.last().copied())
+            .unwrap_or(0))
+    }
+
+    /// Reads `feed`'s `feed.jsonl`: every message as `{key, value, timestamp}`.
+    pub fn read_jsonl(
+        &self,
+        store: &Store,
+        feed: &FeedId,
+        offset: u64,
+        size: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        self.ensure_jsonl(store, feed)?;
+        let (first_seq, skip) = {
+            let state = self.read();
+            let Some(index) = state.jsonl.get(feed) else {
+                return Ok(Vec::new());
+            };
+            let i = index.ends.partition_point(|end| *end <= offset);
+            if i == index.ends.len() {
+                return Ok(Vec::new());
+            }
+            let start = if i == 0 { 0 } else { index.ends[i - 1] };
+            (i as u64 + 1, offset - start)
+        };
+        let mut out = Vec::with_capacity(size);
+        for item in store.history(feed, first_seq) {
+            let (_, raw) = item?;
+            let line = kvt_line(&raw);
+            let from = if out.is_empty() { skip as usize } else { 0 };
+            let take = (line.len() - from).min(size - out.len());
+            out.extend_from_slice(&line[from..from + take]);
+            if out.len() >= size {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn ensure_jsonl(&self, store: &Store, feed: &FeedId) -> Result<(), StoreError> {
+        if self.read().jsonl.contains_key(feed) {
+            return Ok(());
+        }
+        // Hold the write lock while indexing so that no append slips between
+        // the scan and the insertion of the index.
+        let mut state = self.write();
+        if state.jsonl.contains_key(feed) {
+            return Ok(());
+        }
+        let mut index = JsonlIndex::default();
+        let mut end = 0;
+        for item in store.history(feed, 1) {
+            let (_, raw) = item?;
+            end += kvt_line_len(&raw.key, raw.json().len(), raw.received_ms);
+            index.ends.push(end);
+        }
+        state.jsonl.insert(*feed, index);
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ViewState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ViewState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `{"key":…,"value":…,"timestamp":…}` and a newline.
+pub fn kvt_line(raw: &RawMessage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.json().len() + 100);
+    out.extend_from_slice(b"{\"key\":\"");
+    out.extend_from_slice(raw.key.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"value\":");
+    out.extend_from_slice(raw.json());
+    out.extend_from_slice(b",\"timestamp\":");
+    out.extend_from_slice(js_number(raw.received_ms).as_bytes());
+    out.extend_from_slice(b"}\n");
+    out
+}
+
+fn kvt_line_len(key: &crate::feed::MsgId, json_len: usize, received_ms: f64) -> u64 {
+    (8 + key.to_string().len() + 10 + json_len + 13 + js_number(received_ms).len() + 2) as u64
+}
+
+/// Byte ranges of the line file to read, merged when contiguous.
+struct Segments {
+    wanted: usize,
+    total: usize,
+    ranges: Vec<(u64, usize)>,
+}
+
+impl Segments {
+    fn new(wanted: usize) -> Self {
+        Segments {
+            wanted,
+            total: 0,
+            ranges: Vec::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.total >= self.wanted
+    }
+
+    /// Adds up to `len` bytes at `pos`; returns false once enough is queued.
+    fn push(&mut self, pos: u64, len: u64) -> bool {
+        let take = len.min((self.wanted - self.total) as u64) as usize;
+        if take > 0 {
+            match self.ranges.last_mut() {
+                Some((start, n)) if *start + *n as u64 == pos => *n += take,
+                _ => self.ranges.push((pos, take)),
+            }
+            self.total += take;
+        }
+        !self.full()
+    }
+
+    fn read(self, file: &File) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; self.total];
+        let mut at = 0;
+        for (pos, len) in self.ranges {
+            file.read_exact_at(&mut out[at..at + len], pos)?;
+            at += len;
+        }
+        Ok(out)
+    }
+}

@@ -1,6 +1,18 @@
-//! scuttlefs: Secure Scuttlebutt feeds, replicated between machines and mounted as a filesystem.
+//! scuttlefs: Secure Scuttlebutt feeds, replicated between machines and
+//! mounted as a filesystem. See `docs/ARCHITECTURE.md` for the map.
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod feed;
+pub mod fs;
+pub mod fuse;
+pub mod graph;
+pub mod net;
+pub mod node;
+pub mod publish;
+pub mod status;
 pub mod store;
 pub mod view;

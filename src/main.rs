@@ -1,1 +1,316 @@
-fn main() {}
+//! The `scuttlefs` command.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use scuttlefs::cli::{parse_duration, publish_content, split_globals};
+use scuttlefs::config::{Config, Overrides};
+use scuttlefs::control::{self, Request, RequestError};
+use scuttlefs::daemon::{self, ServeOptions};
+use scuttlefs::feed::json::to_js_pretty;
+use scuttlefs::feed::FeedId;
+use scuttlefs::node::{now_ms, Node, NodeError};
+use scuttlefs::publish::content_for_line;
+use scuttlefs::status;
+use scuttlefs::store::StoreError;
+
+/// Secure Scuttlebutt feeds, replicated between machines and mounted as a
+/// filesystem.
+///
+/// Global options, accepted before or after the command as sbot accepts
+/// them: --path DIR (default ~/.scuttlefs), --port N (default 8008),
+/// --caps.shs KEY (the network key, base64 of 32 bytes).
+#[derive(Parser)]
+#[command(name = "scuttlefs", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: replicate feeds and mount them.
+    Serve {
+        /// Where to mount.
+        #[arg(long, default_value = "mount")]
+        mount: PathBuf,
+        /// Run without mounting.
+        #[arg(long)]
+        no_mount: bool,
+        /// This machine's name (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Replicate feeds this many follow hops away (default 3).
+        #[arg(long)]
+        hops: Option<u32>,
+        /// Also dial this peer, e.g. a pub: net:HOST:PORT~shs:KEY (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Let other users read the mount.
+        #[arg(long)]
+        allow_other: bool,
+        /// Do not broadcast or listen for LAN peers.
+        #[arg(long)]
+        no_discovery: bool,
+    },
+    /// Print this machine's id.
+    Whoami,
+    /// Publish a message: every --key value becomes a content field
+    /// (--type log --source laptop --text "…"). With --stdin, each input
+    /// line is one message with those fields.
+    Publish {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Print every stored message in receive order.
+    Log,
+    /// Follow a feed.
+    Follow {
+        /// @<key>.ed25519
+        id: String,
+    },
+    /// Stop following a feed.
+    Unfollow {
+        /// @<key>.ed25519
+        id: String,
+    },
+    /// Show peers, feeds and replication progress; exit 1 if the daemon is
+    /// down, 2 if it has had no peer for longer than --max-silence.
+    Status {
+        /// e.g. 1h: how long without any peer counts as a failure.
+        #[arg(long)]
+        max_silence: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(args) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("scuttlefs: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<ExitCode, String> {
+    let (mut overrides, rest) = split_globals(&args).map_err(|e| e.to_string())?;
+    let cli = match Cli::try_parse_from(std::iter::once("scuttlefs".to_string()).chain(rest)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+    };
+    match cli.command {
+        Command::Serve {
+            mount,
+            no_mount,
+            name,
+            hops,
+            peers,
+            allow_other,
+            no_discovery,
+        } => {
+            overrides.name = name;
+            overrides.hops = hops;
+            let config = Config::load(&overrides, true).map_err(|e| e.to_string())?;
+            let options = ServeOptions {
+                mount: (!no_mount).then_some(mount),
+                allow_other,
+                peers,
+                no_discovery,
+            };
+            daemon::serve(config, options).map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Whoami => request(&overrides, Request::Whoami),
+        Command::Log => request(&overrides, Request::Log),
+        Command::Publish { args } => {
+            let (fields, stdin) = publish_content(&args).map_err(|e| e.to_string())?;
+            let contents = if stdin {
+                read_stdin_contents(&fields)?
+            } else {
+                if !fields.contains_key("type") {
+                    return Err("publish needs --type (e.g. --type log --text \"…\")".into());
+                }
+                vec![Value::Object(fields)]
+            };
+            request(&overrides, Request::Publish { contents })
+        }
+        Command::Follow { id } => follow(&overrides, &id, true),
+        Command::Unfollow { id } => follow(&overrides, &id, false),
+        Command::Status { max_silence, json } => status_command(&overrides, max_silence, json),
+    }
+}
+
+fn follow(overrides: &Overrides, id: &str, following: bool) -> Result<ExitCode, String> {
+    let feed = FeedId::parse(id).map_err(|e| e.to_string())?;
+    let mut content = Map::new();
+    content.insert("type".into(), "contact".into());
+    content.insert("contact".into(), feed.to_string().into());
+    content.insert("following".into(), following.into());
+    request(
+        overrides,
+        Request::Publish {
+            contents: vec![Value::Object(content)],
+        },
+    )
+}
+
+/// Each line of standard input as content, with `fields`. Fails, naming the
+/// line, if any line cannot be read as UTF-8.
+fn read_stdin_contents(fields: &Map<String, Value>) -> Result<Vec<Value>, String> {
+    let mut contents = Vec::new();
+    let stdin = std::io::stdin();
+    let mut reader = stdin.lock();
+    let mut raw = Vec::new();
+    let mut line_no = 0;
+    loop {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let line = std::str::from_utf8(&raw)
+            .map_err(|_| format!("line {line_no} is not valid UTF-8; nothing was published"))?;
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some(content) = content_for_line_with_fields(line, fields) {
+            contents.push(content);
+        }
+    }
+    Ok(contents)
+}
+
+/// `--stdin` lines are text with the given fields, even when they look like
+/// JSON: a backup script's output is text.
+fn content_for_line_with_fields(line: &str, fields: &Map<String, Value>) -> Option<Value> {
+    if line.trim_start().starts_with('{') {
+        let mut map = Map::new();
+        map.insert("type".into(), fields.get("type").cloned().unwrap_or("log".into()));
+        for (k, v) in fields {
+            map.insert(k.clone(), v.clone());
+        }
+        map.insert("text".into(), Value::String(line.to_string()));
+        return Some(Value::Object(map));
+    }
+    content_for_line(line, fields)
+}
+
+/// Runs `req` through the daemon if one is running, else on the store
+/// directly, printing each result as pretty JSON.
+fn request(overrides: &Overrides, req: Request) -> Result<ExitCode, String> {
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let blank_line = matches!(req, Request::Log);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut emit = |item: Value| -> std::io::Result<()> {
+        out.write_all(to_js_pretty(&item).as_bytes())?;
+        // `sbot log` separates messages with a blank line; scripts split on it.
+        out.write_all(if blank_line { b"\n\n" } else { b"\n" })
+    };
+    let outcome = match control::call(&config.socket_path(), &req, &mut emit) {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => run_locally(&config, req, &mut emit)?,
+        Err(e) => return Err(format!("talking to the daemon: {e}")),
+    };
+    drop(emit);
+    out.flush().map_err(|e| e.to_string())?;
+    outcome.map_err(|e: RequestError| e.message)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_locally(
+    config: &Config,
+    req: Request,
+    emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> Result<Result<(), RequestError>, String> {
+    let keys = config.load_or_create_keys().map_err(|e| e.to_string())?;
+    let node = match Node::open(config.clone(), keys, false) {
+        Ok(node) => node,
+        Err(NodeError::Store(StoreError::Locked(_))) => {
+            return Err(format!(
+                "the store in {} is locked by another process, and no daemon answers on {}",
+                config.path.display(),
+                config.socket_path().display()
+            ))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if matches!(req, Request::Publish { .. }) {
+        // Name the machine before its first line, as the daemon does at start.
+        node.ensure_name(&config.name).map_err(|e| e.to_string())?;
+    }
+    Ok(control::handle(&node, req, emit))
+}
+
+fn status_command(
+    overrides: &Overrides,
+    max_silence: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let max_silence = max_silence
+        .map(|s| parse_duration(&s))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let mut report = None;
+    let outcome = control::call(&config.socket_path(), &Request::Status, &mut |item| {
+        report = Some(item);
+        Ok(())
+    });
+    let report = match (outcome, report) {
+        (Ok(Some(Ok(()))), Some(report)) => report,
+        _ => {
+            eprintln!(
+                "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
+                config.path.display(),
+                config.path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if json {
+        println!("{}", to_js_pretty(&report));
+    } else {
+        print!("{}", status::render(&report));
+    }
+    if let Some(limit) = max_silence {
+        let last = report["last_peer_ms"]
+            .as_f64()
+            .or_else(|| report["started_ms"].as_f64())
+            .unwrap_or(0.0);
+        let silent_s = (now_ms() - last) / 1000.0;
+        if silent_s > limit as f64 {
+            eprintln!(
+                "scuttlefs: no peer for {:.0} s (limit {limit} s)",
+                silent_s
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

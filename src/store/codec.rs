@@ -103,6 +103,32 @@ pub fn put_message(
     if let Some(name) = self_given_name(msg) {
         batch.insert(&feed_key(b'n', &msg.author)[..], name.as_bytes());
     }
+
+    if let Some((contact, following)) = contact_edge(msg) {
+        let mut key = [0u8; 65];
+        key[0] = b'c';
+        key[1..33].copy_from_slice(&msg.author.0);
+        key[33..].copy_from_slice(&contact.0);
+        batch.insert(&key[..], &[u8::from(following)][..]);
+    }
+}
+
+/// The follow edge a `contact` message sets: `(contact, following)`.
+/// Blocking counts as not following.
+pub fn contact_edge(msg: &Message) -> Option<(FeedId, bool)> {
+    let content = msg.content();
+    if content.get("type")?.as_str()? != "contact" {
+        return None;
+    }
+    let contact = FeedId::parse(content.get("contact")?.as_str()?).ok()?;
+    let following = content.get("following").and_then(|v| v.as_bool());
+    let blocking = content.get("blocking").and_then(|v| v.as_bool());
+    match (following, blocking) {
+        (_, Some(true)) => Some((contact, false)),
+        (Some(f), _) => Some((contact, f)),
+        (None, Some(false)) => None,
+        (None, None) => None,
+    }
 }
 
 /// A stored message: its id, when it was received, and its compact JSON.

@@ -13,6 +13,7 @@
 //! | `t` timestamp(8) recv(8)          | author(32) seq(8) rendered line        |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
 //! | `n` author(32)                    | the feed's latest self-given name      |
+//! | `c` author(32) contact(32)        | 1 following, 0 not                     |
 //!
 //! Integers are big-endian and timestamps are mapped to order-preserving
 //! integers, so sled's key order is the order each index needs.
@@ -24,7 +25,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::feed::{FeedError, FeedId, FeedTip, Message, MsgId};
-pub use codec::{ordered_timestamp, RawMessage, TimestampEntry};
+pub use codec::{contact_edge, ordered_timestamp, RawMessage, TimestampEntry};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +260,24 @@ impl Store {
             names.insert(feed, String::from_utf8_lossy(&value).into_owned());
         }
         Ok(names)
+    }
+
+    /// Every follow edge: `(author, contact, following)`, from the latest
+    /// contact message of each author about each contact.
+    pub fn contacts(&self) -> Result<Vec<(FeedId, FeedId, bool)>, StoreError> {
+        let mut edges = Vec::new();
+        for item in self.tree.scan_prefix(b"c") {
+            let (key, value) = item?;
+            if key.len() != 65 {
+                return Err(StoreError::Corrupt("contact entry".into()));
+            }
+            edges.push((
+                codec::decode_feed(&key[1..33])?,
+                codec::decode_feed(&key[33..])?,
+                value.first() == Some(&1),
+            ));
+        }
+        Ok(edges)
     }
 
     fn lock_tips(&self) -> std::sync::MutexGuard<'_, Tips> {

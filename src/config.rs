@@ -1,0 +1,270 @@
+//! Where a node keeps its files, and the settings in `<path>/config`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::feed::{FeedError, Keypair};
+
+/// The TCP and UDP port ssb-server and go-ssb use by default.
+pub const DEFAULT_PORT: u16 = 8008;
+/// How far along the follow graph feeds are replicated, as ssb-server does.
+pub const DEFAULT_HOPS: u32 = 3;
+
+/// Why the configuration or identity cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The network key is not base64 of 32 bytes.
+    #[error("bad network key {0:?}: --caps.shs takes the base64 of exactly 32 bytes (make one with: head -c 32 /dev/urandom | base64)")]
+    BadNetworkKey(String),
+    /// The config file is not valid JSON of the expected shape.
+    #[error("{path}: {message}")]
+    BadConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The secret file is unusable.
+    #[error("{path}: {source}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: FeedError,
+    },
+}
+
+/// The settings saved in `<path>/config`, in the spelling ssb-server uses
+/// where it has one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// TCP port to listen on, and UDP port for LAN discovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The network key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caps: Option<Caps>,
+    /// Replication distance along the follow graph.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u32>,
+    /// This machine's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// ssb-server's spelling of hops, read for compatibility.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub friends: Option<Friends>,
+}
+
+/// `caps` in ssb-server's config.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Caps {
+    /// The secret-handshake network key, base64.
+    pub shs: String,
+}
+
+/// `friends` in ssb-server's config.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Friends {
+    /// Replication distance.
+    pub hops: Option<u32>,
+}
+
+/// Options given on the command line, which override the config file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--path`.
+    pub path: Option<PathBuf>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--caps.shs`.
+    pub network_key: Option<String>,
+    /// `--hops`.
+    pub hops: Option<u32>,
+    /// `--name`.
+    pub name: Option<String>,
+}
+
+/// Everything a node needs to know about itself.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The data directory.
+    pub path: PathBuf,
+    /// TCP and UDP port.
+    pub port: u16,
+    /// The secret-handshake network key.
+    pub network_key: [u8; 32],
+    /// Replication distance.
+    pub hops: u32,
+    /// This machine's name.
+    pub name: String,
+}
+
+impl Config {
+    /// The default data directory, `~/.scuttlefs`.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".scuttlefs")
+    }
+
+    /// Loads `<path>/config`, applies `overrides`, and fills in defaults. A
+    /// new network key is generated when none is set. With `save`, the
+    /// result is written back, so the daemon's choices persist.
+    pub fn load(overrides: &Overrides, save: bool) -> Result<Config, ConfigError> {
+        let path = overrides.path.clone().unwrap_or_else(Config::default_path);
+        let file_path = path.join("config");
+        let mut file: ConfigFile = match fs::read_to_string(&file_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| ConfigError::BadConfig {
+                path: file_path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: file_path,
+                    source,
+                })
+            }
+        };
+        if let Some(key) = &overrides.network_key {
+            parse_network_key(key)?;
+            file.caps = Some(Caps { shs: key.clone() });
+        }
+        let network_key = match &file.caps {
+            Some(caps) => parse_network_key(&caps.shs)?,
+            None => {
+                let key: [u8; 32] = rand::random();
+                file.caps = Some(Caps {
+                    shs: STANDARD.encode(key),
+                });
+                key
+            }
+        };
+        if overrides.port.is_some() {
+            file.port = overrides.port;
+        }
+        if overrides.hops.is_some() {
+            file.hops = overrides.hops;
+        }
+        if overrides.name.is_some() {
+            file.name.clone_from(&overrides.name);
+        }
+        let config = Config {
+            port: file.port.unwrap_or(DEFAULT_PORT),
+            network_key,
+            hops: file
+                .hops
+                .or_else(|| file.friends.as_ref().and_then(|f| f.hops))
+                .unwrap_or(DEFAULT_HOPS),
+            name: file.name.clone().unwrap_or_else(hostname),
+            path,
+        };
+        if save {
+            ensure_dir(&config.path)?;
+            let text = serde_json::to_string_pretty(&file).unwrap_or_default();
+            write_private(&file_path, text.as_bytes())?;
+        }
+        Ok(config)
+    }
+
+    /// Loads `<path>/secret`, creating it (mode 0600) when absent.
+    pub fn load_or_create_keys(&self) -> Result<Keypair, ConfigError> {
+        let secret = self.path.join("secret");
+        match fs::read_to_string(&secret) {
+            Ok(text) => Keypair::from_secret_file_text(&text).map_err(|source| {
+                ConfigError::Secret {
+                    path: secret,
+                    source,
+                }
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ensure_dir(&self.path)?;
+                let keys = Keypair::generate();
+                write_private(&secret, keys.to_secret_file_text().as_bytes())?;
+                Ok(keys)
+            }
+            Err(source) => Err(ConfigError::Io {
+                path: secret,
+                source,
+            }),
+        }
+    }
+
+    /// The sled store's directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.path.join("db")
+    }
+
+    /// The line file behind the log views (a cache).
+    pub fn line_file(&self) -> PathBuf {
+        self.path.join("lines.cache")
+    }
+
+    /// The daemon's control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.path.join("scuttlefs.sock")
+    }
+}
+
+/// Decodes a `--caps.shs` value.
+pub fn parse_network_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    STANDARD
+        .decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| ConfigError::BadNetworkKey(text.to_string()))
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length, and gethostname
+    // writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn ensure_dir(path: &Path) -> Result<(), ConfigError> {
+    fs::create_dir_all(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let io_err = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err)?;
+    file.write_all(bytes).map_err(io_err)?;
+    file.sync_all().map_err(io_err)?;
+    fs::rename(&tmp, path).map_err(io_err)
+}

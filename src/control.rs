@@ -1,0 +1,188 @@
+//! The command-line verbs, served either in-process or by a running daemon
+//! over its control socket (sled lets one process at a time open a store).
+//!
+//! The protocol is one JSON request line, answered by zero or more
+//! `{"item": …}` lines and a final `{"ok": true}` or `{"error": …}` line, so
+//! the command line prints the same thing whichever side did the work.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::feed::FeedError;
+use crate::node::{Node, NodeError};
+use crate::status;
+use crate::store::StoreError;
+
+/// A command for the node.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// This machine's id.
+    Whoami,
+    /// Sign and store these contents, all or nothing.
+    Publish {
+        /// Message contents.
+        contents: Vec<Value>,
+    },
+    /// Every message in receive order.
+    Log,
+    /// Peers, feeds and replication progress.
+    Status,
+}
+
+/// Why a request failed, in a form that survives the socket.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// `too_large`, `invalid` or `internal`.
+    pub kind: String,
+    /// For the user.
+    pub message: String,
+}
+
+impl From<NodeError> for RequestError {
+    fn from(e: NodeError) -> Self {
+        let kind = match &e {
+            NodeError::Feed(FeedError::TooLarge(_))
+            | NodeError::Store(StoreError::Rejected(FeedError::TooLarge(_))) => "too_large",
+            NodeError::Feed(_) | NodeError::Store(StoreError::Rejected(_)) => "invalid",
+            _ => "internal",
+        };
+        RequestError {
+            kind: kind.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Runs `request` on `node`, handing each result item to `emit`.
+pub fn handle(
+    node: &Node,
+    request: Request,
+    emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> Result<(), RequestError> {
+    let io_err = |e: std::io::Error| RequestError {
+        kind: "internal".into(),
+        message: e.to_string(),
+    };
+    match request {
+        Request::Whoami => emit(json!({"id": node.id().to_string()})).map_err(io_err),
+        Request::Publish { contents } => {
+            let stored = node.publish(contents)?;
+            node.flush()?;
+            for entry in stored {
+                emit(entry.msg.to_kvt(entry.received_ms)).map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Request::Log => {
+            for raw in node.store.receive_log() {
+                let raw = raw.map_err(NodeError::from)?;
+                let msg = raw.message().map_err(NodeError::from)?;
+                emit(msg.to_kvt(raw.received_ms)).map_err(io_err)?;
+            }
+            Ok(())
+        }
+        Request::Status => emit(status::report(node)).map_err(io_err),
+    }
+}
+
+/// Sends `request` to the daemon listening on `socket`. `Ok(None)` when no
+/// daemon answers there.
+pub fn call(
+    socket: &Path,
+    request: &Request,
+    emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+) -> std::io::Result<Option<Result<(), RequestError>>> {
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut writer = stream.try_clone()?;
+    let line = serde_json::to_string(request).map_err(std::io::Error::other)?;
+    writer.write_all(line.as_bytes())?;
+    writer.write_all(b"\n")?;
+    writer.flush()?;
+    for line in BufReader::new(stream).lines() {
+        let reply: Value = serde_json::from_str(&line?).map_err(std::io::Error::other)?;
+        if let Some(item) = reply.get("item") {
+            emit(item.clone())?;
+        } else if let Some(error) = reply.get("error") {
+            let error: RequestError =
+                serde_json::from_value(error.clone()).map_err(std::io::Error::other)?;
+            return Ok(Some(Err(error)));
+        } else {
+            return Ok(Some(Ok(())));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the daemon closed the control socket mid-answer",
+    ))
+}
+
+/// Serves the control socket at `socket` until the process ends.
+pub async fn serve(node: Arc<Node>, socket: &Path) -> std::io::Result<()> {
+    // A socket file left by a killed daemon would make bind fail.
+    if UnixStream::connect(socket).is_err() {
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let node = node.clone();
+        tokio::spawn(async move {
+            let std_stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("control socket: {e}");
+                    return;
+                }
+            };
+            // Requests touch sled and may stream a whole store: keep them
+            // off the async workers.
+            let result = tokio::task::spawn_blocking(move || serve_one(&node, std_stream)).await;
+            if let Ok(Err(e)) = result {
+                tracing::debug!("control client went away: {e}");
+            }
+        });
+    }
+}
+
+fn serve_one(node: &Node, stream: UnixStream) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = std::io::BufWriter::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let outcome = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => handle(node, request, &mut |item| {
+            serde_json::to_writer(&mut writer, &json!({ "item": item }))?;
+            writer.write_all(b"\n")
+        }),
+        Err(e) => Err(RequestError {
+            kind: "invalid".into(),
+            message: format!("bad request: {e}"),
+        }),
+    };
+    let last = match outcome {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({ "error": e }),
+    };
+    serde_json::to_writer(&mut writer, &last)?;
+    writer.write_all(b"\n")?;
+    writer.flush()
+}

@@ -1,0 +1,195 @@
+//! `scuttlefs serve`: the node, its control socket, the network, and the
+//! mount, until SIGINT or SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+
+use crate::config::{Config, ConfigError};
+use crate::control;
+use crate::fs::ScuttleFs;
+use crate::fuse::Fuse;
+use crate::net;
+use crate::node::{Node, NodeError};
+use crate::store::StoreError;
+
+/// Options of `serve` beyond the config file's.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// Where to mount; `None` runs without a mount.
+    pub mount: Option<PathBuf>,
+    /// Let other users read the mount.
+    pub allow_other: bool,
+    /// Peers to dial besides those found on the LAN (`net:host:port~shs:key`).
+    pub peers: Vec<String>,
+    /// Skip LAN discovery.
+    pub no_discovery: bool,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Configuration or identity.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// Another daemon holds the store.
+    #[error("another scuttlefs daemon is already running with --path {0}")]
+    AlreadyRunning(String),
+    /// Mounting, sockets, signals.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// A bad `--peer`.
+    #[error(transparent)]
+    Peer(#[from] net::address::AddressError),
+}
+
+/// Runs the daemon until a signal stops it.
+pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
+    let keys = config.load_or_create_keys()?;
+    let peers = options
+        .peers
+        .iter()
+        .map(|p| net::address::PeerAddress::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node = match Node::open(config.clone(), keys, true) {
+        Ok(node) => Arc::new(node),
+        Err(NodeError::Store(StoreError::Locked(_))) => {
+            return Err(DaemonError::AlreadyRunning(config.path.display().to_string()))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    node.ensure_name(&config.name)?;
+    node.flush()?;
+    tracing::info!("{} ({}) starting", node.id(), config.name);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Io("tokio runtime".into(), e))?;
+
+    let session = match &options.mount {
+        Some(mountpoint) => Some(mount(node.clone(), mountpoint, options.allow_other)?),
+        None => None,
+    };
+
+    let socket = config.socket_path();
+    let result = runtime.block_on(async {
+        let control_node = node.clone();
+        let control_socket = socket.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control::serve(control_node, &control_socket).await {
+                tracing::error!("control socket {}: {e}", control_socket.display());
+            }
+        });
+        net::start(node.clone(), peers, !options.no_discovery)
+            .await
+            .map_err(|e| DaemonError::Io(format!("listening on port {}", config.port), e))?;
+        wait_for_signal().await
+    });
+
+    if let (Some(session), Some(mountpoint)) = (session, &options.mount) {
+        // Detach lazily: a plain unmount fails with EBUSY while any process
+        // (a `tail -f`, a shell in the directory) still uses the mount, and
+        // would leave a stale mount behind when the daemon exits.
+        if !detach_mount(mountpoint) {
+            tracing::warn!("could not unmount {}", mountpoint.display());
+        }
+        drop(session);
+    }
+    let _ = std::fs::remove_file(&socket);
+    node.flush()?;
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    tracing::info!("stopped");
+    result
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = |e| DaemonError::Io("signal handler".into(), e);
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: unmounting"),
+        _ = int.recv() => tracing::info!("SIGINT: unmounting"),
+    }
+    Ok(())
+}
+
+fn mount(
+    node: Arc<Node>,
+    mountpoint: &Path,
+    allow_other: bool,
+) -> Result<fuser::BackgroundSession, DaemonError> {
+    clear_stale_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint)
+        .map_err(|e| DaemonError::Io(format!("creating {}", mountpoint.display()), e))?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("scuttlefs".into()),
+        MountOption::Subtype("scuttlefs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(2);
+    let fs = Fuse::new(ScuttleFs::new(node));
+    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+        DaemonError::Io(
+            format!(
+                "mounting {} (is /dev/fuse there, and fuse3 installed for non-root users?)",
+                mountpoint.display()
+            ),
+            e,
+        )
+    })?;
+    tracing::info!("mounted at {}", mountpoint.display());
+    Ok(session)
+}
+
+/// A daemon killed without unmounting leaves a mount whose every access
+/// fails with ENOTCONN ("Transport endpoint is not connected"). Detach it.
+pub fn clear_stale_mount(mountpoint: &Path) {
+    let stale = matches!(
+        std::fs::metadata(mountpoint),
+        Err(ref e) if e.raw_os_error() == Some(libc::ENOTCONN)
+    );
+    if !stale {
+        return;
+    }
+    tracing::warn!("clearing stale mount at {}", mountpoint.display());
+    if !detach_mount(mountpoint) {
+        tracing::error!(
+            "could not clear the stale mount at {}: run 'fusermount3 -uz {}'",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+}
+
+/// Lazily unmounts `mountpoint`: directly as root, else through fusermount.
+fn detach_mount(mountpoint: &Path) -> bool {
+    if let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
+        // SAFETY: path is a valid NUL-terminated string for the call's duration.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return true;
+        }
+    }
+    ["fusermount3", "fusermount"].iter().any(|tool| {
+        std::process::Command::new(tool)
+            .args(["-u", "-z"])
+            .arg(mountpoint)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}

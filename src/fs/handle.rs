@@ -1,0 +1,56 @@
+//! Open file handles and what each one remembers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::feed::FeedId;
+use crate::view::MergedSnapshot;
+
+use super::linebuf::LineBuffer;
+
+/// The state of one open file.
+pub enum Handle {
+    /// `publish`, open for writing: the unfinished last line.
+    Publish(LineBuffer),
+    /// `follow`: its content at open, and the unfinished last line written.
+    Follow(Vec<u8>, LineBuffer),
+    /// `merged.log`: the order it had at open.
+    Merged(MergedSnapshot),
+    /// A feed's `log`.
+    FeedLog(FeedId),
+    /// A feed's `feed.jsonl`.
+    FeedJsonl(FeedId),
+    /// Content fixed at open: `whoami`, `status`, `id`.
+    Bytes(Vec<u8>),
+}
+
+/// All open handles, by number.
+#[derive(Default)]
+pub struct Handles {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+}
+
+impl Handles {
+    /// Registers `handle` and returns its number.
+    pub fn insert(&self, handle: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(fh, Arc::new(Mutex::new(handle)));
+        fh
+    }
+
+    /// The handle numbered `fh`.
+    pub fn get(&self, fh: u64) -> Option<Arc<Mutex<Handle>>> {
+        self.lock().get(&fh).cloned()
+    }
+
+    /// Forgets handle `fh`, returning it.
+    pub fn remove(&self, fh: u64) -> Option<Arc<Mutex<Handle>>> {
+        self.lock().remove(&fh)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mutex<Handle>>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,159 @@
+//! Inode numbers and the names in the mount.
+//!
+//! The root's files have fixed numbers. Each feed gets a slot the first time
+//! the mount sees it, stable for the life of the daemon, and four inodes in
+//! that slot: its directory, `log`, `feed.jsonl` and `id`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use crate::feed::FeedId;
+use crate::view::line::safe_name;
+
+/// The root directory.
+pub const ROOT: u64 = 1;
+/// `publish`: write lines here to publish them.
+pub const PUBLISH: u64 = 2;
+/// `follow`: the followed feeds; write an id to follow it.
+pub const FOLLOW: u64 = 3;
+/// `whoami`: this machine's id.
+pub const WHOAMI: u64 = 4;
+/// `merged.log`: every machine's lines in timestamp order.
+pub const MERGED: u64 = 5;
+/// `status`: peers and replication progress.
+pub const STATUS: u64 = 6;
+/// The first feed slot's first inode.
+const FEED_BASE: u64 = 1024;
+
+/// The root's files, by name.
+pub const ROOT_FILES: [(&str, u64); 5] = [
+    ("publish", PUBLISH),
+    ("follow", FOLLOW),
+    ("whoami", WHOAMI),
+    ("merged.log", MERGED),
+    ("status", STATUS),
+];
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inode {
+    /// The root directory.
+    Root,
+    /// One of the root's files.
+    RootFile(u64),
+    /// A feed's directory.
+    FeedDir(FeedId),
+    /// A feed's `log`.
+    FeedLog(FeedId),
+    /// A feed's `feed.jsonl`.
+    FeedJsonl(FeedId),
+    /// A feed's `id`.
+    FeedIdFile(FeedId),
+}
+
+/// The files in each feed's directory, with their slot offsets.
+pub const FEED_FILES: [(&str, u64); 3] = [("log", 1), ("feed.jsonl", 2), ("id", 3)];
+
+/// Assigns feed slots and directory names.
+#[derive(Default)]
+pub struct Inodes {
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    feeds: Vec<FeedId>,
+    slot_of: HashMap<FeedId, u64>,
+}
+
+impl Inodes {
+    /// The slot of `feed`, assigned now if new.
+    pub fn slot(&self, feed: &FeedId) -> u64 {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.slot_of.get(feed) {
+            return *slot;
+        }
+        let slot = slots.feeds.len() as u64;
+        slots.feeds.push(*feed);
+        slots.slot_of.insert(*feed, slot);
+        slot
+    }
+
+    /// The inode number of `feed`'s directory (offset 0) or one of its files.
+    pub fn feed_ino(&self, feed: &FeedId, offset: u64) -> u64 {
+        FEED_BASE + self.slot(feed) * 4 + offset
+    }
+
+    /// What inode number `ino` is.
+    pub fn resolve(&self, ino: u64) -> Option<Inode> {
+        if ino == ROOT {
+            return Some(Inode::Root);
+        }
+        if ROOT_FILES.iter().any(|(_, n)| *n == ino) {
+            return Some(Inode::RootFile(ino));
+        }
+        let rel = ino.checked_sub(FEED_BASE)?;
+        let feed = *self.lock().feeds.get((rel / 4) as usize)?;
+        Some(match rel % 4 {
+            0 => Inode::FeedDir(feed),
+            1 => Inode::FeedLog(feed),
+            2 => Inode::FeedJsonl(feed),
+            _ => Inode::FeedIdFile(feed),
+        })
+    }
+
+    /// Directory names for `feeds` (in the order given, which should be
+    /// stable): the feed's safe name, or its safe id, made unique with a
+    /// `~2`, `~3`… suffix and kept clear of the root's own files.
+    pub fn dir_names(
+        &self,
+        feeds: &[FeedId],
+        names: &HashMap<FeedId, String>,
+    ) -> Vec<(String, FeedId)> {
+        let mut ordered: Vec<FeedId> = feeds.to_vec();
+        ordered.sort_by_key(|f| self.slot(f));
+        let mut taken: HashSet<String> = ROOT_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        let mut out = Vec::with_capacity(ordered.len());
+        for feed in ordered {
+            let base = names
+                .get(&feed)
+                .and_then(|n| safe_name(n))
+                .unwrap_or_else(|| feed.file_safe());
+            let mut name = base.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base}~{n}");
+                n += 1;
+            }
+            taken.insert(name.clone());
+            out.push((name, feed));
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_clear_of_root_files() {
+        let inodes = Inodes::default();
+        let (a, b, c, d) = (FeedId([1; 32]), FeedId([2; 32]), FeedId([3; 32]), FeedId([4; 32]));
+        let names = HashMap::from([
+            (a, "laptop".to_string()),
+            (b, "laptop".to_string()),
+            (c, "status".to_string()),
+        ]);
+        let dirs = inodes.dir_names(&[a, b, c, d], &names);
+        let dir_names: Vec<&str> = dirs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(dir_names[..3], ["laptop", "laptop~2", "status~2"]);
+        assert_eq!(dir_names[3], d.file_safe());
+        let ino = inodes.feed_ino(&b, 1);
+        assert_eq!(inodes.resolve(ino), Some(Inode::FeedLog(b)));
+    }
+}

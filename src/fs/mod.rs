@@ -1,0 +1,412 @@
+//! The filesystem's behaviour, independent of FUSE: names, attributes,
+//! handles, reads and writes. [`crate::fuse`] only translates.
+
+pub mod handle;
+pub mod inode;
+pub mod linebuf;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+use crate::feed::FeedId;
+use crate::node::{Node, NodeError};
+use crate::publish::content_for_line;
+use crate::status;
+use crate::store::StoreError;
+use handle::{Handle, Handles};
+use inode::{Inode, Inodes, FEED_FILES, FOLLOW, MERGED, PUBLISH, ROOT, ROOT_FILES, STATUS, WHOAMI};
+use linebuf::{LineBuffer, LineError};
+
+/// Why a filesystem operation failed. Mapped to an errno in one place,
+/// [`crate::fuse::errno`].
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// No such file.
+    #[error("no such file")]
+    NotFound,
+    /// A directory operation on a file.
+    #[error("not a directory")]
+    NotDir,
+    /// A file operation on a directory.
+    #[error("is a directory")]
+    IsDir,
+    /// Writing a read-only file, or the like.
+    #[error("permission denied")]
+    Access,
+    /// The written data cannot be used.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The written data is too large.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Storage failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// The handle is not open.
+    #[error("bad file handle")]
+    BadHandle,
+}
+
+impl From<NodeError> for FsError {
+    fn from(e: NodeError) -> Self {
+        use crate::feed::FeedError;
+        match e {
+            NodeError::Feed(FeedError::TooLarge(_))
+            | NodeError::Store(StoreError::Rejected(FeedError::TooLarge(_))) => {
+                FsError::TooLarge(e.to_string())
+            }
+            NodeError::Feed(_) | NodeError::Store(StoreError::Rejected(_)) => {
+                FsError::Invalid(e.to_string())
+            }
+            other => FsError::Io(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        FsError::from(NodeError::Store(e))
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        FsError::Io(e.to_string())
+    }
+}
+
+impl From<LineError> for FsError {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::TooLong => FsError::TooLarge(e.to_string()),
+            LineError::NotUtf8 { .. } => FsError::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// Directory or file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A directory.
+    Dir,
+    /// A regular file.
+    File,
+}
+
+/// What `stat` shows.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Directory or file.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub perm: u16,
+    /// Last change.
+    pub mtime: SystemTime,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenMode {
+    /// For reading.
+    pub read: bool,
+    /// For writing.
+    pub write: bool,
+}
+
+/// The filesystem.
+pub struct ScuttleFs {
+    node: Arc<Node>,
+    inodes: Inodes,
+    handles: Handles,
+}
+
+impl ScuttleFs {
+    /// A filesystem over `node`, which must have been opened with views.
+    pub fn new(node: Arc<Node>) -> Self {
+        let inodes = Inodes::default();
+        for (feed, _) in node.store.feeds() {
+            inodes.slot(&feed);
+        }
+        ScuttleFs {
+            node,
+            inodes,
+            handles: Handles::default(),
+        }
+    }
+
+    /// The node behind the mount.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Looks `name` up in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        match self.inodes.resolve(parent).ok_or(FsError::NotFound)? {
+            Inode::Root => {
+                if let Some((_, ino)) = ROOT_FILES.iter().find(|(n, _)| *n == name) {
+                    return self.getattr(*ino);
+                }
+                let feeds: Vec<FeedId> = self.node.store.feeds().into_iter().map(|(f, _)| f).collect();
+                let dirs = self.inodes.dir_names(&feeds, &self.node.names());
+                let (_, feed) = dirs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or(FsError::NotFound)?;
+                self.getattr(self.inodes.feed_ino(feed, 0))
+            }
+            Inode::FeedDir(feed) => {
+                let (_, offset) = FEED_FILES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or(FsError::NotFound)?;
+                self.getattr(self.inodes.feed_ino(&feed, *offset))
+            }
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let inode = self.inodes.resolve(ino).ok_or(FsError::NotFound)?;
+        let mtime = self.mtime();
+        let file = |size: u64, perm: u16| Attr {
+            ino,
+            kind: Kind::File,
+            size,
+            perm,
+            mtime,
+        };
+        let views = self.views()?;
+        Ok(match inode {
+            Inode::Root => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                perm: 0o755,
+                mtime,
+            },
+            Inode::FeedDir(_) => Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                perm: 0o555,
+                mtime,
+            },
+            Inode::RootFile(PUBLISH) => file(0, 0o200),
+            Inode::RootFile(FOLLOW) => file(self.follow_text().len() as u64, 0o600),
+            Inode::RootFile(WHOAMI) => file(self.whoami_text().len() as u64, 0o444),
+            Inode::RootFile(MERGED) => file(views.merged_len(), 0o444),
+            Inode::RootFile(STATUS) => file(self.status_text().len() as u64, 0o444),
+            Inode::RootFile(_) => return Err(FsError::NotFound),
+            Inode::FeedLog(feed) => file(views.feed_log_len(&feed), 0o444),
+            Inode::FeedJsonl(feed) => file(views.jsonl_len(&self.node.store, &feed)?, 0o444),
+            Inode::FeedIdFile(feed) => file(feed.to_string().len() as u64 + 1, 0o444),
+        })
+    }
+
+    /// The entries of directory `ino`, `.` and `..` excluded.
+    pub fn readdir(&self, ino: u64) -> Result<Vec<(u64, Kind, String)>, FsError> {
+        match self.inodes.resolve(ino).ok_or(FsError::NotFound)? {
+            Inode::Root => {
+                let mut out: Vec<(u64, Kind, String)> = ROOT_FILES
+                    .iter()
+                    .map(|(name, ino)| (*ino, Kind::File, name.to_string()))
+                    .collect();
+                let feeds: Vec<FeedId> = self.node.store.feeds().into_iter().map(|(f, _)| f).collect();
+                for (name, feed) in self.inodes.dir_names(&feeds, &self.node.names()) {
+                    out.push((self.inodes.feed_ino(&feed, 0), Kind::Dir, name));
+                }
+                Ok(out)
+            }
+            Inode::FeedDir(feed) => Ok(FEED_FILES
+                .iter()
+                .map(|(name, offset)| {
+                    (self.inodes.feed_ino(&feed, *offset), Kind::File, name.to_string())
+                })
+                .collect()),
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    /// Opens `ino`; returns the handle number.
+    pub fn open(&self, ino: u64, mode: OpenMode) -> Result<u64, FsError> {
+        let inode = self.inodes.resolve(ino).ok_or(FsError::NotFound)?;
+        let writable = matches!(inode, Inode::RootFile(PUBLISH) | Inode::RootFile(FOLLOW));
+        if mode.write && !writable {
+            return Err(FsError::Access);
+        }
+        let handle = match inode {
+            Inode::Root | Inode::FeedDir(_) => return Err(FsError::IsDir),
+            Inode::RootFile(PUBLISH) => Handle::Publish(LineBuffer::default()),
+            Inode::RootFile(FOLLOW) => {
+                Handle::Follow(self.follow_text().into_bytes(), LineBuffer::default())
+            }
+            Inode::RootFile(WHOAMI) => Handle::Bytes(self.whoami_text().into_bytes()),
+            Inode::RootFile(MERGED) => Handle::Merged(self.views()?.merged_snapshot()),
+            Inode::RootFile(STATUS) => Handle::Bytes(self.status_text().into_bytes()),
+            Inode::RootFile(_) => return Err(FsError::NotFound),
+            Inode::FeedLog(feed) => Handle::FeedLog(feed),
+            Inode::FeedJsonl(feed) => Handle::FeedJsonl(feed),
+            Inode::FeedIdFile(feed) => Handle::Bytes(format!("{feed}\n").into_bytes()),
+        };
+        Ok(self.handles.insert(handle))
+    }
+
+    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
+        let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
+        let handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        let views = self.views()?;
+        let slice = |bytes: &[u8]| {
+            let start = (offset as usize).min(bytes.len());
+            let end = start.saturating_add(size).min(bytes.len());
+            bytes[start..end].to_vec()
+        };
+        Ok(match &*handle {
+            Handle::Publish(_) => Vec::new(),
+            Handle::Follow(bytes, _) | Handle::Bytes(bytes) => slice(bytes),
+            Handle::Merged(snapshot) => views.read_merged(snapshot, offset, size)?,
+            Handle::FeedLog(feed) => views.read_feed_log(feed, offset, size)?,
+            Handle::FeedJsonl(feed) => views.read_jsonl(&self.node.store, feed, offset, size)?,
+        })
+    }
+
+    /// Writes `data` through handle `fh`: complete lines are published now.
+    /// On error nothing from `data` is published.
+    pub fn write(&self, fh: u64, data: &[u8]) -> Result<usize, FsError> {
+        let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
+        let mut handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *handle {
+            Handle::Publish(buf) => {
+                let lines = buf.push(data)?;
+                self.publish_lines(lines)?;
+            }
+            Handle::Follow(_, buf) => {
+                let lines = buf.push(data)?;
+                self.follow_lines(lines)?;
+            }
+            _ => return Err(FsError::Access),
+        }
+        Ok(data.len())
+    }
+
+    /// Called at every `close()`: publishes an unfinished last line and makes
+    /// everything written durable before `close()` returns.
+    pub fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
+        let mut handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *handle {
+            Handle::Publish(buf) => {
+                let last = buf.finish()?;
+                self.publish_lines(last.into_iter().collect())?;
+                self.node.flush()?;
+            }
+            Handle::Follow(_, buf) => {
+                let last = buf.finish()?;
+                self.follow_lines(last.into_iter().collect())?;
+                self.node.flush()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Called once the last descriptor of `fh` is closed.
+    pub fn release(&self, fh: u64) -> Result<(), FsError> {
+        let flushed = self.flush(fh);
+        self.handles.remove(fh);
+        flushed
+    }
+
+    /// `truncate`: allowed (and a no-op) on the writable files, so that
+    /// `>` works as well as `>>`.
+    pub fn truncate(&self, ino: u64, size: u64) -> Result<Attr, FsError> {
+        match self.inodes.resolve(ino).ok_or(FsError::NotFound)? {
+            Inode::RootFile(PUBLISH) | Inode::RootFile(FOLLOW) if size == 0 => self.getattr(ino),
+            Inode::Root | Inode::FeedDir(_) => Err(FsError::IsDir),
+            _ => Err(FsError::Access),
+        }
+    }
+
+    fn publish_lines(&self, lines: Vec<String>) -> Result<(), FsError> {
+        let none = Map::new();
+        let contents: Vec<Value> = lines
+            .iter()
+            .filter_map(|line| content_for_line(line, &none))
+            .collect();
+        if contents.is_empty() {
+            return Ok(());
+        }
+        let count = contents.len();
+        self.node.publish(contents).map_err(|e| {
+            tracing::warn!("publish: refused a write of {count} line(s): {e}");
+            FsError::from(e)
+        })?;
+        Ok(())
+    }
+
+    fn follow_lines(&self, lines: Vec<String>) -> Result<(), FsError> {
+        let mut contents = Vec::new();
+        for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+            let (following, id) = match line.strip_prefix('-') {
+                Some(rest) => (false, rest.trim()),
+                None => (true, line),
+            };
+            let feed = FeedId::parse(id).map_err(|e| {
+                tracing::warn!("follow: refused {line:?}: {e}");
+                FsError::Invalid(e.to_string())
+            })?;
+            let mut content = Map::new();
+            content.insert("type".into(), "contact".into());
+            content.insert("contact".into(), feed.to_string().into());
+            content.insert("following".into(), following.into());
+            contents.push(Value::Object(content));
+        }
+        if !contents.is_empty() {
+            self.node.publish(contents)?;
+        }
+        Ok(())
+    }
+
+    fn whoami_text(&self) -> String {
+        format!("{}\n", self.node.id())
+    }
+
+    fn follow_text(&self) -> String {
+        self.node
+            .following()
+            .iter()
+            .map(|f| format!("{f}\n"))
+            .collect()
+    }
+
+    fn status_text(&self) -> String {
+        status::render(&status::report(&self.node))
+    }
+
+    fn views(&self) -> Result<&crate::view::Views, FsError> {
+        self.node
+            .views()
+            .ok_or_else(|| FsError::Io("the node was opened without views".into()))
+    }
+
+    fn mtime(&self) -> SystemTime {
+        let ms = self
+            .node
+            .store
+            .feeds()
+            .iter()
+            .map(|(_, tip)| tip.timestamp)
+            .fold(self.node.started_ms(), f64::max);
+        UNIX_EPOCH + Duration::from_millis(ms.max(0.0) as u64)
+    }
+}
+
+/// The root inode number.
+pub const ROOT_INO: u64 = ROOT;

@@ -1,0 +1,350 @@
+//! A node: one identity, its store, and the views and graph derived from it.
+//!
+//! Every message enters through [`Node::publish`] (signed here) or
+//! [`Node::ingest`] (verified by the caller, chained here), and both take the
+//! same path: store (atomic, chain-checked) → views → follow graph → events.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::feed::json::{to_js_pretty, utf16_len};
+use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
+use crate::graph::FollowGraph;
+use crate::store::{contact_edge, Store, StoreError, Stored};
+use crate::view::line::{LineRenderer, LOG_TYPE, MORE_FIELD};
+use crate::view::Views;
+
+/// Something the network layer or a view may want to react to.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A feed gained messages; `seq` is its new latest sequence.
+    Appended {
+        /// The feed.
+        feed: FeedId,
+        /// Its latest sequence.
+        seq: u64,
+    },
+    /// A contact message changed the follow graph.
+    GraphChanged,
+}
+
+/// What the network layer reports about one connected peer.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    /// The peer's feed id.
+    pub id: FeedId,
+    /// `ip:port`.
+    pub address: String,
+    /// Messages received from it on this connection.
+    pub received: u64,
+    /// Messages sent to it on this connection.
+    pub sent: u64,
+    /// When the connection started (milliseconds since the epoch).
+    pub since_ms: f64,
+}
+
+/// The network's state as the `status` views show it.
+#[derive(Default, Clone, Debug)]
+pub struct NetStatus {
+    /// Connected peers.
+    pub peers: Vec<PeerStatus>,
+    /// When the last peer connection ended or was seen (ms since epoch).
+    pub last_peer_ms: Option<f64>,
+    /// The address the node listens on.
+    pub listening: Option<String>,
+}
+
+/// A running node.
+pub struct Node {
+    /// Settings.
+    pub config: Config,
+    /// This machine's key pair.
+    pub keys: Keypair,
+    /// The message store.
+    pub store: Arc<Store>,
+    views: Option<Views>,
+    renderer: Mutex<LineRenderer>,
+    graph: RwLock<FollowGraph>,
+    events: broadcast::Sender<Event>,
+    /// Network status, written by the network layer.
+    pub net: RwLock<NetStatus>,
+    started_ms: f64,
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A message could not be made.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// Writing a view failed.
+    #[error("view: {0}")]
+    View(#[from] std::io::Error),
+}
+
+impl Node {
+    /// Opens the node's store. With `with_views`, also builds the log views
+    /// (the daemon does; one-shot commands do not need them).
+    pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
+        let store = Arc::new(Store::open(&config.store_dir())?);
+        let views = if with_views {
+            Some(Views::build(&config.line_file(), &store)?)
+        } else {
+            None
+        };
+        let renderer = LineRenderer::new(store.names()?);
+        let graph = FollowGraph::from_edges(store.contacts()?);
+        let (events, _) = broadcast::channel(4096);
+        Ok(Node {
+            config,
+            keys,
+            store,
+            views,
+            renderer: Mutex::new(renderer),
+            graph: RwLock::new(graph),
+            events,
+            net: RwLock::new(NetStatus::default()),
+            started_ms: now_ms(),
+        })
+    }
+
+    /// This machine's feed id.
+    pub fn id(&self) -> FeedId {
+        self.keys.id()
+    }
+
+    /// The views, when the node was opened with them.
+    pub fn views(&self) -> Option<&Views> {
+        self.views.as_ref()
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// When the node started (ms since the epoch).
+    pub fn started_ms(&self) -> f64 {
+        self.started_ms
+    }
+
+    /// Signs and stores `contents` as the next messages of this feed, all or
+    /// nothing. A log line too long for one message is split across
+    /// several, each but the last marked `"more": true`.
+    pub fn publish(&self, contents: Vec<Value>) -> Result<Vec<Stored>, NodeError> {
+        let keys = &self.keys;
+        let me = keys.id();
+        let now = now_ms();
+        let stored = self.store.append_with(
+            |tip_of| {
+                let mut tip = tip_of(&me);
+                let mut out = Vec::with_capacity(contents.len());
+                for content in contents {
+                    for part in split_for_size(keys, tip.as_ref(), content)? {
+                        let msg = Message::sign(keys, tip.as_ref(), now, part)?;
+                        tip = Some(msg.tip());
+                        out.push(msg);
+                    }
+                }
+                Ok(out)
+            },
+            |msg| self.render(msg),
+            now,
+        )?;
+        self.after_append(&stored)?;
+        Ok(stored)
+    }
+
+    /// Stores messages that were already verified ([`Message::verify`]),
+    /// checking that each extends its feed. All or nothing.
+    pub fn ingest(&self, msgs: Vec<Message>) -> Result<Vec<Stored>, NodeError> {
+        let stored = self
+            .store
+            .append(msgs, |msg| self.render(msg), now_ms())?;
+        self.after_append(&stored)?;
+        Ok(stored)
+    }
+
+    /// Publishes a contact message about `feed`.
+    pub fn follow(&self, feed: &FeedId, following: bool) -> Result<Vec<Stored>, NodeError> {
+        let mut content = Map::new();
+        content.insert("type".into(), "contact".into());
+        content.insert("contact".into(), feed.to_string().into());
+        content.insert("following".into(), following.into());
+        self.publish(vec![Value::Object(content)])
+    }
+
+    /// Publishes an `about` naming this machine, unless it already has
+    /// that name.
+    pub fn ensure_name(&self, name: &str) -> Result<(), NodeError> {
+        let current = self.names().get(&self.id()).cloned();
+        if current.as_deref() == Some(name) || name.is_empty() {
+            return Ok(());
+        }
+        let mut content = Map::new();
+        content.insert("type".into(), "about".into());
+        content.insert("about".into(), self.id().to_string().into());
+        content.insert("name".into(), name.into());
+        self.publish(vec![Value::Object(content)])?;
+        Ok(())
+    }
+
+    /// The latest name each feed gave itself.
+    pub fn names(&self) -> HashMap<FeedId, String> {
+        self.lock_renderer().names().clone()
+    }
+
+    /// The feeds this machine follows.
+    pub fn following(&self) -> Vec<FeedId> {
+        self.read_graph().followed_by(&self.id())
+    }
+
+    /// Feeds within the configured hops, with their distance.
+    pub fn wanted_feeds(&self) -> HashMap<FeedId, u32> {
+        self.read_graph().within(&self.id(), self.config.hops)
+    }
+
+    /// Makes everything stored so far durable.
+    pub fn flush(&self) -> Result<(), NodeError> {
+        Ok(self.store.flush()?)
+    }
+
+    fn render(&self, msg: &Message) -> Option<Vec<u8>> {
+        let store = &self.store;
+        self.lock_renderer()
+            .render(msg, |feed, seq| store.get(feed, seq).ok().flatten())
+    }
+
+    fn after_append(&self, stored: &[Stored]) -> Result<(), NodeError> {
+        if let Some(views) = &self.views {
+            views.add(stored)?;
+        }
+        let mut graph_changed = false;
+        {
+            let mut graph = self.graph.write().unwrap_or_else(|e| e.into_inner());
+            for entry in stored {
+                if let Some((contact, following)) = contact_edge(&entry.msg) {
+                    graph_changed |= graph.set(entry.msg.author, contact, following);
+                }
+            }
+        }
+        let mut latest: HashMap<FeedId, u64> = HashMap::new();
+        for entry in stored {
+            latest.insert(entry.msg.author, entry.msg.sequence);
+        }
+        for (feed, seq) in latest {
+            let _ = self.events.send(Event::Appended { feed, seq });
+        }
+        if graph_changed {
+            let _ = self.events.send(Event::GraphChanged);
+        }
+        Ok(())
+    }
+
+    fn lock_renderer(&self) -> std::sync::MutexGuard<'_, LineRenderer> {
+        self.renderer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_graph(&self) -> std::sync::RwLockReadGuard<'_, FollowGraph> {
+        self.graph.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> f64 {
+    let now = chrono::Utc::now();
+    now.timestamp_millis() as f64
+}
+
+/// Room left for the sequence and timestamp to grow between parts.
+const SPLIT_MARGIN: usize = 64;
+
+/// `content` as one message, or as several when it is a log line whose text
+/// is too long for one. Other oversize content is refused.
+fn split_for_size(
+    keys: &Keypair,
+    tip: Option<&FeedTip>,
+    content: Value,
+) -> Result<Vec<Value>, FeedError> {
+    // Cheap upper bound first: most content is far below the limit.
+    if utf16_len(&to_js_pretty(&content)) + 600 < MAX_MESSAGE_UTF16 {
+        return Ok(vec![content]);
+    }
+    let is_log_text = content.get("type").and_then(Value::as_str) == Some(LOG_TYPE)
+        && content.get("text").is_some_and(Value::is_string);
+    let probe = Message::sign(keys, tip, now_ms(), content.clone());
+    match probe {
+        Ok(_) => return Ok(vec![content]),
+        Err(FeedError::TooLarge(size)) if !is_log_text => return Err(FeedError::TooLarge(size)),
+        Err(FeedError::TooLarge(_)) => {}
+        Err(other) => return Err(other),
+    }
+    let text = content["text"].as_str().unwrap_or("").to_string();
+    let mut empty = content.clone();
+    empty["text"] = Value::String(String::new());
+    empty[MORE_FIELD] = Value::Bool(true);
+    let overhead = utf16_len(&to_js_pretty(
+        &Message::sign(keys, tip, now_ms(), empty.clone())?.value,
+    ));
+    let budget = MAX_MESSAGE_UTF16.saturating_sub(overhead + SPLIT_MARGIN);
+    if budget < 16 {
+        return Err(FeedError::TooLarge(overhead));
+    }
+    let chunks = chunk_by_json_length(&text, budget);
+    let last = chunks.len() - 1;
+    Ok(chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut part = content.clone();
+            part["text"] = Value::String(chunk.to_string());
+            if i < last {
+                part[MORE_FIELD] = Value::Bool(true);
+            }
+            part
+        })
+        .collect())
+}
+
+/// Splits `text` into pieces whose JSON-escaped UTF-16 length is at most
+/// `budget`, never inside a character.
+fn chunk_by_json_length(text: &str, budget: usize) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut used = 0;
+    for (i, c) in text.char_indices() {
+        let cost = match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf16(),
+        };
+        if used + cost > budget {
+            chunks.push(&text[start..i]);
+            start = i;
+            used = 0;
+        }
+        used += cost;
+    }
+    chunks.push(&text[start..]);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_by_json_length;
+
+    #[test]
+    fn chunks_respect_escapes_and_characters() {
+        let text = "ab\"😀cd";
+        let chunks = chunk_by_json_length(text, 3);
+        assert_eq!(chunks.concat(), text);
+        assert_eq!(chunks, vec!["ab", "\"", "😀c", "d"]);
+    }
+}

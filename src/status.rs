@@ -1,0 +1,105 @@
+//! What `status` shows: peers, each feed's latest sequence, and progress.
+
+use serde_json::{json, Value};
+
+use crate::node::{now_ms, Node};
+use crate::view::line::{format_timestamp, label};
+
+/// The status as JSON: what both the mount's `status` file and
+/// `scuttlefs status` render.
+pub fn report(node: &Node) -> Value {
+    let names = node.names();
+    let wanted = node.wanted_feeds();
+    let net = node.net.read().map(|n| n.clone()).unwrap_or_default();
+    let feeds: Vec<Value> = node
+        .store
+        .feeds()
+        .into_iter()
+        .map(|(feed, tip)| {
+            json!({
+                "id": feed.to_string(),
+                "name": label(&feed, &names),
+                "seq": tip.sequence,
+                "latest": format_timestamp(tip.timestamp),
+                "hops": wanted.get(&feed),
+            })
+        })
+        .collect();
+    let peers: Vec<Value> = net
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id.to_string(),
+                "name": label(&p.id, &names),
+                "address": p.address,
+                "since": format_timestamp(p.since_ms),
+                "received": p.received,
+                "sent": p.sent,
+            })
+        })
+        .collect();
+    let last_peer_ms = if net.peers.is_empty() {
+        net.last_peer_ms
+    } else {
+        Some(now_ms())
+    };
+    json!({
+        "id": node.id().to_string(),
+        "name": label(&node.id(), &names),
+        "listening": net.listening,
+        "started": format_timestamp(node.started_ms()),
+        "started_ms": node.started_ms(),
+        "last_peer_ms": last_peer_ms,
+        "messages": node.store.len(),
+        "hops": node.config.hops,
+        "following": node.following().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "peers": peers,
+        "feeds": feeds,
+    })
+}
+
+/// The status as the text a person reads.
+pub fn render(report: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut out = String::new();
+    out.push_str(&format!("id:        {}\n", s(&report["id"])));
+    out.push_str(&format!("name:      {}\n", s(&report["name"])));
+    out.push_str(&format!("listening: {}\n", s(&report["listening"])));
+    out.push_str(&format!("started:   {}\n", s(&report["started"])));
+    out.push_str(&format!(
+        "messages:  {} stored, replicating {} hops\n",
+        report["messages"], report["hops"]
+    ));
+    let empty = Vec::new();
+    let peers = report["peers"].as_array().unwrap_or(&empty);
+    out.push_str(&format!("peers:     {} connected\n", peers.len()));
+    for p in peers {
+        out.push_str(&format!(
+            "  {} {} at {} since {}, received {}, sent {}\n",
+            s(&p["name"]),
+            s(&p["id"]),
+            s(&p["address"]),
+            s(&p["since"]),
+            p["received"],
+            p["sent"]
+        ));
+    }
+    let feeds = report["feeds"].as_array().unwrap_or(&empty);
+    out.push_str(&format!("feeds:     {}\n", feeds.len()));
+    for f in feeds {
+        let hops = match f["hops"].as_u64() {
+            Some(h) => format!("{h} hops"),
+            None => "not replicated".into(),
+        };
+        out.push_str(&format!(
+            "  {} {} seq {} latest {} ({})\n",
+            s(&f["name"]),
+            s(&f["id"]),
+            f["seq"],
+            s(&f["latest"]),
+            hops
+        ));
+    }
+    out
+}

@@ -79,10 +79,12 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                sled::Error::Io(ref io) if io.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                // sled reports a held lock as an I/O error whose text is
+                // the only stable sign of it.
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
                     StoreError::Locked(dir.display().to_string())
                 }
                 other => StoreError::Sled(other),

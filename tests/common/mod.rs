@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: the binary, temporary nodes,
+//! daemons with real mounts, and the rule for skipping system tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The scuttlefs binary cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_scuttlefs"))
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether a test that needs `what` may run. When it may not, the test
+/// should return early; with SCUTTLEFS_REQUIRE_SYSTEM_TESTS=1 (as in CI) a
+/// missing requirement fails the test instead.
+pub fn system_available(what: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var("SCUTTLEFS_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+        panic!("SCUTTLEFS_REQUIRE_SYSTEM_TESTS=1 but {what} is not available");
+    }
+    eprintln!("skipping: {what} is not available");
+    false
+}
+
+/// FUSE needs /dev/fuse and root (the pure-Rust mount) in these tests.
+pub fn fuse_available() -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    system_available("FUSE (/dev/fuse and root)", root && Path::new("/dev/fuse").exists())
+}
+
+/// Node.js and the reference packages from tests/js (npm ci).
+pub fn node_modules_available() -> bool {
+    let ok = Command::new("node").arg("--version").output().is_ok()
+        && repo().join("tests/js/node_modules/ssb-validate").exists();
+    system_available("node with tests/js/node_modules (npm ci in tests/js)", ok)
+}
+
+/// Runs the binary with `args`, returning its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Runs the binary and requires success; returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "scuttlefs {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8 output")
+}
+
+/// Waits until `check` is true, up to `timeout`.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// A running `scuttlefs serve` with its own data directory and mount.
+pub struct Daemon {
+    /// The process.
+    pub child: Option<Child>,
+    /// `--path`.
+    pub path: PathBuf,
+    /// The mountpoint.
+    pub mount: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon on `path`, mounted at `path/../mount-<name>`, and
+    /// waits for the mount.
+    pub fn start(path: &Path, name: &str, extra: &[&str]) -> Daemon {
+        let mount = path.with_file_name(format!("mount-{name}"));
+        std::fs::create_dir_all(&mount).expect("mountpoint");
+        let child = Command::new(bin())
+            .arg("serve")
+            .arg("--path")
+            .arg(path)
+            .arg("--mount")
+            .arg(&mount)
+            .args(["--name", name, "--no-discovery", "--port", "0"])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("daemon starts");
+        let daemon = Daemon {
+            child: Some(child),
+            path: path.to_path_buf(),
+            mount,
+        };
+        let whoami = daemon.mount.join("whoami");
+        assert!(
+            wait_until(Duration::from_secs(20), || std::fs::read_to_string(&whoami)
+                .map(|s| s.starts_with('@'))
+                .unwrap_or(false)),
+            "the mount did not come up"
+        );
+        daemon
+    }
+
+    /// A file in the mount.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel)
+    }
+
+    /// Runs `sh -c script` in the mount directory; returns stdout.
+    pub fn sh(&self, script: &str) -> Output {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&self.mount)
+            .output()
+            .expect("sh runs")
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        // In case the daemon died without unmounting.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
+    }
+}

@@ -16,7 +16,9 @@ pub enum CliError {
     #[error("--port {0:?} is not a port number")]
     BadPort(String),
     /// A bare word among `publish`'s flags.
-    #[error("unexpected argument {0:?}: publish takes --key value pairs (e.g. --type log --text \"…\")")]
+    #[error(
+        "unexpected argument {0:?}: publish takes --key value pairs (e.g. --type log --text \"…\")"
+    )]
     Positional(String),
     /// A duration that does not parse.
     #[error("bad duration {0:?}: use e.g. 90s, 30m, 1h, 2d")]
@@ -51,9 +53,7 @@ pub fn split_globals(args: &[String]) -> Result<(Overrides, Vec<String>), CliErr
         };
         match name {
             "--path" => overrides.path = Some(expand_tilde(&value).into()),
-            "--port" => {
-                overrides.port = Some(value.parse().map_err(|_| CliError::BadPort(value))?)
-            }
+            "--port" => overrides.port = Some(value.parse().map_err(|_| CliError::BadPort(value))?),
             _ => overrides.network_key = Some(value),
         }
         i += 1;
@@ -110,7 +110,10 @@ pub fn publish_content(args: &[String]) -> Result<(Map<String, Value>, bool), Cl
 pub fn parse_duration(text: &str) -> Result<u64, CliError> {
     let bad = || CliError::BadDuration(text.to_string());
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = number.parse().map_err(|_| bad())?;
     let scale = match unit {
         "" | "s" => 1,
@@ -133,7 +136,14 @@ mod tests {
     #[test]
     fn globals_are_found_before_and_after_the_verb() {
         let (o, rest) = split_globals(&args(&[
-            "--path", "/d", "publish", "--port", "8321", "--caps.shs=K", "--type", "log",
+            "--path",
+            "/d",
+            "publish",
+            "--port",
+            "8321",
+            "--caps.shs=K",
+            "--type",
+            "log",
         ]))
         .expect("parses");
         assert_eq!(o.path.as_deref(), Some(std::path::Path::new("/d")));
@@ -145,7 +155,13 @@ mod tests {
     #[test]
     fn the_seeds_publish_flags_become_content() {
         let (content, stdin) = publish_content(&args(&[
-            "--type", "contact", "--contact", "@x", "--following", "--text", " hi",
+            "--type",
+            "contact",
+            "--contact",
+            "@x",
+            "--following",
+            "--text",
+            " hi",
         ]))
         .expect("parses");
         assert!(!stdin);

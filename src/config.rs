@@ -186,12 +186,12 @@ impl Config {
     pub fn load_or_create_keys(&self) -> Result<Keypair, ConfigError> {
         let secret = self.path.join("secret");
         match fs::read_to_string(&secret) {
-            Ok(text) => Keypair::from_secret_file_text(&text).map_err(|source| {
-                ConfigError::Secret {
+            Ok(text) => {
+                Keypair::from_secret_file_text(&text).map_err(|source| ConfigError::Secret {
                     path: secret,
                     source,
-                }
-            }),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 ensure_dir(&self.path)?;
                 let keys = Keypair::generate();

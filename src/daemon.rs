@@ -58,7 +58,9 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     let node = match Node::open(config.clone(), keys, true) {
         Ok(node) => Arc::new(node),
         Err(NodeError::Store(StoreError::Locked(_))) => {
-            return Err(DaemonError::AlreadyRunning(config.path.display().to_string()))
+            return Err(DaemonError::AlreadyRunning(
+                config.path.display().to_string(),
+            ))
         }
         Err(e) => return Err(e.into()),
     };

@@ -210,7 +210,10 @@ fn read_stdin_contents(fields: &Map<String, Value>) -> Result<Vec<Value>, String
 fn content_for_line_with_fields(line: &str, fields: &Map<String, Value>) -> Option<Value> {
     if line.trim_start().starts_with('{') {
         let mut map = Map::new();
-        map.insert("type".into(), fields.get("type").cloned().unwrap_or("log".into()));
+        map.insert(
+            "type".into(),
+            fields.get("type").cloned().unwrap_or("log".into()),
+        );
         for (k, v) in fields {
             map.insert(k.clone(), v.clone());
         }
@@ -227,17 +230,18 @@ fn request(overrides: &Overrides, req: Request) -> Result<ExitCode, String> {
     let blank_line = matches!(req, Request::Log);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut emit = |item: Value| -> std::io::Result<()> {
-        out.write_all(to_js_pretty(&item).as_bytes())?;
-        // `sbot log` separates messages with a blank line; scripts split on it.
-        out.write_all(if blank_line { b"\n\n" } else { b"\n" })
+    let outcome = {
+        let mut emit = |item: Value| -> std::io::Result<()> {
+            out.write_all(to_js_pretty(&item).as_bytes())?;
+            // `sbot log` separates messages with a blank line; scripts split on it.
+            out.write_all(if blank_line { b"\n\n" } else { b"\n" })
+        };
+        match control::call(&config.socket_path(), &req, &mut emit) {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => run_locally(&config, req, &mut emit)?,
+            Err(e) => return Err(format!("talking to the daemon: {e}")),
+        }
     };
-    let outcome = match control::call(&config.socket_path(), &req, &mut emit) {
-        Ok(Some(outcome)) => outcome,
-        Ok(None) => run_locally(&config, req, &mut emit)?,
-        Err(e) => return Err(format!("talking to the daemon: {e}")),
-    };
-    drop(emit);
     out.flush().map_err(|e| e.to_string())?;
     outcome.map_err(|e: RequestError| e.message)?;
     Ok(ExitCode::SUCCESS)
@@ -305,10 +309,7 @@ fn status_command(
             .unwrap_or(0.0);
         let silent_s = (now_ms() - last) / 1000.0;
         if silent_s > limit as f64 {
-            eprintln!(
-                "scuttlefs: no peer for {:.0} s (limit {limit} s)",
-                silent_s
-            );
+            eprintln!("scuttlefs: no peer for {:.0} s (limit {limit} s)", silent_s);
             return Ok(ExitCode::from(2));
         }
     }

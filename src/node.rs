@@ -165,9 +165,7 @@ impl Node {
     /// Stores messages that were already verified ([`Message::verify`]),
     /// checking that each extends its feed. All or nothing.
     pub fn ingest(&self, msgs: Vec<Message>) -> Result<Vec<Stored>, NodeError> {
-        let stored = self
-            .store
-            .append(msgs, |msg| self.render(msg), now_ms())?;
+        let stored = self.store.append(msgs, |msg| self.render(msg), now_ms())?;
         self.after_append(&stored)?;
         Ok(stored)
     }

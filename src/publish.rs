@@ -61,7 +61,10 @@ mod tests {
             Some(json!({"type": "log", "text": "{not json"}))
         );
         assert_eq!(content_for_line("", &none), None);
-        let fields = json!({"source": "laptop"}).as_object().cloned().unwrap_or_default();
+        let fields = json!({"source": "laptop"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(
             content_for_line("x", &fields),
             Some(json!({"type": "log", "source": "laptop", "text": "x"}))

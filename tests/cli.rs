@@ -42,8 +42,21 @@ fn the_seeds_publish_command_keeps_connection_flags_out_of_the_content() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_str().expect("utf8");
     let out = run_ok(&[
-        "publish", "--path", path, "--port", "8321", "--caps.shs", KEY, "--type", "log",
-        "--source", "mycomputername", "--destination", "myothercomputer", "--text", " backup ok",
+        "publish",
+        "--path",
+        path,
+        "--port",
+        "8321",
+        "--caps.shs",
+        KEY,
+        "--type",
+        "log",
+        "--source",
+        "mycomputername",
+        "--destination",
+        "myothercomputer",
+        "--text",
+        " backup ok",
     ]);
     let msg: Value = serde_json::from_str(&out).expect("prints the stored message");
     assert_eq!(
@@ -70,7 +83,16 @@ fn follow_and_unfollow_publish_contact_messages() {
     run_ok(&["follow", other, "--path", path]);
     run_ok(&["unfollow", other, "--path", path]);
     // The seed's spelling works too.
-    run_ok(&["publish", "--path", path, "--type", "contact", "--contact", other, "--following"]);
+    run_ok(&[
+        "publish",
+        "--path",
+        path,
+        "--type",
+        "contact",
+        "--contact",
+        other,
+        "--following",
+    ]);
     let contents: Vec<Value> = log_values(path)
         .into_iter()
         .map(|m| m["value"]["content"].clone())
@@ -99,10 +121,26 @@ fn assert_fails_cleanly(args: &[&str], expect_in_stderr: &str, path: &str) {
 fn bad_input_fails_with_a_clear_message_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_str().expect("utf8");
-    run_ok(&["publish", "--path", path, "--type", "log", "--text", "first"]);
-    assert_fails_cleanly(&["follow", "@not-a-key.ed25519", "--path", path], "malformed feed id", path);
+    run_ok(&[
+        "publish", "--path", path, "--type", "log", "--text", "first",
+    ]);
     assert_fails_cleanly(
-        &["publish", "--path", path, "--caps.shs", "randomsecretAPIstringthatisaboutfortycharacters", "--type", "log", "--text", "x"],
+        &["follow", "@not-a-key.ed25519", "--path", path],
+        "malformed feed id",
+        path,
+    );
+    assert_fails_cleanly(
+        &[
+            "publish",
+            "--path",
+            path,
+            "--caps.shs",
+            "randomsecretAPIstringthatisaboutfortycharacters",
+            "--type",
+            "log",
+            "--text",
+            "x",
+        ],
         "bad network key",
         path,
     );
@@ -112,7 +150,11 @@ fn bad_input_fails_with_a_clear_message_and_changes_nothing() {
         "limit is 8192",
         path,
     );
-    assert_fails_cleanly(&["publish", "--path", path, "stray"], "unexpected argument", path);
+    assert_fails_cleanly(
+        &["publish", "--path", path, "stray"],
+        "unexpected argument",
+        path,
+    );
 }
 
 #[test]
@@ -149,10 +191,17 @@ fn an_ssb_server_secret_file_works_as_is() {
         .current_dir(common::repo().join("tests/js"))
         .output()
         .expect("node runs");
-    let js_id = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    let js_id = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
     assert!(js_id.starts_with('@'), "ssb-keys printed {js_id:?}");
-    let mine: Value = serde_json::from_str(&run_ok(&["whoami", "--path", dir.path().to_str().expect("utf8")]))
-        .expect("json");
+    let mine: Value = serde_json::from_str(&run_ok(&[
+        "whoami",
+        "--path",
+        dir.path().to_str().expect("utf8"),
+    ]))
+    .expect("json");
     assert_eq!(mine["id"], js_id.as_str());
 }
 
@@ -204,17 +253,35 @@ fn commands_go_through_a_running_daemon_and_print_the_same() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("node");
     let path_s = path.to_str().expect("utf8");
-    let local: Value = serde_json::from_str(&run_ok(&["publish", "--path", path_s, "--type", "log", "--text", "local"]))
-        .expect("json");
+    let local: Value = serde_json::from_str(&run_ok(&[
+        "publish", "--path", path_s, "--type", "log", "--text", "local",
+    ]))
+    .expect("json");
     let mut daemon = Command::new(common::bin())
-        .args(["serve", "--no-mount", "--no-discovery", "--port", "0", "--path", path_s])
+        .args([
+            "serve",
+            "--no-mount",
+            "--no-discovery",
+            "--port",
+            "0",
+            "--path",
+            path_s,
+        ])
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("daemon starts");
     let socket = path.join("scuttlefs.sock");
     assert!(common::wait_until(Duration::from_secs(10), || socket.exists()));
-    let remote: Value = serde_json::from_str(&run_ok(&["publish", "--path", path_s, "--type", "log", "--text", "via daemon"]))
-        .expect("json");
+    let remote: Value = serde_json::from_str(&run_ok(&[
+        "publish",
+        "--path",
+        path_s,
+        "--type",
+        "log",
+        "--text",
+        "via daemon",
+    ]))
+    .expect("json");
     assert_eq!(remote["value"]["content"]["text"], "via daemon");
     let keys_of = |v: &Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
     assert_eq!(keys_of(&local), keys_of(&remote));

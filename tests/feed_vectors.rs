@@ -50,9 +50,13 @@ fn signing_the_same_content_reproduces_javascripts_bytes() {
     for entry in &entries[..entries.len() - 1] {
         let value = &entry["value"];
         let timestamp = value["timestamp"].as_f64().expect("timestamp");
-        let mine = Message::sign(&keys, tip.as_ref(), timestamp, value["content"].clone())
-            .expect("signs");
-        assert_eq!(to_js_pretty(&mine.value), to_js_pretty(value), "text differs");
+        let mine =
+            Message::sign(&keys, tip.as_ref(), timestamp, value["content"].clone()).expect("signs");
+        assert_eq!(
+            to_js_pretty(&mine.value),
+            to_js_pretty(value),
+            "text differs"
+        );
         assert_eq!(mine.value["signature"], value["signature"]);
         assert_eq!(mine.key.to_string(), entry["key"].as_str().expect("key"));
         tip = Some(mine.tip());
@@ -79,8 +83,10 @@ fn tricky_contents() -> Vec<Value> {
         json!({"type": "log", "text": "plain"}),
         json!({"type": "test", "f": 0.1, "big": 1e21, "small": 1.5e-7, "neg": -0.0, "third": 1.0/3.0}),
         json!({"type": "post", "text": "outside the BMP: 😀 𝄞 and é"}),
-        serde_json::from_str(r#"{"type":"test","b":1,"10":"ten","2":"two","nested":{"1":1,"0":0}}"#)
-            .expect("json"),
+        serde_json::from_str(
+            r#"{"type":"test","b":1,"10":"ten","2":"two","nested":{"1":1,"0":0}}"#,
+        )
+        .expect("json"),
         json!({"type": "test", "text": "ctrl \u{1} quote \" backslash \\ ls \u{2028} del \u{7f}"}),
         json!({"type": "test", "empty": {}, "list": [], "deep": [[[]], {"x": null}]}),
     ]
@@ -116,7 +122,11 @@ fn ssb_validate_accepts_what_scuttlefs_signs() {
     }
     let out = child.wait_with_output().expect("node finishes");
     let verdict: Value = serde_json::from_slice(&out.stdout).expect("JSON verdict");
-    assert_eq!(verdict["valid"], json!(mine.len()), "ssb-validate said {verdict}");
+    assert_eq!(
+        verdict["valid"],
+        json!(mine.len()),
+        "ssb-validate said {verdict}"
+    );
     let ids: Vec<MsgId> = verdict["ids"]
         .as_array()
         .expect("ids")

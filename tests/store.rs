@@ -15,8 +15,13 @@ fn chain(keys: &Keypair, n: usize) -> Vec<Message> {
     for i in 0..n {
         let tip = out.last().map(Message::tip);
         out.push(
-            Message::sign(keys, tip.as_ref(), 1000.0 + i as f64, json!({"type": "log", "text": i}))
-                .expect("signs"),
+            Message::sign(
+                keys,
+                tip.as_ref(),
+                1000.0 + i as f64,
+                json!({"type": "log", "text": i}),
+            )
+            .expect("signs"),
         );
     }
     out
@@ -32,17 +37,34 @@ fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
     let store = Store::open(dir.path()).expect("opens");
     let keys = Keypair::generate();
     let msgs = chain(&keys, 3);
-    store.append(vec![msgs[0].clone()], no_line, 1.0).expect("first");
+    store
+        .append(vec![msgs[0].clone()], no_line, 1.0)
+        .expect("first");
 
     // A gap: sequence 3 after 1.
-    let err = store.append(vec![msgs[2].clone()], no_line, 1.0).unwrap_err();
-    assert!(matches!(err, StoreError::Rejected(FeedError::OutOfOrder { expected: 2, got: 3 })));
+    let err = store
+        .append(vec![msgs[2].clone()], no_line, 1.0)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Rejected(FeedError::OutOfOrder {
+            expected: 2,
+            got: 3
+        })
+    ));
 
     // A fork: a different message 2 whose previous is not message 1.
-    let other_tip = FeedTip { key: msgs[1].key, sequence: 1, timestamp: 0.0 };
+    let other_tip = FeedTip {
+        key: msgs[1].key,
+        sequence: 1,
+        timestamp: 0.0,
+    };
     let fork = Message::sign(&keys, Some(&other_tip), 5.0, json!({"type": "log"})).expect("signs");
     let err = store.append(vec![fork], no_line, 1.0).unwrap_err();
-    assert!(matches!(err, StoreError::Rejected(FeedError::Fork { sequence: 2 })));
+    assert!(matches!(
+        err,
+        StoreError::Rejected(FeedError::Fork { sequence: 2 })
+    ));
 
     // A batch is all or nothing: a good message followed by a bad one.
     let err = store
@@ -53,9 +75,14 @@ fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
     assert_eq!(store.len(), 1);
     assert!(store.get(&keys.id(), 2).expect("reads").is_none());
 
-    store.append(msgs[1..].to_vec(), no_line, 1.0).expect("the rest");
+    store
+        .append(msgs[1..].to_vec(), no_line, 1.0)
+        .expect("the rest");
     assert_eq!(store.tip(&keys.id()).map(|t| t.sequence), Some(3));
-    let by_id = store.get_by_id(&msgs[2].key).expect("reads").expect("found");
+    let by_id = store
+        .get_by_id(&msgs[2].key)
+        .expect("reads")
+        .expect("found");
     assert_eq!(by_id.value, msgs[2].value);
 }
 
@@ -119,7 +146,11 @@ fn acknowledged_messages_survive_sigkill() {
     let store = Store::open(dir.path()).expect("reopens after SIGKILL");
     let feed = Keypair::from_seed(&[3; 32]).id();
     let tip = store.tip(&feed).expect("has a tip");
-    assert!(tip.sequence >= acked, "lost acknowledged messages: tip {} < {acked}", tip.sequence);
+    assert!(
+        tip.sequence >= acked,
+        "lost acknowledged messages: tip {} < {acked}",
+        tip.sequence
+    );
     // Every message up to the tip is there, verifies, and chains.
     let mut previous: Option<FeedTip> = None;
     for seq in 1..=tip.sequence {

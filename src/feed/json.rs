@@ -71,7 +71,11 @@ pub fn js_key_order(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
         return others;
     }
     indices.sort_by_key(|(i, _)| *i);
-    indices.into_iter().map(|(_, kv)| kv).chain(others).collect()
+    indices
+        .into_iter()
+        .map(|(_, kv)| kv)
+        .chain(others)
+        .collect()
 }
 
 /// `Some(n)` when `key` is a canonical array index in JavaScript's sense.

@@ -362,8 +362,8 @@ mod tests {
     fn timestamps_strictly_increase_when_the_clock_goes_back() {
         let keys = Keypair::generate();
         let first = Message::sign(&keys, None, 5000.0, json!({"type": "log"})).expect("signs");
-        let second =
-            Message::sign(&keys, Some(&first.tip()), 4000.0, json!({"type": "log"})).expect("signs");
+        let second = Message::sign(&keys, Some(&first.tip()), 4000.0, json!({"type": "log"}))
+            .expect("signs");
         assert_eq!(second.timestamp, 5001.0);
     }
 
@@ -385,7 +385,15 @@ mod tests {
         let msg = &chain(&keys, 1)[0];
         let map = msg.value.as_object().expect("object");
         let mut reordered = Map::new();
-        for k in ["author", "previous", "sequence", "timestamp", "hash", "content", "signature"] {
+        for k in [
+            "author",
+            "previous",
+            "sequence",
+            "timestamp",
+            "hash",
+            "content",
+            "signature",
+        ] {
             reordered.insert(k.to_string(), map[k].clone());
         }
         assert!(matches!(
@@ -405,7 +413,10 @@ mod tests {
         assert!(FeedTip::check_next(Some(&msgs[0].tip()), &msgs[1]).is_ok());
         assert!(matches!(
             FeedTip::check_next(Some(&msgs[0].tip()), &msgs[2]),
-            Err(FeedError::OutOfOrder { expected: 2, got: 3 })
+            Err(FeedError::OutOfOrder {
+                expected: 2,
+                got: 3
+            })
         ));
         // Same sequence, different previous: a fork.
         let fork = Message::sign(

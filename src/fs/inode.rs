@@ -143,7 +143,12 @@ mod tests {
     #[test]
     fn names_are_unique_and_clear_of_root_files() {
         let inodes = Inodes::default();
-        let (a, b, c, d) = (FeedId([1; 32]), FeedId([2; 32]), FeedId([3; 32]), FeedId([4; 32]));
+        let (a, b, c, d) = (
+            FeedId([1; 32]),
+            FeedId([2; 32]),
+            FeedId([3; 32]),
+            FeedId([4; 32]),
+        );
         let names = HashMap::from([
             (a, "laptop".to_string()),
             (b, "laptop".to_string()),

@@ -55,7 +55,10 @@ impl LineBuffer {
         }
         let mut lines = Vec::with_capacity(lines_in(complete));
         if !complete.is_empty() {
-            for (n, raw) in complete[..complete.len() - 1].split(|b| *b == b'\n').enumerate() {
+            for (n, raw) in complete[..complete.len() - 1]
+                .split(|b| *b == b'\n')
+                .enumerate()
+            {
                 let text = if n == 0 && !self.pending.is_empty() {
                     String::from_utf8([&self.pending[..], raw].concat()).ok()
                 } else {
@@ -132,7 +135,10 @@ mod tests {
         let mut buf = LineBuffer::default();
         let smile = "😀".as_bytes();
         assert!(buf.push(&smile[..2]).expect("ok").is_empty());
-        assert_eq!(buf.push(&[&smile[2..], b"\n"].concat()).expect("ok"), vec!["😀"]);
+        assert_eq!(
+            buf.push(&[&smile[2..], b"\n"].concat()).expect("ok"),
+            vec!["😀"]
+        );
     }
 
     #[test]

@@ -152,7 +152,13 @@ impl ScuttleFs {
                 if let Some((_, ino)) = ROOT_FILES.iter().find(|(n, _)| *n == name) {
                     return self.getattr(*ino);
                 }
-                let feeds: Vec<FeedId> = self.node.store.feeds().into_iter().map(|(f, _)| f).collect();
+                let feeds: Vec<FeedId> = self
+                    .node
+                    .store
+                    .feeds()
+                    .into_iter()
+                    .map(|(f, _)| f)
+                    .collect();
                 let dirs = self.inodes.dir_names(&feeds, &self.node.names());
                 let (_, feed) = dirs
                     .iter()
@@ -218,7 +224,13 @@ impl ScuttleFs {
                     .iter()
                     .map(|(name, ino)| (*ino, Kind::File, name.to_string()))
                     .collect();
-                let feeds: Vec<FeedId> = self.node.store.feeds().into_iter().map(|(f, _)| f).collect();
+                let feeds: Vec<FeedId> = self
+                    .node
+                    .store
+                    .feeds()
+                    .into_iter()
+                    .map(|(f, _)| f)
+                    .collect();
                 for (name, feed) in self.inodes.dir_names(&feeds, &self.node.names()) {
                     out.push((self.inodes.feed_ino(&feed, 0), Kind::Dir, name));
                 }
@@ -227,7 +239,11 @@ impl ScuttleFs {
             Inode::FeedDir(feed) => Ok(FEED_FILES
                 .iter()
                 .map(|(name, offset)| {
-                    (self.inodes.feed_ino(&feed, *offset), Kind::File, name.to_string())
+                    (
+                        self.inodes.feed_ino(&feed, *offset),
+                        Kind::File,
+                        name.to_string(),
+                    )
                 })
                 .collect()),
             _ => Err(FsError::NotDir),

@@ -61,9 +61,7 @@ impl PeerAddress {
 impl fmt::Display for PeerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let id = self.key.to_string();
-        let key = id
-            .trim_start_matches('@')
-            .trim_end_matches(".ed25519");
+        let key = id.trim_start_matches('@').trim_end_matches(".ed25519");
         if self.host.contains(':') {
             write!(f, "net:[{}]:{}~shs:{}", self.host, self.port, key)
         } else {
@@ -79,7 +77,9 @@ mod tests {
     #[test]
     fn keys_with_plus_and_several_addresses_parse() {
         let key = "k8oSu2t6f/cd0jqqUbL2Oqy77J1AE39I+WoF2QK7BFg=";
-        let packet = format!("net:10.0.0.2:8008~shs:{key};ws://10.0.0.2:8989~shs:{key};net:10.0.0.3:9~shs:{key}");
+        let packet = format!(
+            "net:10.0.0.2:8008~shs:{key};ws://10.0.0.2:8989~shs:{key};net:10.0.0.3:9~shs:{key}"
+        );
         let peers = PeerAddress::parse_many(&packet);
         assert_eq!(peers.len(), 2);
         assert_eq!(peers[0].host, "10.0.0.2");
@@ -90,7 +90,11 @@ mod tests {
 
     #[test]
     fn malformed_addresses_are_refused() {
-        for bad in ["", "net:host~shs:x", "tcp:1.2.3.4:8008~shs:k8oSu2t6f/cd0jqqUbL2Oqy77J1AE39I+WoF2QK7BFg="] {
+        for bad in [
+            "",
+            "net:host~shs:x",
+            "tcp:1.2.3.4:8008~shs:k8oSu2t6f/cd0jqqUbL2Oqy77J1AE39I+WoF2QK7BFg=",
+        ] {
             assert!(PeerAddress::parse(bad).is_err(), "{bad}");
         }
     }

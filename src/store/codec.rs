@@ -229,9 +229,22 @@ mod tests {
 
     #[test]
     fn timestamp_order_survives_the_mapping() {
-        let values = [-1e12, -1.5, -0.0, 0.0, 0.5, 1.0, 1.7e12, 1.7e12 + 0.25, 1e300];
+        let values = [
+            -1e12,
+            -1.5,
+            -0.0,
+            0.0,
+            0.5,
+            1.0,
+            1.7e12,
+            1.7e12 + 0.25,
+            1e300,
+        ];
         for pair in values.windows(2) {
-            assert!(ordered_timestamp(pair[0]) <= ordered_timestamp(pair[1]), "{pair:?}");
+            assert!(
+                ordered_timestamp(pair[0]) <= ordered_timestamp(pair[1]),
+                "{pair:?}"
+            );
         }
     }
 }

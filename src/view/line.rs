@@ -38,7 +38,10 @@ pub fn continues(msg: &Message) -> bool {
 
 /// The `text` field of a log message, or the empty string.
 pub fn text_of(msg: &Message) -> &str {
-    msg.content().get("text").and_then(Value::as_str).unwrap_or("")
+    msg.content()
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// Renders a complete log line, newline included. `text` is the whole text,
@@ -204,8 +207,13 @@ mod tests {
     use serde_json::json;
 
     fn signed(content: Value) -> Message {
-        Message::sign(&Keypair::from_seed(&[7; 32]), None, 1_764_067_291_123.0, content)
-            .expect("signs")
+        Message::sign(
+            &Keypair::from_seed(&[7; 32]),
+            None,
+            1_764_067_291_123.0,
+            content,
+        )
+        .expect("signs")
     }
 
     #[test]
@@ -226,7 +234,10 @@ mod tests {
 
     #[test]
     fn names_are_made_safe() {
-        assert_eq!(safe_name("my laptop/home").as_deref(), Some("my_laptop_home"));
+        assert_eq!(
+            safe_name("my laptop/home").as_deref(),
+            Some("my_laptop_home")
+        );
         assert_eq!(safe_name(".."), None);
         assert_eq!(safe_name("  "), None);
     }
@@ -234,11 +245,20 @@ mod tests {
     #[test]
     fn split_lines_are_rejoined() {
         let keys = Keypair::from_seed(&[9; 32]);
-        let first = Message::sign(&keys, None, 1.0, json!({"type":"log","text":"abc","more":true}))
-            .expect("signs");
-        let second =
-            Message::sign(&keys, Some(&first.tip()), 2.0, json!({"type":"log","text":"def"}))
-                .expect("signs");
+        let first = Message::sign(
+            &keys,
+            None,
+            1.0,
+            json!({"type":"log","text":"abc","more":true}),
+        )
+        .expect("signs");
+        let second = Message::sign(
+            &keys,
+            Some(&first.tip()),
+            2.0,
+            json!({"type":"log","text":"def"}),
+        )
+        .expect("signs");
         let mut renderer = LineRenderer::default();
         assert_eq!(renderer.render(&first, |_, _| None), None);
         let line = renderer.render(&second, |_, _| None).expect("a line");
@@ -248,7 +268,9 @@ mod tests {
         let mut fresh = LineRenderer::default();
         let first_clone = first.clone();
         let line = fresh
-            .render(&second, move |_, seq| (seq == 1).then(|| first_clone.clone()))
+            .render(&second, move |_, seq| {
+                (seq == 1).then(|| first_clone.clone())
+            })
             .expect("a line");
         assert!(String::from_utf8_lossy(&line).ends_with(" abcdef\n"));
     }

@@ -34,7 +34,10 @@ pub fn system_available(what: &str, available: bool) -> bool {
 pub fn fuse_available() -> bool {
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
-    system_available("FUSE (/dev/fuse and root)", root && Path::new("/dev/fuse").exists())
+    system_available(
+        "FUSE (/dev/fuse and root)",
+        root && Path::new("/dev/fuse").exists(),
+    )
 }
 
 /// Node.js and the reference packages from tests/js (npm ci).
@@ -91,7 +94,8 @@ impl Daemon {
     /// waits for the mount.
     pub fn start(path: &Path, name: &str, extra: &[&str]) -> Daemon {
         let mount = path.with_file_name(format!("mount-{name}"));
-        std::fs::create_dir_all(&mount).expect("mountpoint");
+        // Fails on a stale mount, which the daemon clears itself.
+        let _ = std::fs::create_dir_all(&mount);
         let child = Command::new(bin())
             .arg("serve")
             .arg("--path")
@@ -100,7 +104,10 @@ impl Daemon {
             .arg(&mount)
             .args(["--name", name, "--no-discovery", "--port", "0"])
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("daemon starts");
@@ -124,9 +131,10 @@ impl Daemon {
         self.mount.join(rel)
     }
 
-    /// Runs `sh -c script` in the mount directory; returns stdout.
+    /// Runs `bash -c script` in the mount directory (bash, because dash
+    /// reports every failed write as "I/O error" whatever the errno).
     pub fn sh(&self, script: &str) -> Output {
-        Command::new("sh")
+        Command::new("bash")
             .arg("-c")
             .arg(script)
             .current_dir(&self.mount)

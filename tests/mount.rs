@@ -1,0 +1,340 @@
+//! The mounted filesystem, driven with real shell tools.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fuse_available, wait_until, Daemon};
+
+fn read(daemon: &Daemon, rel: &str) -> String {
+    std::fs::read_to_string(daemon.file(rel)).expect("readable")
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// The text after the timestamp and machine label of each line.
+fn texts(log: &str) -> Vec<String> {
+    log.lines()
+        .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn shell_tools_publish_and_read() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    ok(daemon.sh("echo 'backup of /home finished' >> publish && \
+         printf 'two\\nthree\\n' > publish && \
+         echo 'via tee' | tee -a publish > /dev/null && \
+         printf 'no newline at the end' >> publish && \
+         echo '{\"text\":\"json line\",\"source\":\"nas\"}' >> publish && \
+         echo '{\"type\":\"backup\",\"exit\":0}' >> publish"));
+    let merged = read(&daemon, "merged.log");
+    assert_eq!(
+        texts(&merged),
+        vec![
+            "backup of /home finished",
+            "two",
+            "three",
+            "via tee",
+            "no newline at the end",
+            "source=nas json line",
+        ]
+    );
+    assert!(
+        merged
+            .lines()
+            .all(|l| l.split(' ').nth(1) == Some("laptop")),
+        "{merged}"
+    );
+    // The machine's own directory shows the same lines; feed.jsonl has
+    // every message, the about and the non-log one included.
+    assert_eq!(read(&daemon, "laptop/log"), merged);
+    let jsonl = read(&daemon, "laptop/feed.jsonl");
+    let types: Vec<String> = jsonl
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["value"]["content"]["type"]
+                .as_str()
+                .expect("type")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types.first().map(String::as_str), Some("about"));
+    assert_eq!(types.last().map(String::as_str), Some("backup"));
+    assert_eq!(types.len(), 8);
+    let whoami = read(&daemon, "whoami");
+    assert_eq!(read(&daemon, "laptop/id"), whoami);
+
+    // grep -r over the machine directories, head, tail -n, wc.
+    let grep = ok(daemon.sh("grep -r finished */"));
+    let mut files: Vec<&str> = grep
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["laptop/feed.jsonl", "laptop/log"], "{grep}");
+    assert_eq!(
+        ok(daemon.sh("tail -n 2 merged.log")),
+        merged
+            .lines()
+            .skip(4)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    );
+    assert_eq!(
+        ok(daemon.sh("head -n 1 merged.log")).trim_end(),
+        merged.lines().next().expect("a line")
+    );
+    // st_size is exact.
+    let size: usize = ok(daemon.sh("stat -c %s merged.log"))
+        .trim()
+        .parse()
+        .expect("size");
+    assert_eq!(size, merged.len());
+    let ls = ok(daemon.sh("ls -l"));
+    assert!(ls.contains("publish") && ls.contains("laptop"), "{ls}");
+    // publish reads as empty.
+    assert_eq!(ok(daemon.sh("cat publish")), "");
+    // status names the machine and counts its messages.
+    let status = read(&daemon, "status");
+    assert!(status.contains("laptop"), "{status}");
+    assert!(status.contains("seq 8"), "{status}");
+}
+
+#[test]
+fn tail_f_sees_a_line_published_after_it_started() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    ok(daemon.sh("echo before >> publish"));
+    let mut tail = Command::new("tail")
+        .args(["-f", "-n", "+1"])
+        .arg(daemon.file("merged.log"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tail starts");
+    let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("utf8");
+    assert!(first.ends_with(" before"), "{first}");
+    std::thread::sleep(Duration::from_millis(300));
+    ok(daemon.sh("echo 'published later' >> publish"));
+    let published = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines {
+            let _ = tx.send(line.expect("utf8"));
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(2))
+        .expect("tail -f shows it within 2 s");
+    let elapsed = published.elapsed();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(line.ends_with(" published later"), "{line}");
+    assert!(elapsed <= Duration::from_secs(2), "took {elapsed:?}");
+}
+
+#[test]
+fn concurrent_writers_never_interleave_inside_a_line() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    // Two writers, each with its own handle, writing lines long enough to
+    // span several write() calls.
+    let script = |w: &str| {
+        format!(
+            "for i in $(seq 1 300); do printf '%s %04d %s\\n' {w} $i $(printf '{w}%.0s' $(seq 1 150)); done > /dev/null; \
+             for i in $(seq 1 300); do printf '%s %04d %s\\n' {w} $i $(printf '{w}%.0s' $(seq 1 150)); done >> publish"
+        )
+    };
+    let a = Command::new("sh")
+        .arg("-c")
+        .arg(script("A"))
+        .current_dir(&daemon.mount)
+        .spawn()
+        .expect("a");
+    let b = Command::new("sh")
+        .arg("-c")
+        .arg(script("B"))
+        .current_dir(&daemon.mount)
+        .spawn()
+        .expect("b");
+    for mut child in [a, b] {
+        assert!(child.wait().expect("waits").success());
+    }
+    let merged = read(&daemon, "merged.log");
+    let texts = texts(&merged);
+    assert_eq!(texts.len(), 600);
+    for text in &texts {
+        let mut parts = text.split(' ');
+        let writer = parts.next().expect("writer");
+        let _n = parts.next().expect("number");
+        let body = parts.next().expect("body");
+        assert_eq!(body, writer.repeat(150), "a line mixes writers: {text}");
+    }
+    for w in ["A", "B"] {
+        let numbers: Vec<&str> = texts
+            .iter()
+            .filter(|t| t.starts_with(w))
+            .map(|t| t.split(' ').nth(1).expect("n"))
+            .collect();
+        let expected: Vec<String> = (1..=300).map(|i| format!("{i:04}")).collect();
+        assert_eq!(numbers, expected, "writer {w}'s lines out of order or lost");
+    }
+}
+
+#[test]
+fn a_20000_character_line_is_split_across_messages_and_rejoined() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let line: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    std::fs::write(
+        dir.path().join("long.txt"),
+        format!("{line}\nshort after\n"),
+    )
+    .expect("write");
+    ok(daemon.sh(&format!("cat {}/long.txt >> publish", dir.path().display())));
+    let merged = read(&daemon, "merged.log");
+    assert_eq!(
+        texts(&merged),
+        vec![line.clone(), "short after".to_string()]
+    );
+    assert_eq!(read(&daemon, "laptop/log"), merged);
+    let parts = read(&daemon, "laptop/feed.jsonl")
+        .lines()
+        .filter(|l| l.contains("\"more\":true"))
+        .count();
+    assert!(
+        parts >= 2,
+        "the line should take several messages, took {}",
+        parts + 1
+    );
+}
+
+#[test]
+fn bad_writes_fail_with_einval_and_publish_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    ok(daemon.sh("echo good >> publish"));
+    let before = read(&daemon, "laptop/feed.jsonl");
+
+    // One write() holding a good line and a bad one (cat copies a small
+    // file in one write; bash's printf would write line by line).
+    let bad = dir.path().join("bad.txt");
+    std::fs::write(&bad, b"fine line\nbad \xff\xfe bytes\n").expect("write");
+    let out = daemon.sh(&format!("cat {} >> publish", bad.display()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid argument"));
+
+    let out = daemon.sh("echo 'not-a-feed-id' >> follow");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Invalid argument"));
+    let mixed = dir.path().join("mixed.txt");
+    std::fs::write(
+        &mixed,
+        "@k8oSu2t6f/cd0jqqUbL2Oqy77J1AE39I+WoF2QK7BFg=.ed25519\n@bad.ed25519\n",
+    )
+    .expect("write");
+    let out = daemon.sh(&format!("cat {} >> follow", mixed.display()));
+    assert!(!out.status.success());
+
+    assert_eq!(
+        read(&daemon, "laptop/feed.jsonl"),
+        before,
+        "a failed write published something"
+    );
+    assert_eq!(read(&daemon, "follow"), "");
+
+    // Read-only files refuse writes.
+    assert!(!daemon.sh("echo x >> merged.log").status.success());
+
+    // A good follow line works, and -ID unfollows.
+    let other = "@k8oSu2t6f/cd0jqqUbL2Oqy77J1AE39I+WoF2QK7BFg=.ed25519";
+    ok(daemon.sh(&format!("echo '{other}' >> follow")));
+    assert_eq!(read(&daemon, "follow"), format!("{other}\n"));
+    ok(daemon.sh(&format!("echo '-{other}' >> follow")));
+    assert_eq!(read(&daemon, "follow"), "");
+}
+
+#[test]
+fn sigterm_unmounts_and_a_restart_keeps_everything() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let mut daemon = Daemon::start(&path, "laptop", &[]);
+    ok(daemon.sh("seq 1 500 | sed 's/^/line /' >> publish"));
+    let merged = read(&daemon, "merged.log");
+    let jsonl = read(&daemon, "laptop/feed.jsonl");
+    // A reader holding the mount open must not keep it mounted.
+    let mut reader = Command::new("tail")
+        .arg("-f")
+        .arg(daemon.file("merged.log"))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tail");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(daemon.stop(), Some(0), "SIGTERM exits 0");
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(daemon.mount.to_str().expect("utf8")),
+        "still mounted"
+    );
+
+    let daemon = Daemon::start(&path, "laptop", &[]);
+    assert_eq!(read(&daemon, "merged.log"), merged);
+    assert_eq!(read(&daemon, "laptop/feed.jsonl"), jsonl);
+    assert_eq!(texts(&merged).len(), 500);
+}
+
+#[test]
+fn a_stale_mount_from_a_killed_daemon_is_cleared_at_start() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let mut daemon = Daemon::start(&path, "laptop", &[]);
+    ok(daemon.sh("echo survived >> publish"));
+    let mut child = daemon.child.take().expect("child");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let err = std::fs::metadata(&daemon.mount).expect_err("stale");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    let daemon = Daemon::start(&path, "laptop", &[]);
+    assert!(wait_until(Duration::from_secs(5), || read(
+        &daemon,
+        "merged.log"
+    )
+    .ends_with(" survived\n")));
+}

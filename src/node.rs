@@ -70,6 +70,7 @@ pub struct Node {
     renderer: Mutex<LineRenderer>,
     graph: RwLock<FollowGraph>,
     events: broadcast::Sender<Event>,
+    publish_lock: Mutex<()>,
     /// Network status, written by the network layer.
     pub net: RwLock<NetStatus>,
     started_ms: f64,
@@ -110,6 +111,7 @@ impl Node {
             renderer: Mutex::new(renderer),
             graph: RwLock::new(graph),
             events,
+            publish_lock: Mutex::new(()),
             net: RwLock::new(NetStatus::default()),
             started_ms: now_ms(),
         })
@@ -135,29 +137,62 @@ impl Node {
         self.started_ms
     }
 
-    /// Signs and stores `contents` as the next messages of this feed, all or
-    /// nothing. A log line too long for one message is split across
-    /// several, each but the last marked `"more": true`.
+    /// Signs and stores `contents` as the next messages of this feed. A log
+    /// line too long for one message is split across several, each but the
+    /// last marked `"more": true`.
+    ///
+    /// Every content is checked before anything is stored, so bad input
+    /// publishes nothing. Large batches are signed on this thread while the
+    /// previous chunk is stored on another: signing is sequential by nature
+    /// (each message names the one before), storing is the other half of the
+    /// cost, and the machine has two cores.
     pub fn publish(&self, contents: Vec<Value>) -> Result<Vec<Stored>, NodeError> {
-        let keys = &self.keys;
-        let me = keys.id();
+        let _one_publisher = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let me = self.id();
+        let mut tip = self.store.tip(&me);
+        let mut parts = Vec::with_capacity(contents.len());
+        for content in contents {
+            parts.extend(split_for_size(&self.keys, tip.as_ref(), content)?);
+        }
         let now = now_ms();
-        let stored = self.store.append_with(
-            |tip_of| {
-                let mut tip = tip_of(&me);
-                let mut out = Vec::with_capacity(contents.len());
-                for content in contents {
-                    for part in split_for_size(keys, tip.as_ref(), content)? {
-                        let msg = Message::sign(keys, tip.as_ref(), now, part)?;
-                        tip = Some(msg.tip());
-                        out.push(msg);
-                    }
+        let mut sign = |chunk: &[Value]| -> Result<Vec<Message>, FeedError> {
+            chunk
+                .iter()
+                .map(|content| {
+                    let msg = Message::sign(&self.keys, tip.as_ref(), now, content.clone())?;
+                    tip = Some(msg.tip());
+                    Ok(msg)
+                })
+                .collect()
+        };
+        if parts.len() <= PUBLISH_CHUNK {
+            let signed = sign(&parts)?;
+            return self.store_and_notify(signed, now);
+        }
+        let (to_store, signed_chunks) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
+        std::thread::scope(|scope| {
+            let storer = scope.spawn(move || -> Result<Vec<Stored>, NodeError> {
+                let mut all = Vec::new();
+                for chunk in signed_chunks {
+                    all.extend(self.store_and_notify(chunk, now)?);
                 }
-                Ok(out)
-            },
-            |msg| self.render(msg),
-            now,
-        )?;
+                Ok(all)
+            });
+            for chunk in parts.chunks(PUBLISH_CHUNK) {
+                let signed = sign(chunk)?;
+                if to_store.send(signed).is_err() {
+                    break; // the storer failed; its error is returned below
+                }
+            }
+            drop(to_store);
+            storer
+                .join()
+                .unwrap_or_else(|_| Err(NodeError::View(std::io::Error::other("storer panicked"))))
+        })
+    }
+
+    fn store_and_notify(&self, msgs: Vec<Message>, now: f64) -> Result<Vec<Stored>, NodeError> {
+        let stored = self.store.append(msgs, |msg| self.render(msg), now)?;
         self.after_append(&stored)?;
         Ok(stored)
     }
@@ -264,6 +299,13 @@ pub fn now_ms() -> f64 {
 /// Room left for the sequence and timestamp to grow between parts.
 const SPLIT_MARGIN: usize = 64;
 
+/// Messages per chunk when signing and storing overlap.
+const PUBLISH_CHUNK: usize = 512;
+
+/// Everything in a signed message besides its content, in UTF-16 units, with
+/// room to spare: previous, author, signature, the other fields and keys.
+const ENVELOPE_BOUND: usize = 600;
+
 /// `content` as one message, or as several when it is a log line whose text
 /// is too long for one. Other oversize content is refused.
 fn split_for_size(
@@ -271,15 +313,26 @@ fn split_for_size(
     tip: Option<&FeedTip>,
     content: Value,
 ) -> Result<Vec<Value>, FeedError> {
-    // Cheap upper bound first: most content is far below the limit.
-    if utf16_len(&to_js_pretty(&content)) + 600 < MAX_MESSAGE_UTF16 {
+    crate::feed::message::check_content(&content)?;
+    // Cheap upper bound first: most content is far below the limit. Inside
+    // a message, every line of the content is indented two more spaces.
+    let pretty = to_js_pretty(&content);
+    let nested = utf16_len(&pretty) + 2 * pretty.matches('\n').count();
+    if nested + ENVELOPE_BOUND < MAX_MESSAGE_UTF16 {
         return Ok(vec![content]);
     }
     let is_log_text = content.get("type").and_then(Value::as_str) == Some(LOG_TYPE)
         && content.get("text").is_some_and(Value::is_string);
     let probe = Message::sign(keys, tip, now_ms(), content.clone());
     match probe {
-        Ok(_) => return Ok(vec![content]),
+        // The margin covers a longer sequence number by the time it is signed.
+        Ok(msg) if utf16_len(&to_js_pretty(&msg.value)) + SPLIT_MARGIN <= MAX_MESSAGE_UTF16 => {
+            return Ok(vec![content])
+        }
+        Ok(msg) if !is_log_text => {
+            return Err(FeedError::TooLarge(utf16_len(&to_js_pretty(&msg.value))))
+        }
+        Ok(_) => {}
         Err(FeedError::TooLarge(size)) if !is_log_text => return Err(FeedError::TooLarge(size)),
         Err(FeedError::TooLarge(_)) => {}
         Err(other) => return Err(other),

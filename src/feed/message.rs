@@ -185,8 +185,7 @@ impl Message {
         }
         let unsigned = without_signature(&signed, signature_text)
             .ok_or_else(|| FeedError::Invalid("cannot locate signature".into()))?;
-        let verifying = VerifyingKey::from_bytes(&author.0)
-            .map_err(|_| FeedError::Invalid("author is not an ed25519 point".into()))?;
+        let verifying = verifying_key(&author)?;
         verifying
             .verify_strict(unsigned.as_bytes(), &Signature::from_bytes(&signature))
             .map_err(|_| FeedError::BadSignature)?;
@@ -247,6 +246,30 @@ impl FeedTip {
     }
 }
 
+/// The author's decoded public key. Decoding is a square root, a quarter of
+/// the cost of a verification, and replication verifies long runs of one
+/// author's messages: so each thread keeps the keys it has decoded.
+fn verifying_key(author: &FeedId) -> Result<VerifyingKey, FeedError> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+    KEYS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(key) = cache.get(&author.0) {
+            return Ok(*key);
+        }
+        let key = VerifyingKey::from_bytes(&author.0)
+            .map_err(|_| FeedError::Invalid("author is not an ed25519 point".into()))?;
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(author.0, key);
+        Ok(key)
+    })
+}
+
 /// A number as JSON, integral when it has no fraction so that it prints
 /// without `.0` everywhere, not only in our own printer.
 fn json_number(n: f64) -> Value {
@@ -282,7 +305,7 @@ fn check_key_order(map: &Map<String, Value>) -> Result<(), FeedError> {
 
 /// Content is an object whose `type` is a string of 3 to 52 UTF-16 units, or
 /// the base64 text of an encrypted message ending in `.box…`.
-fn check_content(content: &Value) -> Result<(), FeedError> {
+pub fn check_content(content: &Value) -> Result<(), FeedError> {
     match content {
         Value::Object(map) => match map.get("type").and_then(Value::as_str) {
             Some(t) if (3..=52).contains(&utf16_len(t)) => Ok(()),

@@ -75,14 +75,6 @@ pub fn put_message(
     batch.insert(&message_key(&msg.author, msg.sequence)[..], stored);
     batch.insert(&id_key(&msg.key)[..], &pos[..]);
 
-    let mut recv_key = [0u8; 9];
-    recv_key[0] = b'r';
-    recv_key[1..].copy_from_slice(&recv.to_be_bytes());
-    let mut recv_value = [0u8; 48];
-    recv_value[..40].copy_from_slice(&pos);
-    recv_value[40..].copy_from_slice(&received_ms.to_be_bytes());
-    batch.insert(&recv_key[..], &recv_value[..]);
-
     if let Some(line) = line {
         let mut ts_key = [0u8; 17];
         ts_key[0] = b't';
@@ -93,12 +85,6 @@ pub fn put_message(
         value.extend_from_slice(line);
         batch.insert(&ts_key[..], value);
     }
-
-    let mut tip = [0u8; 48];
-    tip[..32].copy_from_slice(&msg.key.0);
-    tip[32..40].copy_from_slice(&msg.sequence.to_be_bytes());
-    tip[40..].copy_from_slice(&msg.timestamp.to_be_bytes());
-    batch.insert(&feed_key(b'f', &msg.author)[..], &tip[..]);
 
     if let Some(name) = self_given_name(msg) {
         batch.insert(&feed_key(b'n', &msg.author)[..], name.as_bytes());
@@ -111,6 +97,56 @@ pub fn put_message(
         key[33..].copy_from_slice(&contact.0);
         batch.insert(&key[..], &[u8::from(following)][..]);
     }
+}
+
+/// Adds one batch's receive-log entry: the positions of its messages in
+/// the order received. One entry per batch, not per message, because sled's
+/// cost is per key.
+pub fn put_receive_block(
+    batch: &mut sled::Batch,
+    first_recv: u64,
+    received_ms: f64,
+    positions: &[(FeedId, u64)],
+) {
+    let mut key = [0u8; 9];
+    key[0] = b'r';
+    key[1..].copy_from_slice(&first_recv.to_be_bytes());
+    let mut value = Vec::with_capacity(8 + 40 * positions.len());
+    value.extend_from_slice(&received_ms.to_bits().to_be_bytes());
+    for (feed, seq) in positions {
+        value.extend_from_slice(&author_seq(feed, *seq));
+    }
+    batch.insert(&key[..], value);
+}
+
+/// One batch's entry in the receive log.
+pub struct ReceiveBlock {
+    /// Receive position of the batch's first message.
+    pub first: u64,
+    /// The messages' feeds and sequences, in the order received.
+    pub positions: Vec<(FeedId, u64)>,
+}
+
+/// Decodes a receive-log entry.
+pub fn decode_receive_block(key: &[u8], value: &[u8]) -> Result<ReceiveBlock, StoreError> {
+    if key.len() != 9 || value.len() < 8 || (value.len() - 8) % 40 != 0 {
+        return Err(StoreError::Corrupt("receive log entry".into()));
+    }
+    let first = decode_u64(&key[1..])?;
+    let positions = value[8..]
+        .chunks_exact(40)
+        .map(decode_author_seq)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ReceiveBlock { first, positions })
+}
+
+/// Records `tip` as the latest message of `feed`.
+pub fn put_tip(batch: &mut sled::Batch, feed: &FeedId, tip: &FeedTip) {
+    let mut value = [0u8; 48];
+    value[..32].copy_from_slice(&tip.key.0);
+    value[32..40].copy_from_slice(&tip.sequence.to_be_bytes());
+    value[40..].copy_from_slice(&tip.timestamp.to_bits().to_be_bytes());
+    batch.insert(&feed_key(b'f', feed)[..], &value[..]);
 }
 
 /// The follow edge a `contact` message sets: `(contact, following)`.

@@ -9,7 +9,7 @@
 //! |-----------------------------------|----------------------------------------|
 //! | `m` author(32) seq(8)             | the signed value, compact JSON         |
 //! | `k` msgid(32)                     | author(32) seq(8)                      |
-//! | `r` recv(8)                       | author(32) seq(8) received_ms(8)       |
+//! | `r` first recv(8)                 | received_ms(8), then author(32) seq(8) for each message of one batch |
 //! | `t` timestamp(8) recv(8)          | author(32) seq(8) rendered line        |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
 //! | `n` author(32)                    | the feed's latest self-given name      |
@@ -97,7 +97,11 @@ impl Store {
             by_feed.insert(feed, tip);
         }
         let next_recv = match tree.scan_prefix(b"r").next_back() {
-            Some(item) => codec::decode_u64(&item?.0[1..9])? + 1,
+            Some(item) => {
+                let (key, value) = item?;
+                let block = codec::decode_receive_block(&key, &value)?;
+                block.first + block.positions.len() as u64
+            }
             None => 0,
         };
         Ok(Store {
@@ -155,7 +159,9 @@ impl Store {
         let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut stored = Vec::with_capacity(msgs.len());
-        let mut recv = tips.next_recv;
+        let first_recv = tips.next_recv;
+        let mut recv = first_recv;
+        let mut positions = Vec::with_capacity(msgs.len());
         for msg in msgs {
             let tip = pending
                 .get(&msg.author)
@@ -165,6 +171,7 @@ impl Store {
             let line = render(&msg);
             codec::put_message(&mut batch, recv, received_ms, &msg, line.as_deref());
             pending.insert(msg.author, msg.tip());
+            positions.push((msg.author, msg.sequence));
             stored.push(Stored {
                 recv,
                 received_ms,
@@ -172,6 +179,13 @@ impl Store {
                 line,
             });
             recv += 1;
+        }
+        if positions.is_empty() {
+            return Ok(stored);
+        }
+        codec::put_receive_block(&mut batch, first_recv, received_ms, &positions);
+        for (feed, tip) in &pending {
+            codec::put_tip(&mut batch, feed, tip);
         }
         self.tree.apply_batch(batch)?;
         tips.next_recv = recv;
@@ -238,12 +252,23 @@ impl Store {
 
     /// Every message in receive order, with the time it was received.
     pub fn receive_log(&self) -> impl Iterator<Item = Result<RawMessage, StoreError>> + '_ {
-        self.tree.scan_prefix(b"r").map(move |item| {
-            let (_, value) = item?;
-            let (feed, seq) = codec::decode_author_seq(&value)?;
-            self.get_raw(&feed, seq)?
-                .ok_or_else(|| StoreError::Corrupt(format!("{feed} {seq} missing")))
-        })
+        self.tree
+            .scan_prefix(b"r")
+            .flat_map(move |item| {
+                let block = item
+                    .map_err(StoreError::from)
+                    .and_then(|(key, value)| codec::decode_receive_block(&key, &value));
+                let positions: Vec<Result<(FeedId, u64), StoreError>> = match block {
+                    Ok(block) => block.positions.into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                positions
+            })
+            .map(move |position| {
+                let (feed, seq) = position?;
+                self.get_raw(&feed, seq)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("{feed} {seq} missing")))
+            })
     }
 
     /// The log lines of every feed in timestamp order (ties by receive order).

@@ -1,13 +1,15 @@
 //! The fuser adapter: translates each FUSE request into a [`ScuttleFs`]
 //! call and each [`FsError`] into an errno, in [`errno`] alone.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, FsError, Kind, OpenMode, ScuttleFs};
@@ -38,6 +40,17 @@ pub struct Fuse {
     fs: ScuttleFs,
     uid: u32,
     gid: u32,
+    /// Whether the kernel agreed to FUSE passthrough.
+    passthrough: bool,
+    backing: Mutex<Backing>,
+}
+
+/// The kernel's handle on the line file, shared by every passthrough open
+/// and closed with the last of them.
+#[derive(Default)]
+struct Backing {
+    current: Weak<BackingId>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
 }
 
 impl Fuse {
@@ -45,7 +58,42 @@ impl Fuse {
     pub fn new(fs: ScuttleFs) -> Self {
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Fuse { fs, uid, gid }
+        Fuse {
+            fs,
+            uid,
+            gid,
+            passthrough: false,
+            backing: Mutex::new(Backing::default()),
+        }
+    }
+
+    /// Opens `fh` in passthrough mode when the filesystem offers a backing
+    /// file; gives `reply` back otherwise.
+    fn try_passthrough(&self, ino: u64, fh: u64, reply: ReplyOpen) -> Option<ReplyOpen> {
+        if !self.passthrough {
+            return Some(reply);
+        }
+        let Some(file) = self.fs.backing_file(ino) else {
+            return Some(reply);
+        };
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        let id = match backing.current.upgrade() {
+            Some(id) => id,
+            None => match reply.open_backing(file) {
+                Ok(id) => {
+                    let id = Arc::new(id);
+                    backing.current = Arc::downgrade(&id);
+                    id
+                }
+                Err(e) => {
+                    tracing::debug!("passthrough unavailable: {e}");
+                    return Some(reply);
+                }
+            },
+        };
+        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+        backing.by_handle.insert(fh, id);
+        None
     }
 
     fn attr(&self, attr: &Attr) -> FileAttr {
@@ -66,7 +114,8 @@ impl Fuse {
             uid: self.uid,
             gid: self.gid,
             rdev: 0,
-            blksize: 4096,
+            // cat and friends read st_blksize at a time (at least 128 KiB).
+            blksize: 1024 * 1024,
             flags: 0,
         }
     }
@@ -86,6 +135,14 @@ impl Filesystem for Fuse {
             let _ = config.set_max_write(nearest);
         }
         let _ = config.set_max_readahead(MAX_WRITE);
+        // Passthrough lets the kernel read merged.log from the line file
+        // itself, at the speed of a plain file. The backing file may sit on
+        // a stacked filesystem (overlayfs), hence a depth of two.
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok()
+        {
+            self.passthrough = true;
+        }
         Ok(())
     }
 
@@ -160,10 +217,14 @@ impl Filesystem for Fuse {
             },
         };
         match self.fs.open(ino.0, mode) {
-            // direct_io: sizes change under open handles and each
-            // merged.log handle has its own order, so the page cache must
-            // not answer reads.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(fh) => {
+                if let Some(reply) = self.try_passthrough(ino.0, fh, reply) {
+                    // direct_io: sizes change under open handles and each
+                    // merged.log handle has its own order, so the page cache
+                    // must not answer reads.
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+            }
             Err(e) => {
                 log_error("open", &e);
                 reply.error(errno(&e))
@@ -203,6 +264,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        tracing::trace!("write of {} bytes", data.len());
         match self.fs.write(fh.0, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => {
@@ -253,6 +315,11 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_handle
+            .remove(&fh.0);
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => {

@@ -91,6 +91,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    scuttlefs::node::limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -147,6 +147,19 @@ impl Node {
     /// (each message names the one before), storing is the other half of the
     /// cost, and the machine has two cores.
     pub fn publish(&self, contents: Vec<Value>) -> Result<Vec<Stored>, NodeError> {
+        let mut all = Vec::new();
+        self.publish_with(contents, |stored| all.extend_from_slice(stored))?;
+        Ok(all)
+    }
+
+    /// [`Node::publish`], handing the stored messages to `on_stored` a chunk
+    /// at a time instead of keeping them: a large write need not hold all
+    /// its messages in memory. Returns how many messages were stored.
+    pub fn publish_with(
+        &self,
+        contents: Vec<Value>,
+        on_stored: impl FnMut(&[Stored]) + Send,
+    ) -> Result<usize, NodeError> {
         let _one_publisher = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         let me = self.id();
         let mut tip = self.store.tip(&me);
@@ -154,31 +167,38 @@ impl Node {
         for content in contents {
             parts.extend(split_for_size(&self.keys, tip.as_ref(), content)?);
         }
+        let count = parts.len();
         let now = now_ms();
-        let mut sign = |chunk: &[Value]| -> Result<Vec<Message>, FeedError> {
+        let mut sign = |chunk: Vec<Value>| -> Result<Vec<Message>, FeedError> {
             chunk
-                .iter()
+                .into_iter()
                 .map(|content| {
-                    let msg = Message::sign(&self.keys, tip.as_ref(), now, content.clone())?;
+                    let msg = Message::sign(&self.keys, tip.as_ref(), now, content)?;
                     tip = Some(msg.tip());
                     Ok(msg)
                 })
                 .collect()
         };
-        if parts.len() <= PUBLISH_CHUNK {
-            let signed = sign(&parts)?;
-            return self.store_and_notify(signed, now);
+        let mut on_stored = on_stored;
+        if count <= PUBLISH_CHUNK {
+            let signed = sign(parts)?;
+            on_stored(&self.store_and_notify(signed, now)?);
+            return Ok(count);
         }
         let (to_store, signed_chunks) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
         std::thread::scope(|scope| {
-            let storer = scope.spawn(move || -> Result<Vec<Stored>, NodeError> {
-                let mut all = Vec::new();
+            let storer = scope.spawn(move || -> Result<(), NodeError> {
                 for chunk in signed_chunks {
-                    all.extend(self.store_and_notify(chunk, now)?);
+                    on_stored(&self.store_and_notify(chunk, now)?);
                 }
-                Ok(all)
+                Ok(())
             });
-            for chunk in parts.chunks(PUBLISH_CHUNK) {
+            let mut parts = parts.into_iter();
+            loop {
+                let chunk: Vec<Value> = parts.by_ref().take(PUBLISH_CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
                 let signed = sign(chunk)?;
                 if to_store.send(signed).is_err() {
                     break; // the storer failed; its error is returned below
@@ -188,7 +208,11 @@ impl Node {
             storer
                 .join()
                 .unwrap_or_else(|_| Err(NodeError::View(std::io::Error::other("storer panicked"))))
-        })
+        })?;
+        if count > PUBLISH_CHUNK * 16 {
+            release_free_memory();
+        }
+        Ok(count)
     }
 
     fn store_and_notify(&self, msgs: Vec<Message>, now: f64) -> Result<Vec<Stored>, NodeError> {
@@ -287,6 +311,25 @@ impl Node {
 
     fn read_graph(&self) -> std::sync::RwLockReadGuard<'_, FollowGraph> {
         self.graph.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands memory freed after a large batch back to the system, so that a
+/// burst of writes does not leave the daemon's resident size at its peak.
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Keeps glibc from giving every thread its own heap: the daemon's threads
+/// all allocate message-sized objects, and per-thread arenas multiply the
+/// resident size for no speed gain on a two-core machine.
+pub fn limit_malloc_arenas() {
+    // SAFETY: mallopt with a documented parameter, before threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

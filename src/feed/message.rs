@@ -121,7 +121,8 @@ impl Message {
         map.insert("timestamp".into(), json_number(timestamp));
         map.insert("hash".into(), Value::String("sha256".into()));
         map.insert("content".into(), content);
-        let unsigned = to_js_pretty(&Value::Object(map.clone()));
+        let mut value = Value::Object(map);
+        let unsigned = to_js_pretty(&value);
         let signature = keys.sign(unsigned.as_bytes());
         let signature = format!("{}.sig.ed25519", STANDARD.encode(signature));
         let signed = with_signature(&unsigned, &signature);
@@ -129,14 +130,16 @@ impl Message {
         if size > MAX_MESSAGE_UTF16 {
             return Err(FeedError::TooLarge(size));
         }
-        map.insert("signature".into(), Value::String(signature));
+        if let Some(map) = value.as_object_mut() {
+            map.insert("signature".into(), Value::String(signature));
+        }
         Ok(Message {
             key: MsgId(Sha256::digest(latin1_low_bytes(&signed)).into()),
             author: keys.id(),
             sequence: tip.map_or(1, |t| t.sequence + 1),
             timestamp,
             previous: tip.map(|t| t.key),
-            value: Value::Object(map),
+            value,
         })
     }
 

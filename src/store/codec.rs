@@ -37,10 +37,37 @@ pub fn message_key(feed: &FeedId, seq: u64) -> [u8; 41] {
     key
 }
 
-pub fn id_key(id: &MsgId) -> [u8; 33] {
-    let mut key = [0u8; 33];
-    key[0] = b'k';
-    key[1..33].copy_from_slice(&id.0);
+/// The id index is bucketed by the first two bytes of the id. One key per
+/// message would scatter random keys across sled's tree, which then grows
+/// to gigabytes of memory and slows to a crawl past a million messages;
+/// 65,536 buckets keep the key count fixed.
+pub fn id_bucket_key(id: &MsgId) -> [u8; 3] {
+    [b'k', id.0[0], id.0[1]]
+}
+
+/// Bytes of one id-bucket entry: the id's other 30 bytes and its receive
+/// position.
+pub const ID_ENTRY_LEN: usize = 38;
+
+/// Appends `id`'s entry to a bucket value.
+pub fn push_id_entry(bucket: &mut Vec<u8>, id: &MsgId, recv: u64) {
+    bucket.extend_from_slice(&id.0[2..]);
+    bucket.extend_from_slice(&recv.to_be_bytes());
+}
+
+/// The receive position of `id` in a bucket value.
+pub fn find_id_entry(bucket: &[u8], id: &MsgId) -> Option<u64> {
+    bucket
+        .chunks_exact(ID_ENTRY_LEN)
+        .find(|entry| entry[..30] == id.0[2..])
+        .and_then(|entry| decode_u64(&entry[30..]).ok())
+}
+
+/// The key of the receive-log block starting at `first`.
+pub fn receive_key(first: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'r';
+    key[1..].copy_from_slice(&first.to_be_bytes());
     key
 }
 
@@ -73,8 +100,6 @@ pub fn put_message(
     stored.extend_from_slice(&received_ms.to_be_bytes());
     stored.extend_from_slice(json.as_bytes());
     batch.insert(&message_key(&msg.author, msg.sequence)[..], stored);
-    batch.insert(&id_key(&msg.key)[..], &pos[..]);
-
     if let Some(line) = line {
         let mut ts_key = [0u8; 17];
         ts_key[0] = b't';
@@ -108,9 +133,7 @@ pub fn put_receive_block(
     received_ms: f64,
     positions: &[(FeedId, u64)],
 ) {
-    let mut key = [0u8; 9];
-    key[0] = b'r';
-    key[1..].copy_from_slice(&first_recv.to_be_bytes());
+    let key = receive_key(first_recv);
     let mut value = Vec::with_capacity(8 + 40 * positions.len());
     value.extend_from_slice(&received_ms.to_bits().to_be_bytes());
     for (feed, seq) in positions {

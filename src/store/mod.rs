@@ -8,7 +8,7 @@
 //! | key                               | value                                  |
 //! |-----------------------------------|----------------------------------------|
 //! | `m` author(32) seq(8)             | the signed value, compact JSON         |
-//! | `k` msgid(32)                     | author(32) seq(8)                      |
+//! | `k` msgid[0..2]                   | for each id in the bucket: msgid[2..32] recv(8) |
 //! | `r` first recv(8)                 | received_ms(8), then author(32) seq(8) for each message of one batch |
 //! | `t` timestamp(8) recv(8)          | author(32) seq(8) rendered line        |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
@@ -75,7 +75,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
@@ -157,6 +157,7 @@ impl Store {
             make(&lookup)?
         };
         let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
+        let mut id_buckets: HashMap<[u8; 3], Vec<u8>> = HashMap::new();
         let mut batch = sled::Batch::default();
         let mut stored = Vec::with_capacity(msgs.len());
         let first_recv = tips.next_recv;
@@ -172,6 +173,13 @@ impl Store {
             codec::put_message(&mut batch, recv, received_ms, &msg, line.as_deref());
             pending.insert(msg.author, msg.tip());
             positions.push((msg.author, msg.sequence));
+            codec::push_id_entry(
+                id_buckets
+                    .entry(codec::id_bucket_key(&msg.key))
+                    .or_default(),
+                &msg.key,
+                recv,
+            );
             stored.push(Stored {
                 recv,
                 received_ms,
@@ -184,6 +192,12 @@ impl Store {
             return Ok(stored);
         }
         codec::put_receive_block(&mut batch, first_recv, received_ms, &positions);
+        // Read-modify-write is safe: appends hold the tips lock.
+        for (key, added) in id_buckets {
+            let mut bucket = self.tree.get(key)?.map(|v| v.to_vec()).unwrap_or_default();
+            bucket.extend_from_slice(&added);
+            batch.insert(&key[..], bucket);
+        }
         for (feed, tip) in &pending {
             codec::put_tip(&mut batch, feed, tip);
         }
@@ -227,13 +241,26 @@ impl Store {
 
     /// The message with id `key`.
     pub fn get_by_id(&self, key: &MsgId) -> Result<Option<Message>, StoreError> {
-        match self.tree.get(codec::id_key(key))? {
-            Some(pos) => {
-                let (feed, seq) = codec::decode_author_seq(&pos)?;
-                self.get(&feed, seq)
-            }
-            None => Ok(None),
-        }
+        let Some(bucket) = self.tree.get(codec::id_bucket_key(key))? else {
+            return Ok(None);
+        };
+        let Some(recv) = codec::find_id_entry(&bucket, key) else {
+            return Ok(None);
+        };
+        // The receive-log block holding `recv` is the last one starting at
+        // or before it.
+        let block = self
+            .tree
+            .range(codec::receive_key(0)..=codec::receive_key(recv))
+            .next_back()
+            .ok_or_else(|| StoreError::Corrupt(format!("no receive entry for {key}")))??;
+        let block = codec::decode_receive_block(&block.0, &block.1)?;
+        let (feed, seq) = block
+            .positions
+            .get((recv - block.first) as usize)
+            .copied()
+            .ok_or_else(|| StoreError::Corrupt(format!("receive entry for {key}")))?;
+        self.get(&feed, seq)
     }
 
     /// The raw messages of `feed` from sequence `from` on, in order.

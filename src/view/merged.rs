@@ -68,6 +68,17 @@ impl MergedIndex {
         self.lines
     }
 
+    /// The largest key, if any.
+    pub fn last_key(&self) -> Option<(u64, u64)> {
+        let mut node = &self.root;
+        loop {
+            match &**node {
+                Node::Leaf(lines) => return lines.last().map(|l| l.key),
+                Node::Branch(children) => node = &children.last()?.node,
+            }
+        }
+    }
+
     /// Inserts a line at its key's place.
     pub fn insert(&mut self, line: LineRef) {
         if let Some(sibling) = insert_into(Arc::make_mut(&mut self.root), line) {

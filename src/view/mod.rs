@@ -55,6 +55,9 @@ struct JsonlIndex {
 
 struct ViewState {
     merged: MergedIndex,
+    /// Whether every line so far went to the end of the timestamp order, so
+    /// that the line file itself reads as `merged.log`.
+    in_file_order: bool,
     file_len: u64,
     feeds: HashMap<FeedId, FeedLines>,
     jsonl: HashMap<FeedId, JsonlIndex>,
@@ -124,6 +127,7 @@ impl Views {
             file,
             state: RwLock::new(ViewState {
                 merged,
+                in_file_order: true,
                 file_len: pos,
                 feeds,
                 jsonl: HashMap::new(),
@@ -134,6 +138,15 @@ impl Views {
     /// Adds newly stored messages to every view.
     pub fn add(&self, stored: &[Stored]) -> io::Result<()> {
         let mut state = self.write();
+        // One write for the whole batch: lines land in the file before any
+        // index points at them.
+        let bytes: Vec<u8> = stored
+            .iter()
+            .filter_map(|e| e.line.as_deref())
+            .flatten()
+            .copied()
+            .collect();
+        self.file.write_all_at(&bytes, state.file_len)?;
         for entry in stored {
             if let Some(jsonl) = state.jsonl.get_mut(&entry.msg.author) {
                 let end = jsonl.ends.last().copied().unwrap_or(0);
@@ -146,17 +159,16 @@ impl Views {
             }
             let Some(line) = &entry.line else { continue };
             let pos = state.file_len;
-            self.file.write_all_at(line, pos)?;
             let len = line.len() as u32;
             state.file_len += u64::from(len);
-            state.merged.insert(LineRef {
-                key: (
-                    crate::store::ordered_timestamp(entry.msg.timestamp),
-                    entry.recv,
-                ),
-                pos,
-                len,
-            });
+            let key = (
+                crate::store::ordered_timestamp(entry.msg.timestamp),
+                entry.recv,
+            );
+            if state.merged.last_key().is_some_and(|last| key < last) {
+                state.in_file_order = false;
+            }
+            state.merged.insert(LineRef { key, pos, len });
             state
                 .feeds
                 .entry(entry.msg.author)
@@ -164,6 +176,14 @@ impl Views {
                 .push(pos, len);
         }
         Ok(())
+    }
+
+    /// The line file, when it currently reads exactly as `merged.log` (every
+    /// line arrived in timestamp order since the daemon started). A handle
+    /// opened now may then read the file directly: lines arriving later are
+    /// appended in arrival order, which is what the handle must see anyway.
+    pub fn merged_backing_file(&self) -> Option<&File> {
+        self.read().in_file_order.then_some(&self.file)
     }
 
     /// The size of `merged.log`.

@@ -229,6 +229,36 @@ impl Node {
         Ok(stored)
     }
 
+    /// Stores verified messages from replication, skipping those at or below
+    /// their feed's tip: copies of what another peer already delivered. The
+    /// rest must extend their feeds. Returns how many were stored.
+    pub fn ingest_new(&self, msgs: Vec<Message>) -> Result<usize, NodeError> {
+        let stored = self.store.append_with(
+            |tip_of| {
+                let mut next: HashMap<FeedId, u64> = HashMap::new();
+                Ok(msgs
+                    .into_iter()
+                    .filter(|m| {
+                        let n = next
+                            .entry(m.author)
+                            .or_insert_with(|| tip_of(&m.author).map_or(1, |t| t.sequence + 1));
+                        if m.sequence < *n {
+                            return false;
+                        }
+                        if m.sequence == *n {
+                            *n += 1;
+                        }
+                        true
+                    })
+                    .collect())
+            },
+            |msg| self.render(msg),
+            now_ms(),
+        )?;
+        self.after_append(&stored)?;
+        Ok(stored.len())
+    }
+
     /// Publishes a contact message about `feed`.
     pub fn follow(&self, feed: &FeedId, following: bool) -> Result<Vec<Stored>, NodeError> {
         let mut content = Map::new();

@@ -90,23 +90,43 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon on `path`, mounted at `path/../mount-<name>`, and
-    /// waits for the mount.
+    /// Starts a daemon on `path`, mounted at `path/../mount-<name>`, without
+    /// networking, and waits for the mount.
     pub fn start(path: &Path, name: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec!["--no-discovery", "--port", "0"];
+        args.extend_from_slice(extra);
+        Daemon::start_in(None, path, name, &args)
+    }
+
+    /// Starts a daemon with exactly `args` besides path, mount and name;
+    /// inside network namespace `netns` when given (its mount stays
+    /// visible here: only the network namespace is entered).
+    pub fn start_in(netns: Option<&str>, path: &Path, name: &str, args: &[&str]) -> Daemon {
         let mount = path.with_file_name(format!("mount-{name}"));
         // Fails on a stale mount, which the daemon clears itself.
         let _ = std::fs::create_dir_all(&mount);
-        let child = Command::new(bin())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let log =
+            std::fs::File::create(path.with_file_name(format!("{name}.log"))).expect("log file");
+        let child = command
             .arg("serve")
             .arg("--path")
             .arg(path)
             .arg("--mount")
             .arg(&mount)
-            .args(["--name", name, "--no-discovery", "--port", "0"])
-            .args(extra)
+            .args(["--name", name])
+            .args(args)
+            .stderr(log)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,fuser=error".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,fuser=error".into()),
             )
             .stdin(Stdio::null())
             .spawn()
@@ -124,6 +144,27 @@ impl Daemon {
             "the mount did not come up"
         );
         daemon
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let name = self
+            .mount
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("mount-"))
+            .unwrap_or("");
+        std::fs::read_to_string(self.path.with_file_name(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The contents of a file in the mount, or "" if it cannot be read.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.mount.join(rel)).unwrap_or_default()
+    }
+
+    /// This node's feed id.
+    pub fn id(&self) -> String {
+        self.read("whoami").trim().to_string()
     }
 
     /// A file in the mount.

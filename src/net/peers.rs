@@ -1,0 +1,334 @@
+//! Which peers to dial, and which connections to keep.
+//!
+//! Invariants:
+//! - At most one session per peer. When both sides dial at once, each side
+//!   keeps the connection dialled by the smaller key and closes the other,
+//!   so both keep the same one.
+//! - At most [`MAX_CONNECTIONS`] sessions at a time.
+//! - A failing address is retried with exponential backoff (1 s to 60 s);
+//!   an address whose peer sent an invalid message waits the maximum.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::address::PeerAddress;
+use super::session::{self, Counters, SessionError};
+use super::shs::{self, Connection};
+use crate::feed::FeedId;
+use crate::node::{now_ms, Node, PeerStatus};
+
+/// Sessions open at once, dialled and accepted together.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long a peer found by broadcast stays a candidate after its last packet.
+const DISCOVERY_TTL: Duration = Duration::from_secs(30);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+struct Active {
+    conn_id: u64,
+    dialer: FeedId,
+    close: CancellationToken,
+    address: String,
+    counters: Arc<Counters>,
+    since_ms: f64,
+}
+
+struct Candidate {
+    last_seen: Instant,
+    is_static: bool,
+    next_try: Instant,
+    delay: Duration,
+    warned: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    connected: HashMap<FeedId, Active>,
+    candidates: HashMap<PeerAddress, Candidate>,
+    dialing: HashSet<FeedId>,
+    next_conn_id: u64,
+    warned_ips: HashSet<IpAddr>,
+}
+
+/// The peer table.
+pub struct Peers {
+    node: Arc<Node>,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+impl Peers {
+    /// An empty table for `node`.
+    pub fn new(node: Arc<Node>) -> Arc<Peers> {
+        Arc::new(Peers {
+            node,
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Adds or refreshes an address to dial. Static peers (`--peer`) never
+    /// expire; broadcast ones do when they fall silent.
+    pub fn add_candidate(&self, address: PeerAddress, is_static: bool) {
+        if address.key == self.node.id() {
+            return;
+        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let new = !inner.candidates.contains_key(&address);
+        let candidate = inner.candidates.entry(address).or_insert(Candidate {
+            last_seen: now,
+            is_static,
+            next_try: now,
+            delay: MIN_BACKOFF,
+            warned: false,
+        });
+        candidate.last_seen = now;
+        candidate.is_static |= is_static;
+        drop(inner);
+        if new {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Dials candidates until the process ends.
+    pub async fn dial_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.wake.notified() => {}
+            }
+            self.publish_status();
+            for address in self.due() {
+                let peers = self.clone();
+                tokio::spawn(async move { peers.dial(address).await });
+            }
+        }
+    }
+
+    /// Accepts connections until the process ends.
+    pub async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if self.lock().connected.len() >= MAX_CONNECTIONS {
+                tracing::debug!("refusing {from}: at the connection limit");
+                continue;
+            }
+            let peers = self.clone();
+            tokio::spawn(async move {
+                let node = peers.node.clone();
+                match shs::accept(tcp, &node.keys, &node.config.network_key).await {
+                    Ok(conn) => peers.run(conn, None).await,
+                    Err(e) => {
+                        // Log once per address, then quietly.
+                        let first = peers.lock().warned_ips.insert(from.ip());
+                        if first {
+                            tracing::info!("incoming connection from {from} failed: {e}");
+                        } else {
+                            tracing::debug!("incoming connection from {from} failed: {e}");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Addresses to dial now; marks their peers as being dialled.
+    fn due(&self) -> Vec<PeerAddress> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner
+            .candidates
+            .retain(|_, c| c.is_static || now.duration_since(c.last_seen) < DISCOVERY_TTL);
+        let room = MAX_CONNECTIONS.saturating_sub(inner.connected.len() + inner.dialing.len());
+        let mut due: Vec<PeerAddress> = inner
+            .candidates
+            .iter()
+            .filter(|(a, c)| {
+                c.next_try <= now
+                    && !inner.connected.contains_key(&a.key)
+                    && !inner.dialing.contains(&a.key)
+            })
+            .map(|(a, _)| a.clone())
+            .collect();
+        // One address per peer per round.
+        let mut seen = HashSet::new();
+        due.retain(|a| seen.insert(a.key));
+        due.truncate(room);
+        for a in &due {
+            inner.dialing.insert(a.key);
+        }
+        due
+    }
+
+    async fn dial(self: Arc<Self>, address: PeerAddress) {
+        let node = self.node.clone();
+        let result = shs::connect(
+            &address.host,
+            address.port,
+            address.key,
+            &node.keys,
+            &node.config.network_key,
+        )
+        .await;
+        self.lock().dialing.remove(&address.key);
+        match result {
+            Ok(conn) => {
+                tracing::debug!("connected to {address}");
+                self.reset_backoff(&address);
+                self.run(conn, Some(&address)).await;
+            }
+            Err(e) => {
+                let first = self.back_off(&address, false);
+                if first {
+                    tracing::info!("cannot reach {address}: {e}");
+                } else {
+                    tracing::debug!("cannot reach {address}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Registers `conn` and runs its session to the end.
+    async fn run(self: &Arc<Self>, conn: Connection, address: Option<&PeerAddress>) {
+        let peer = conn.peer;
+        let dialer = if conn.dialled { self.node.id() } else { peer };
+        let Some((conn_id, close, counters)) = self.register(peer, dialer, &conn.address) else {
+            tracing::debug!("dropping a second connection with {peer}");
+            return;
+        };
+        tracing::info!("connected with {peer} at {}", conn.address);
+        let result = session::run(self.node.clone(), conn, counters, close).await;
+        self.unregister(&peer, conn_id);
+        match result {
+            Ok(()) => tracing::info!("disconnected from {peer}"),
+            Err(SessionError::BadMessage(e)) => {
+                tracing::warn!("cut off {peer}: {e}");
+                if let Some(address) = address {
+                    self.back_off(address, true);
+                }
+            }
+            Err(e) => tracing::info!("lost {peer}: {e}"),
+        }
+        self.wake.notify_one();
+    }
+
+    fn register(
+        &self,
+        peer: FeedId,
+        dialer: FeedId,
+        address: &str,
+    ) -> Option<(u64, CancellationToken, Arc<Counters>)> {
+        let mut inner = self.lock();
+        if let Some(existing) = inner.connected.get(&peer) {
+            // Both sides keep the connection dialled by the smaller key.
+            if existing.dialer <= dialer {
+                return None;
+            }
+            existing.close.cancel();
+        }
+        inner.next_conn_id += 1;
+        let conn_id = inner.next_conn_id;
+        let close = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        inner.connected.insert(
+            peer,
+            Active {
+                conn_id,
+                dialer,
+                close: close.clone(),
+                address: address.to_string(),
+                counters: counters.clone(),
+                since_ms: now_ms(),
+            },
+        );
+        drop(inner);
+        self.publish_status();
+        Some((conn_id, close, counters))
+    }
+
+    fn unregister(&self, peer: &FeedId, conn_id: u64) {
+        {
+            let mut inner = self.lock();
+            if inner
+                .connected
+                .get(peer)
+                .is_some_and(|a| a.conn_id == conn_id)
+            {
+                inner.connected.remove(peer);
+            }
+        }
+        if let Ok(mut net) = self.node.net.write() {
+            net.last_peer_ms = Some(now_ms());
+        }
+        self.publish_status();
+    }
+
+    /// Delays the next attempt at `address`; returns whether this is the
+    /// first failure since it last worked (worth a log line).
+    fn back_off(&self, address: &PeerAddress, long: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(c) = inner.candidates.get_mut(address) else {
+            return false;
+        };
+        c.delay = if long {
+            MAX_BACKOFF
+        } else {
+            (c.delay * 2).min(MAX_BACKOFF)
+        };
+        c.next_try = Instant::now() + c.delay;
+        let first = !c.warned;
+        c.warned = true;
+        first
+    }
+
+    fn reset_backoff(&self, address: &PeerAddress) {
+        if let Some(c) = self.lock().candidates.get_mut(address) {
+            c.delay = MIN_BACKOFF;
+            c.next_try = Instant::now() + MIN_BACKOFF;
+            c.warned = false;
+        }
+    }
+
+    /// Copies the connection table into the node's status.
+    pub fn publish_status(&self) {
+        let peers: Vec<PeerStatus> = self
+            .lock()
+            .connected
+            .iter()
+            .map(|(id, a)| PeerStatus {
+                id: *id,
+                address: a.address.clone(),
+                received: a
+                    .counters
+                    .received
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                sent: a.counters.sent.load(std::sync::atomic::Ordering::Relaxed),
+                since_ms: a.since_ms,
+            })
+            .collect();
+        if let Ok(mut net) = self.node.net.write() {
+            if !peers.is_empty() {
+                net.last_peer_ms = Some(now_ms());
+            }
+            net.peers = peers;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,501 @@
+//! One muxrpc session with a peer: what we serve, and what we replicate.
+//!
+//! Tasks per connection:
+//! - a reader, which turns the box stream into frames;
+//! - a writer, which batches outgoing frames and flushes;
+//! - an ingester, which drops messages we already have, verifies the rest on
+//!   every core and stores them (a peer that sends an invalid message is cut
+//!   off, and nothing of that message is stored);
+//! - one task per stream we serve (`createHistoryStream`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::muxrpc::{self, Frame};
+use super::shs::{Connection, Reader, Writer};
+use crate::feed::{FeedError, FeedId, Message};
+use crate::node::{Event, Node, NodeError};
+use crate::store::StoreError;
+use crate::view::kvt_line;
+
+/// How many streams a peer may have us serve at once.
+const MAX_SERVED_STREAMS: usize = 4096;
+/// Messages read from the store per step when serving a history stream.
+const SERVE_CHUNK: usize = 256;
+/// Messages verified and stored per batch when receiving.
+const INGEST_BATCH: usize = 1024;
+
+/// Messages exchanged on one connection.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Messages received and stored.
+    pub received: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The connection failed or the peer left.
+    #[error("{0}")]
+    Connection(String),
+    /// The peer sent an invalid message.
+    #[error("invalid message from peer: {0}")]
+    BadMessage(String),
+}
+
+/// Runs a session on `conn` until either side ends it or `close` fires.
+pub async fn run(
+    node: Arc<Node>,
+    conn: Connection,
+    counters: Arc<Counters>,
+    close: CancellationToken,
+) -> Result<(), SessionError> {
+    let peer = conn.peer;
+    let (out, out_rx) = mpsc::channel::<Frame>(1024);
+    let writer = tokio::spawn(write_loop(conn.writer, out_rx, counters.clone()));
+    let (frames_tx, mut frames) = mpsc::channel::<Result<Frame, String>>(256);
+    let reader = tokio::spawn(read_loop(conn.reader, frames_tx));
+    let (ingest_tx, ingest_rx) = mpsc::channel::<(FeedId, Value)>(4 * INGEST_BATCH);
+    let failed = CancellationToken::new();
+    let ingester = tokio::spawn(ingest_loop(
+        node.clone(),
+        ingest_rx,
+        counters.clone(),
+        failed.clone(),
+    ));
+    let mut events = node.subscribe();
+    let mut state = State {
+        next_req: 1,
+        outgoing: HashMap::new(),
+        requested: HashMap::new(),
+        served: HashMap::new(),
+    };
+    for frame in state.sync_requests(&node, &peer) {
+        let _ = out.send(frame).await;
+    }
+
+    let result = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => {
+                    if let Err(e) = state.handle(&node, frame, &out, &ingest_tx, &counters).await {
+                        break Err(e);
+                    }
+                }
+                Some(Err(e)) => break Err(SessionError::Connection(e)),
+                None => break Ok(()),
+            },
+            event = events.recv() => match event {
+                Ok(Event::GraphChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    for frame in state.sync_requests(&node, &peer) {
+                        let _ = out.send(frame).await;
+                    }
+                }
+                Ok(Event::Appended { .. }) => {}
+                Err(broadcast::error::RecvError::Closed) => break Ok(()),
+            },
+            _ = failed.cancelled() => {
+                break Err(SessionError::BadMessage("see the log above".into()));
+            }
+            _ = close.cancelled() => break Ok(()),
+        }
+    };
+
+    for token in state.served.values() {
+        token.cancel();
+    }
+    drop(ingest_tx);
+    drop(out);
+    reader.abort();
+    let _ = ingester.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    result
+}
+
+struct State {
+    next_req: i32,
+    /// Our requests: request number → feed.
+    outgoing: HashMap<i32, FeedId>,
+    /// Feeds we asked for on this connection, and the request number.
+    requested: HashMap<FeedId, i32>,
+    /// Streams we serve: the peer's request number → cancel token.
+    served: HashMap<i32, CancellationToken>,
+}
+
+impl State {
+    /// Requests every wanted feed not yet requested, and ends requests for
+    /// feeds no longer wanted (unfollowing stops replication).
+    fn sync_requests(&mut self, node: &Node, _peer: &FeedId) -> Vec<Frame> {
+        let me = node.id();
+        let wanted = node.wanted_feeds();
+        let mut frames = Vec::new();
+        let stale: Vec<(FeedId, i32)> = self
+            .requested
+            .iter()
+            .filter(|(feed, _)| !wanted.contains_key(feed))
+            .map(|(f, r)| (*f, *r))
+            .collect();
+        for (feed, req) in stale {
+            self.requested.remove(&feed);
+            if self.outgoing.remove(&req).is_some() {
+                frames.push(Frame::end(req));
+            }
+        }
+        let mut new: Vec<&FeedId> = wanted
+            .keys()
+            .filter(|f| **f != me && !self.requested.contains_key(f))
+            .collect();
+        new.sort();
+        for feed in new {
+            let req = self.next_req;
+            self.next_req += 1;
+            let seq = node.store.tip(feed).map_or(0, |t| t.sequence) + 1;
+            self.requested.insert(*feed, req);
+            self.outgoing.insert(req, *feed);
+            frames.push(Frame::json(
+                req,
+                true,
+                false,
+                &json!({
+                    "name": ["createHistoryStream"],
+                    "type": "source",
+                    "args": [{"id": feed.to_string(), "seq": seq, "live": true, "keys": false}],
+                }),
+            ));
+        }
+        frames
+    }
+
+    async fn handle(
+        &mut self,
+        node: &Arc<Node>,
+        frame: Frame,
+        out: &mpsc::Sender<Frame>,
+        ingest: &mpsc::Sender<(FeedId, Value)>,
+        counters: &Arc<Counters>,
+    ) -> Result<(), SessionError> {
+        if frame.req < 0 {
+            let req = -frame.req;
+            let Some(feed) = self.outgoing.get(&req).copied() else {
+                return Ok(()); // a late frame for a request we ended
+            };
+            if frame.end {
+                // The peer ended (or refused) our request: end our side too.
+                self.outgoing.remove(&req);
+                if let Some(error) = frame.body_json().filter(|b| b.get("message").is_some()) {
+                    tracing::debug!(
+                        "peer refused createHistoryStream for {feed}: {}",
+                        error["message"]
+                    );
+                }
+                let _ = out.send(Frame::end(req)).await;
+                return Ok(());
+            }
+            let value: Value = serde_json::from_slice(&frame.body)
+                .map_err(|e| SessionError::BadMessage(format!("malformed JSON: {e}")))?;
+            // With keys: true a peer sends {key, value, timestamp}.
+            let value = match value.get("value") {
+                Some(inner) if value.get("key").is_some() => inner.clone(),
+                _ => value,
+            };
+            if ingest.send((feed, value)).await.is_err() {
+                return Err(SessionError::Connection("ingester stopped".into()));
+            }
+            return Ok(());
+        }
+
+        // A frame of a request the peer made.
+        if let Some(token) = self.served.get(&frame.req) {
+            if frame.end {
+                token.cancel();
+                self.served.remove(&frame.req);
+            }
+            return Ok(());
+        }
+        if frame.end {
+            return Ok(());
+        }
+        let request = frame.body_json().unwrap_or(Value::Null);
+        let name: Vec<&str> = request["name"]
+            .as_array()
+            .map(|parts| parts.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let kind = request["type"].as_str().unwrap_or("async");
+        let is_stream = kind != "async" && kind != "sync";
+        match name.as_slice() {
+            ["createHistoryStream"] if self.served.len() < MAX_SERVED_STREAMS => {
+                let args = request["args"].get(0).cloned().unwrap_or(Value::Null);
+                let token = CancellationToken::new();
+                self.served.insert(frame.req, token.clone());
+                tokio::spawn(serve_history(
+                    node.clone(),
+                    frame.req,
+                    args,
+                    out.clone(),
+                    token,
+                    counters.clone(),
+                ));
+            }
+            ["whoami"] => {
+                let _ = out
+                    .send(Frame::json(
+                        -frame.req,
+                        false,
+                        false,
+                        &json!({"id": node.id().to_string()}),
+                    ))
+                    .await;
+            }
+            _ => {
+                let method = name.join(".");
+                tracing::debug!("peer called unsupported method {method:?}");
+                let _ = out
+                    .send(Frame::error(
+                        -frame.req,
+                        is_stream,
+                        &format!("method:{method} is not in list of allowed methods"),
+                    ))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn read_loop(mut reader: Reader, frames: mpsc::Sender<Result<Frame, String>>) {
+    loop {
+        let next = match muxrpc::read_frame(&mut reader).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        let stop = next.is_err();
+        if frames.send(next).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: Writer,
+    mut frames: mpsc::Receiver<Frame>,
+    counters: Arc<Counters>,
+) {
+    while let Some(frame) = frames.recv().await {
+        let mut batch = vec![frame];
+        while batch.len() < 256 {
+            match frames.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        for frame in &batch {
+            if frame.req < 0 && frame.stream && !frame.end {
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            if muxrpc::write_frame(&mut writer, frame).await.is_err() {
+                return;
+            }
+        }
+        if muxrpc::flush(&mut writer).await.is_err() {
+            return;
+        }
+    }
+    muxrpc::goodbye(&mut writer).await;
+}
+
+/// `createHistoryStream({id, seq, live, old, keys, limit})`: the feed's
+/// messages from `seq` (inclusive) on; with `live`, new ones as they come.
+async fn serve_history(
+    node: Arc<Node>,
+    req: i32,
+    args: Value,
+    out: mpsc::Sender<Frame>,
+    cancel: CancellationToken,
+    _counters: Arc<Counters>,
+) {
+    let feed = match args["id"].as_str().map(FeedId::parse) {
+        Some(Ok(feed)) => feed,
+        _ => {
+            let _ = out
+                .send(Frame::error(
+                    -req,
+                    true,
+                    "createHistoryStream needs a valid id",
+                ))
+                .await;
+            return;
+        }
+    };
+    let live = args["live"].as_bool().unwrap_or(false);
+    let old = args["old"].as_bool().unwrap_or(true);
+    let keys = args["keys"].as_bool().unwrap_or(true);
+    let limit = args["limit"].as_i64().filter(|l| *l >= 0).map(|l| l as u64);
+    // Subscribe before reading history, so nothing falls between the two.
+    let mut events = node.subscribe();
+    let mut next = args["seq"].as_u64().unwrap_or(0).max(1);
+    if !old {
+        next = node.store.tip(&feed).map_or(0, |t| t.sequence) + 1;
+    }
+    let mut sent = 0u64;
+    loop {
+        // Send everything stored from `next` on.
+        loop {
+            let wanted = limit.map_or(SERVE_CHUNK as u64, |l| (l - sent).min(SERVE_CHUNK as u64));
+            if wanted == 0 {
+                let _ = out.send(Frame::end(-req)).await;
+                return;
+            }
+            let store = node.store.clone();
+            let from = next;
+            let chunk = tokio::task::spawn_blocking(move || {
+                store
+                    .history(&feed, from)
+                    .take(wanted as usize)
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+            .await;
+            let chunk = match chunk {
+                Ok(Ok(chunk)) => chunk,
+                _ => {
+                    let _ = out
+                        .send(Frame::error(-req, true, "store read failed"))
+                        .await;
+                    return;
+                }
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            for (seq, raw) in chunk {
+                let body = if keys {
+                    let mut line = kvt_line(&raw);
+                    line.pop();
+                    line
+                } else {
+                    raw.json().to_vec()
+                };
+                tokio::select! {
+                    sent_ok = out.send(Frame::raw_json(-req, true, body)) => {
+                        if sent_ok.is_err() { return; }
+                    }
+                    _ = cancel.cancelled() => return,
+                }
+                next = seq + 1;
+                sent += 1;
+            }
+        }
+        if !live {
+            let _ = out.send(Frame::end(-req)).await;
+            return;
+        }
+        // Wait for the feed to grow.
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(Event::Appended { feed: f, seq }) if f == feed && seq >= next => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = cancel.cancelled() => {
+                    let _ = out.send(Frame::end(-req)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Verifies and stores what the peer sends. Messages we already have are
+/// dropped unverified; the rest are verified on all cores and stored in
+/// order. The first invalid message ends the session.
+async fn ingest_loop(
+    node: Arc<Node>,
+    mut incoming: mpsc::Receiver<(FeedId, Value)>,
+    counters: Arc<Counters>,
+    failed: CancellationToken,
+) {
+    while let Some(first) = incoming.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < INGEST_BATCH {
+            match incoming.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let node = node.clone();
+        let outcome = tokio::task::spawn_blocking(move || ingest_batch(&node, batch)).await;
+        match outcome {
+            Ok(Ok(stored)) => {
+                counters
+                    .received
+                    .fetch_add(stored as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("disconnecting a peer that sent an invalid message: {e}");
+                failed.cancel();
+                return;
+            }
+            Err(e) => {
+                tracing::error!("ingest task failed: {e}");
+                failed.cancel();
+                return;
+            }
+        }
+    }
+}
+
+fn ingest_batch(node: &Node, batch: Vec<(FeedId, Value)>) -> Result<usize, String> {
+    // Drop what we already have (another peer may have sent it first).
+    let mut expected: HashMap<FeedId, u64> = HashMap::new();
+    let mut fresh = Vec::with_capacity(batch.len());
+    for (feed, value) in batch {
+        let next = expected
+            .entry(feed)
+            .or_insert_with(|| node.store.tip(&feed).map_or(1, |t| t.sequence + 1));
+        match value["sequence"].as_u64() {
+            Some(seq) if seq < *next => continue,
+            Some(seq) if seq == *next => *next += 1,
+            _ => {}
+        }
+        fresh.push((feed, value));
+    }
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    let verified: Vec<Result<Message, FeedError>> = fresh
+        .into_par_iter()
+        .map(|(feed, value)| {
+            let msg = Message::verify(value)?;
+            if msg.author != feed {
+                return Err(FeedError::Invalid(format!(
+                    "asked for {feed}, got a message by {}",
+                    msg.author
+                )));
+            }
+            Ok(msg)
+        })
+        .collect();
+    let msgs = verified
+        .into_iter()
+        .collect::<Result<Vec<Message>, FeedError>>()
+        .map_err(|e| e.to_string())?;
+    let count = msgs.len();
+    match node.ingest_new(msgs) {
+        Ok(stored) => Ok(stored),
+        Err(NodeError::Store(StoreError::Rejected(e))) => Err(e.to_string()),
+        Err(e) => {
+            tracing::error!("storing replicated messages: {e}");
+            Err(format!("local store failure after {count} messages"))
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Secret handshake and box stream over TCP, through kuska-handshake.
+//!
+//! kuska's handshake and box stream speak the `futures` I/O traits; tokio's
+//! streams are bridged with tokio-util's compat layer.
+
+use std::time::Duration;
+
+use kuska_handshake::async_std::{
+    handshake_client, handshake_server, BoxStream, BoxStreamRead, BoxStreamWrite,
+};
+use kuska_sodiumoxide::crypto::{auth, sign::ed25519};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::feed::{FeedId, Keypair};
+
+/// How long a handshake may take before the peer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Box stream buffer size: a box stream body is at most 4 KiB, but a
+/// decrypted header may claim up to 64 KiB, which must not overrun it.
+const BOX_CAPACITY: usize = 0x10000 + 64;
+
+/// The reading half of an authenticated connection.
+pub type Reader = BoxStreamRead<Compat<OwnedReadHalf>>;
+/// The writing half of an authenticated connection.
+pub type Writer = BoxStreamWrite<Compat<OwnedWriteHalf>>;
+
+/// An authenticated, encrypted connection.
+pub struct Connection {
+    /// Who is at the other end (proved by the handshake).
+    pub peer: FeedId,
+    /// Decrypting reader.
+    pub reader: Reader,
+    /// Encrypting writer.
+    pub writer: Writer,
+    /// Whether this side dialled.
+    pub dialled: bool,
+    /// The peer's address.
+    pub address: String,
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ShsError {
+    /// TCP failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
+    /// The handshake failed: another network key, or another peer than the
+    /// one expected, or garbage.
+    #[error("handshake failed (wrong network key or not an SSB peer): {0}")]
+    Handshake(String),
+    /// The handshake took too long.
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+struct SodiumKeys {
+    net: auth::Key,
+    public: ed25519::PublicKey,
+    secret: ed25519::SecretKey,
+}
+
+fn sodium_keys(keys: &Keypair, network_key: &[u8; 32]) -> Result<SodiumKeys, ShsError> {
+    let bad = || ShsError::Handshake("key conversion".into());
+    Ok(SodiumKeys {
+        net: auth::Key::from_slice(network_key).ok_or_else(bad)?,
+        public: ed25519::PublicKey::from_slice(&keys.id().0).ok_or_else(bad)?,
+        secret: ed25519::SecretKey::from_slice(&keys.sodium_secret()).ok_or_else(bad)?,
+    })
+}
+
+/// Dials `host:port` and authenticates as `keys`, expecting `peer`.
+pub async fn connect(
+    host: &str,
+    port: u16,
+    peer: FeedId,
+    keys: &Keypair,
+    network_key: &[u8; 32],
+) -> Result<Connection, ShsError> {
+    let k = sodium_keys(keys, network_key)?;
+    let server = ed25519::PublicKey::from_slice(&peer.0)
+        .ok_or_else(|| ShsError::Handshake("peer key".into()))?;
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| ShsError::Timeout)??;
+    tcp.set_nodelay(true)?;
+    let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut stream = tcp.compat();
+    let done = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_client(&mut stream, k.net, k.public, k.secret, server),
+    )
+    .await
+    .map_err(|_| ShsError::Timeout)?
+    .map_err(|e| ShsError::Handshake(format!("{e:?}")))?;
+    Ok(split(stream.into_inner(), done, peer, true, address))
+}
+
+/// Authenticates an accepted TCP connection as the server side.
+pub async fn accept(
+    tcp: TcpStream,
+    keys: &Keypair,
+    network_key: &[u8; 32],
+) -> Result<Connection, ShsError> {
+    let k = sodium_keys(keys, network_key)?;
+    tcp.set_nodelay(true)?;
+    let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut stream = tcp.compat();
+    let done = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_server(&mut stream, k.net, k.public, k.secret),
+    )
+    .await
+    .map_err(|_| ShsError::Timeout)?
+    .map_err(|e| ShsError::Handshake(format!("{e:?}")))?;
+    let peer = FeedId(
+        done.peer_pk
+            .as_ref()
+            .try_into()
+            .map_err(|_| ShsError::Handshake("peer key length".into()))?,
+    );
+    Ok(split(stream.into_inner(), done, peer, false, address))
+}
+
+fn split(
+    tcp: TcpStream,
+    done: kuska_handshake::HandshakeComplete,
+    peer: FeedId,
+    dialled: bool,
+    address: String,
+) -> Connection {
+    let (read, write) = tcp.into_split();
+    let boxed = BoxStream::from_handshake(read.compat(), write.compat_write(), done, BOX_CAPACITY);
+    let (reader, writer) = boxed.split_read_write();
+    Connection {
+        peer,
+        reader,
+        writer,
+        dialled,
+        address,
+    }
+}

@@ -1,0 +1,288 @@
+//! Several daemons, each in its own network namespace on one bridge, found
+//! by UDP broadcast alone.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{system_available, wait_until, Daemon};
+
+const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
+const OTHER_KEY: &str = "aW8vDdVQWRmFzChI2eUjgvuvkB05WB4CTGgxJb7Nf4U=";
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private LAN: a switch namespace holding a bridge, and one namespace per
+/// host with a veth on it, an address in 10.213.0.0/24 and a default route
+/// (so that 255.255.255.255 is reachable, as on a real LAN).
+struct Lan {
+    prefix: String,
+    hosts: Vec<String>,
+}
+
+impl Lan {
+    fn available() -> bool {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let tools = Command::new("ip").arg("-V").output().is_ok()
+            && Command::new("nsenter").arg("--version").output().is_ok();
+        system_available(
+            "root with ip and nsenter (network namespaces)",
+            root && tools,
+        ) && common::fuse_available()
+    }
+
+    fn new(tag: &str) -> Lan {
+        let prefix = format!("sf{}{tag}", std::process::id() % 100_000);
+        let lan = Lan {
+            prefix,
+            hosts: Vec::new(),
+        };
+        let sw = lan.switch();
+        ip(&["netns", "add", &sw]);
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &sw, "link", "set", "br0", "up"]);
+        lan
+    }
+
+    fn switch(&self) -> String {
+        format!("{}sw", self.prefix)
+    }
+
+    /// Adds host number `n` (1..=250) and returns its namespace.
+    fn host(&mut self, n: u8) -> String {
+        let ns = format!("{}h{n}", self.prefix);
+        let sw = self.switch();
+        ip(&["netns", "add", &ns]);
+        let port = format!("p{n}");
+        ip(&[
+            "link", "add", &port, "netns", &sw, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ]);
+        ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &sw, "link", "set", &port, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.213.0.{n}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"]);
+        self.hosts.push(ns.clone());
+        ns
+    }
+
+    fn cut(&self, ns: &str) {
+        ip(&["-n", ns, "link", "set", "eth0", "down"]);
+    }
+
+    fn restore(&self, ns: &str) {
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        let _ = Command::new("ip")
+            .args(["-n", ns, "route", "replace", "default", "dev", "eth0"])
+            .output();
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch())) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn node(lan_ns: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--caps.shs", KEY];
+    args.extend_from_slice(extra);
+    Daemon::start_in(Some(lan_ns), &dir.join(name), name, &args)
+}
+
+fn follow(follower: &Daemon, followed: &Daemon) {
+    let out = follower.sh(&format!("echo '{}' >> follow", followed.id()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn publish(daemon: &Daemon, line: &str) {
+    let out = daemon.sh(&format!("echo '{line}' >> publish"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn has_line(daemon: &Daemon, text: &str) -> bool {
+    daemon
+        .read("merged.log")
+        .lines()
+        .any(|l| l.ends_with(&format!(" {text}")))
+}
+
+fn count_line(daemon: &Daemon, text: &str) -> usize {
+    daemon
+        .read("merged.log")
+        .lines()
+        .filter(|l| l.ends_with(&format!(" {text}")))
+        .count()
+}
+
+#[test]
+fn logs_travel_two_hops_and_stop_at_the_hop_limit() {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("a");
+    let (na, nb, nc, nd) = (lan.host(1), lan.host(2), lan.host(3), lan.host(4));
+    let a = node(&na, dir.path(), "alpha", &[]);
+    let b = node(&nb, dir.path(), "beta", &[]);
+    let c = node(&nc, dir.path(), "gamma", &[]);
+    let d = node(&nd, dir.path(), "delta", &["--hops", "1"]);
+    follow(&a, &b);
+    follow(&b, &c);
+    follow(&d, &b);
+    publish(&b, "from beta");
+    publish(&c, "from gamma");
+
+    assert!(
+        wait_until(Duration::from_secs(30), || has_line(&a, "from gamma")
+            && has_line(&a, "from beta")),
+        "alpha never got gamma's line two hops away:\n{}\n{}",
+        a.read("merged.log"),
+        a.log()
+    );
+    assert!(a.read("gamma/log").ends_with(" from gamma\n"));
+
+    // A line published on gamma now reaches alpha's merged.log within seconds.
+    let published = Instant::now();
+    publish(&c, "live from gamma");
+    assert!(
+        wait_until(Duration::from_secs(5), || has_line(&a, "live from gamma")),
+        "live line did not arrive within 5 s"
+    );
+    eprintln!("live line took {:?}", published.elapsed());
+
+    // delta (hops 1) has beta's line but never gamma's.
+    assert!(
+        wait_until(Duration::from_secs(20), || has_line(&d, "from beta")),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !has_line(&d, "from gamma"),
+        "hops 1 replicated two hops away"
+    );
+    assert!(!d.read("status").contains("gamma"), "{}", d.read("status"));
+
+    // The status file shows the peers this node found.
+    let status = a.read("status");
+    assert!(status.contains("beta"), "{status}");
+}
+
+#[test]
+fn a_partition_heals_with_nothing_lost_and_nothing_doubled() {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("b");
+    let (na, nb) = (lan.host(1), lan.host(2));
+    let a = node(&na, dir.path(), "alpha", &[]);
+    let b = node(&nb, dir.path(), "beta", &[]);
+    follow(&a, &b);
+    follow(&b, &a);
+    publish(&a, "before the cut");
+    assert!(
+        wait_until(Duration::from_secs(30), || has_line(&b, "before the cut")),
+        "{}",
+        b.log()
+    );
+
+    lan.cut(&nb);
+    for i in 1..=3 {
+        publish(&b, &format!("beta offline {i}"));
+        publish(&a, &format!("alpha while beta away {i}"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!has_line(&a, "beta offline 1"), "a line crossed a cut link");
+    lan.restore(&nb);
+
+    let converged = wait_until(Duration::from_secs(60), || {
+        (1..=3).all(|i| {
+            has_line(&a, &format!("beta offline {i}"))
+                && has_line(&b, &format!("alpha while beta away {i}"))
+        })
+    });
+    assert!(converged, "no convergence:\n{}\n{}", a.log(), b.log());
+    std::thread::sleep(Duration::from_secs(1));
+    for daemon in [&a, &b] {
+        for i in 1..=3 {
+            assert_eq!(count_line(daemon, &format!("beta offline {i}")), 1);
+            assert_eq!(count_line(daemon, &format!("alpha while beta away {i}")), 1);
+        }
+        assert_eq!(count_line(daemon, "before the cut"), 1);
+        // Seven log lines in all, on both sides.
+        assert_eq!(
+            daemon.read("merged.log").lines().count(),
+            7,
+            "{}",
+            daemon.read("merged.log")
+        );
+    }
+}
+
+#[test]
+fn a_node_on_another_network_key_learns_nothing() {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("c");
+    let (na, ne) = (lan.host(1), lan.host(2));
+    let a = node(&na, dir.path(), "alpha", &[]);
+    let e = Daemon::start_in(
+        Some(&ne),
+        &dir.path().join("eve"),
+        "eve",
+        &["--caps.shs", OTHER_KEY],
+    );
+    follow(&e, &a);
+    follow(&a, &e);
+    publish(&a, "secret log line");
+    publish(&e, "line from eve");
+    // Long enough for several broadcasts and dial attempts.
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(!has_line(&e, "secret log line"));
+    assert!(!has_line(&a, "line from eve"));
+    assert!(
+        e.read("status").contains("peers:     0 connected"),
+        "{}",
+        e.read("status")
+    );
+    // Both saw the other's broadcasts and tried: the handshake failed.
+    assert!(
+        a.log().contains("handshake") || e.log().contains("handshake"),
+        "no handshake attempt was logged:\n{}\n{}",
+        a.log(),
+        e.log()
+    );
+}

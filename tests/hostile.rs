@@ -1,0 +1,194 @@
+//! A hostile peer cannot crash the daemon or get a bad message stored.
+//!
+//! The peer here is real: it speaks the secret handshake, box stream and
+//! muxrpc (the project's own implementation of them), then misbehaves.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::{fuse_available, wait_until, Daemon};
+use scuttlefs::feed::{Keypair, Message};
+use scuttlefs::net::muxrpc::{self, Frame};
+use scuttlefs::net::shs;
+
+const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
+
+fn network_key() -> [u8; 32] {
+    scuttlefs::config::parse_network_key(KEY).expect("key")
+}
+
+fn peer_arg(port: u16, keys: &Keypair) -> String {
+    let id = keys.id().to_string();
+    format!("net:127.0.0.1:{port}~shs:{}", &id[1..id.len() - 8])
+}
+
+/// Waits for the daemon to dial in, and returns the connection.
+async fn accept(listener: &tokio::net::TcpListener, keys: &Keypair) -> shs::Connection {
+    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
+        .await
+        .expect("the daemon dials us")
+        .expect("accept");
+    shs::accept(tcp, keys, &network_key()).await.expect("handshake")
+}
+
+/// The first frame matching `wanted`, from those already read (`seen`) or
+/// read now; frames that do not match are kept for later searches.
+async fn find_frame(
+    conn: &mut shs::Connection,
+    seen: &mut Vec<Frame>,
+    wanted: impl Fn(&Frame) -> bool,
+) -> Option<Frame> {
+    if let Some(i) = seen.iter().position(&wanted) {
+        return Some(seen.remove(i));
+    }
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(20), muxrpc::read_frame(&mut conn.reader))
+            .await
+            .ok()?
+            .ok()??;
+        if wanted(&frame) {
+            return Some(frame);
+        }
+        seen.push(frame);
+    }
+}
+
+fn is_history_request(frame: &Frame, feed: &str) -> bool {
+    let body = frame.body_json().unwrap_or(Value::Null);
+    frame.req > 0 && body["name"] == json!(["createHistoryStream"]) && body["args"][0]["id"] == feed
+}
+
+async fn send(conn: &mut shs::Connection, frames: &[Frame]) {
+    for frame in frames {
+        muxrpc::write_frame(&mut conn.writer, frame).await.expect("write");
+    }
+    muxrpc::flush(&mut conn.writer).await.expect("flush");
+}
+
+/// True when the daemon closes the connection within a few seconds.
+async fn closed_by_daemon(conn: &mut shs::Connection) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, muxrpc::read_frame(&mut conn.reader)).await {
+            Err(_) => return false,
+            Ok(Ok(Some(_))) => continue,
+            Ok(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn forged_messages_garbage_and_oversize_frames_are_survived() {
+    if !fuse_available() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let forger = Keypair::generate();
+    let giant = Keypair::generate();
+    let (forger_listener, giant_listener) = runtime.block_on(async {
+        (
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        )
+    });
+    let forger_port = forger_listener.local_addr().expect("addr").port();
+    let giant_port = giant_listener.local_addr().expect("addr").port();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        &dir.path().join("node"),
+        "victim",
+        &[
+            "--caps.shs",
+            KEY,
+            "--peer",
+            &peer_arg(forger_port, &forger),
+            "--peer",
+            &peer_arg(giant_port, &giant),
+        ],
+    );
+    for keys in [&forger, &giant] {
+        let out = daemon.sh(&format!("echo '{}' >> follow", keys.id()));
+        assert!(out.status.success());
+    }
+
+    runtime.block_on(async {
+        // 1. Garbage requests get muxrpc errors, not a dropped connection.
+        let mut conn = accept(&forger_listener, &forger).await;
+        send(
+            &mut conn,
+            &[
+                Frame::json(9001, false, false, &json!({"name": ["gossip", "ping"], "type": "async", "args": []})),
+                Frame::raw_json(9002, false, b"{not json".to_vec()),
+            ],
+        )
+        .await;
+        let mut seen = Vec::new();
+        for req in [9001, 9002] {
+            let reply = find_frame(&mut conn, &mut seen, |f| f.req == -req)
+                .await
+                .expect("an error reply");
+            assert!(reply.end, "errors end the request");
+            assert!(String::from_utf8_lossy(&reply.body).contains("not in list of allowed methods"));
+        }
+
+        // 2. A forged message: the daemon asks for our feed; we send one
+        // good message and one whose content was changed after signing.
+        let feed = forger.id().to_string();
+        let req = find_frame(&mut conn, &mut seen, |f| is_history_request(f, &feed))
+            .await
+            .expect("the daemon asks for our feed")
+            .req;
+        let good = Message::sign(&forger, None, 1.7e12, json!({"type": "log", "text": "honest"})).expect("signs");
+        let mut forged = Message::sign(&forger, Some(&good.tip()), 1.7e12 + 1.0, json!({"type": "log", "text": "original"}))
+            .expect("signs")
+            .value;
+        forged["content"]["text"] = json!("forged");
+        send(
+            &mut conn,
+            &[
+                Frame::raw_json(-req, true, good.value_json().into_bytes()),
+                Frame::raw_json(-req, true, serde_json::to_vec(&forged).expect("json")),
+            ],
+        )
+        .await;
+        assert!(closed_by_daemon(&mut conn).await, "the daemon kept talking to a forger");
+
+        // 3. An oversize frame header from another peer.
+        let mut conn = accept(&giant_listener, &giant).await;
+        let mut header = vec![0b1010u8];
+        header.extend_from_slice(&(512u32 * 1024 * 1024).to_be_bytes());
+        header.extend_from_slice(&1i32.to_be_bytes());
+        futures::AsyncWriteExt::write_all(&mut conn.writer, &header).await.expect("write");
+        futures::AsyncWriteExt::flush(&mut conn.writer).await.expect("flush");
+        assert!(closed_by_daemon(&mut conn).await, "an oversize frame was accepted");
+    });
+
+    // 4. A bad handshake: raw bytes at the daemon's port.
+    let status = daemon.read("status");
+    let port: u16 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|l| l.trim().rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("listening port in status");
+    let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let _ = garbage.write_all(&[0x42; 64]);
+    drop(garbage);
+
+    // The daemon is alive, stored nothing of the forged message, and said why.
+    assert!(wait_until(Duration::from_secs(5), || daemon.log().contains("cut off")), "{}", daemon.log());
+    let jsonl = daemon.read(&format!("{}/feed.jsonl", forger.id().file_safe()));
+    assert!(!jsonl.contains("forged"), "the forged message was stored: {jsonl}");
+    assert!(!daemon.read("merged.log").contains("forged"));
+    assert!(daemon.read("whoami").starts_with('@'), "the daemon died");
+    let out = daemon.sh("echo 'still alive' >> publish && tail -n 1 merged.log");
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(" still alive\n"));
+}

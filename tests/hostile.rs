@@ -32,7 +32,9 @@ async fn accept(listener: &tokio::net::TcpListener, keys: &Keypair) -> shs::Conn
         .await
         .expect("the daemon dials us")
         .expect("accept");
-    shs::accept(tcp, keys, &network_key()).await.expect("handshake")
+    shs::accept(tcp, keys, &network_key())
+        .await
+        .expect("handshake")
 }
 
 /// The first frame matching `wanted`, from those already read (`seen`) or
@@ -46,10 +48,13 @@ async fn find_frame(
         return Some(seen.remove(i));
     }
     loop {
-        let frame = tokio::time::timeout(Duration::from_secs(20), muxrpc::read_frame(&mut conn.reader))
-            .await
-            .ok()?
-            .ok()??;
+        let frame = tokio::time::timeout(
+            Duration::from_secs(20),
+            muxrpc::read_frame(&mut conn.reader),
+        )
+        .await
+        .ok()?
+        .ok()??;
         if wanted(&frame) {
             return Some(frame);
         }
@@ -64,7 +69,9 @@ fn is_history_request(frame: &Frame, feed: &str) -> bool {
 
 async fn send(conn: &mut shs::Connection, frames: &[Frame]) {
     for frame in frames {
-        muxrpc::write_frame(&mut conn.writer, frame).await.expect("write");
+        muxrpc::write_frame(&mut conn.writer, frame)
+            .await
+            .expect("write");
     }
     muxrpc::flush(&mut conn.writer).await.expect("flush");
 }
@@ -94,8 +101,12 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
     let giant = Keypair::generate();
     let (forger_listener, giant_listener) = runtime.block_on(async {
         (
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
         )
     });
     let forger_port = forger_listener.local_addr().expect("addr").port();
@@ -184,9 +195,16 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
     drop(garbage);
 
     // The daemon is alive, stored nothing of the forged message, and said why.
-    assert!(wait_until(Duration::from_secs(5), || daemon.log().contains("cut off")), "{}", daemon.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon.log().contains("cut off")),
+        "{}",
+        daemon.log()
+    );
     let jsonl = daemon.read(&format!("{}/feed.jsonl", forger.id().file_safe()));
-    assert!(!jsonl.contains("forged"), "the forged message was stored: {jsonl}");
+    assert!(
+        !jsonl.contains("forged"),
+        "the forged message was stored: {jsonl}"
+    );
     assert!(!daemon.read("merged.log").contains("forged"));
     assert!(daemon.read("whoami").starts_with('@'), "the daemon died");
     let out = daemon.sh("echo 'still alive' >> publish && tail -n 1 merged.log");

@@ -146,6 +146,52 @@ impl Message {
     /// Checks everything about `value` that does not depend on its feed's
     /// history: key order, field types, size, content shape and signature.
     pub fn verify(value: Value) -> Result<Message, FeedError> {
+        Checked::new(value)?.verify()
+    }
+
+    /// Verifies many messages; one result per message, in order.
+    ///
+    /// The signatures are checked together (ed25519 batch verification, about
+    /// twice as fast); if the batch fails, each is checked on its own to find
+    /// the bad ones. Batch verification is cofactorless only with high
+    /// probability, so an author could get a torsion-tweaked signature of
+    /// their own through where strict verification would refuse it; no one
+    /// else can forge anything. Weak (small-order) author keys are refused
+    /// either way.
+    pub fn verify_many(values: Vec<Value>) -> Vec<Result<Message, FeedError>> {
+        let checked: Vec<Result<Checked, FeedError>> =
+            values.into_iter().map(Checked::new).collect();
+        let good: Vec<&Checked> = checked.iter().filter_map(|c| c.as_ref().ok()).collect();
+        let batch_ok = !good.is_empty() && {
+            let messages: Vec<&[u8]> = good.iter().map(|c| c.unsigned.as_bytes()).collect();
+            let signatures: Vec<Signature> = good.iter().map(|c| c.signature).collect();
+            let keys: Vec<VerifyingKey> = good.iter().map(|c| c.verifying).collect();
+            ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok()
+        };
+        checked
+            .into_iter()
+            .map(|c| {
+                let c = c?;
+                if batch_ok {
+                    Ok(c.into_message())
+                } else {
+                    c.verify()
+                }
+            })
+            .collect()
+    }
+}
+
+/// A message whose every property but the signature has been checked.
+struct Checked {
+    msg: Message,
+    unsigned: String,
+    signature: Signature,
+    verifying: VerifyingKey,
+}
+
+impl Checked {
+    fn new(value: Value) -> Result<Checked, FeedError> {
         let map = value.as_object().ok_or(FeedError::NotAnObject)?;
         check_key_order(map)?;
         let author = map["author"]
@@ -189,19 +235,35 @@ impl Message {
         let unsigned = without_signature(&signed, signature_text)
             .ok_or_else(|| FeedError::Invalid("cannot locate signature".into()))?;
         let verifying = verifying_key(&author)?;
-        verifying
-            .verify_strict(unsigned.as_bytes(), &Signature::from_bytes(&signature))
-            .map_err(|_| FeedError::BadSignature)?;
-        Ok(Message {
-            key: MsgId(Sha256::digest(latin1_low_bytes(&signed)).into()),
-            author,
-            sequence,
-            timestamp,
-            previous,
-            value,
+        Ok(Checked {
+            msg: Message {
+                key: MsgId(Sha256::digest(latin1_low_bytes(&signed)).into()),
+                author,
+                sequence,
+                timestamp,
+                previous,
+                value,
+            },
+            unsigned,
+            signature: Signature::from_bytes(&signature),
+            verifying,
         })
     }
 
+    /// Strict verification of this one signature.
+    fn verify(self) -> Result<Message, FeedError> {
+        self.verifying
+            .verify_strict(self.unsigned.as_bytes(), &self.signature)
+            .map_err(|_| FeedError::BadSignature)?;
+        Ok(self.msg)
+    }
+
+    fn into_message(self) -> Message {
+        self.msg
+    }
+}
+
+impl Message {
     /// Rebuilds a message from the compact JSON the store keeps, without
     /// checking the signature or recomputing the id: the store only holds
     /// verified messages.
@@ -265,6 +327,9 @@ fn verifying_key(author: &FeedId) -> Result<VerifyingKey, FeedError> {
         }
         let key = VerifyingKey::from_bytes(&author.0)
             .map_err(|_| FeedError::Invalid("author is not an ed25519 point".into()))?;
+        if key.is_weak() {
+            return Err(FeedError::Invalid("author key has small order".into()));
+        }
         if cache.len() >= 4096 {
             cache.clear();
         }

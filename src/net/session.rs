@@ -472,10 +472,21 @@ fn ingest_batch(node: &Node, batch: Vec<(FeedId, Value)>) -> Result<usize, Strin
     if fresh.is_empty() {
         return Ok(0);
     }
-    let verified: Vec<Result<Message, FeedError>> = fresh
-        .into_par_iter()
-        .map(|(feed, value)| {
-            let msg = Message::verify(value)?;
+    // One batch verification per core.
+    let per_core = fresh.len().div_ceil(rayon::current_num_threads().max(1));
+    let (feeds, values): (Vec<FeedId>, Vec<Value>) = fresh.into_iter().unzip();
+    let chunks: Vec<Vec<Value>> = values
+        .chunks(per_core.max(1))
+        .map(<[Value]>::to_vec)
+        .collect();
+    let results: Vec<Vec<Result<Message, FeedError>>> =
+        chunks.into_par_iter().map(Message::verify_many).collect();
+    let verified: Vec<Result<Message, FeedError>> = results
+        .into_iter()
+        .flatten()
+        .zip(feeds)
+        .map(|(msg, feed)| {
+            let msg = msg?;
             if msg.author != feed {
                 return Err(FeedError::Invalid(format!(
                     "asked for {feed}, got a message by {}",

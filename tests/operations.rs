@@ -1,0 +1,268 @@
+//! The seed user's workflow: piping logs in, service files, monitoring, and
+//! the README's demo run as written.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{fuse_available, run, run_ok, system_available, wait_until};
+use serde_json::Value;
+
+use scuttlefs::feed::{FeedTip, Message};
+
+fn log_values(path: &str) -> Vec<Value> {
+    run_ok(&["log", "--path", path])
+        .split("\n\n")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| serde_json::from_str(s).expect("JSON"))
+        .collect()
+}
+
+fn publish_stdin(path: &str, input: &[u8], extra: &[&str]) -> std::process::Output {
+    let mut child = Command::new(common::bin())
+        .args(["publish", "--stdin", "--path", path])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("finishes")
+}
+
+#[test]
+fn publish_stdin_publishes_every_line_once_in_order_and_valid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_str().expect("utf8");
+    let input: String = (1..=10_000)
+        .map(|i| format!("backup chunk {i} ok\n"))
+        .collect();
+    let out = publish_stdin(
+        path,
+        input.as_bytes(),
+        &[
+            "--type",
+            "log",
+            "--source",
+            "laptop",
+            "--destination",
+            "nas",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = log_values(path);
+    let lines: Vec<&Value> = log
+        .iter()
+        .filter(|m| m["value"]["content"]["type"] == "log")
+        .collect();
+    assert_eq!(lines.len(), 10_000);
+    for (i, m) in lines.iter().enumerate() {
+        let content = &m["value"]["content"];
+        assert_eq!(content["text"], format!("backup chunk {} ok", i + 1));
+        assert_eq!(content["source"], "laptop");
+        assert_eq!(content["destination"], "nas");
+    }
+    // The whole feed verifies and chains.
+    let mut tip: Option<FeedTip> = None;
+    for m in &log {
+        let msg = Message::verify(m["value"].clone()).expect("valid");
+        assert_eq!(msg.key.to_string(), m["key"].as_str().expect("key"));
+        FeedTip::check_next(tip.as_ref(), &msg).expect("chained");
+        tip = Some(msg.tip());
+    }
+}
+
+#[test]
+fn publish_stdin_with_a_bad_line_publishes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_str().expect("utf8");
+    run_ok(&[
+        "publish", "--path", path, "--type", "log", "--text", "before",
+    ]);
+    let before = log_values(path).len();
+    let mut input = Vec::new();
+    for i in 1..=100 {
+        if i == 50 {
+            input.extend_from_slice(b"bad \xff line\n");
+        } else {
+            input.extend_from_slice(format!("line {i}\n").as_bytes());
+        }
+    }
+    let out = publish_stdin(path, &input, &["--type", "log"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 50"), "{stderr}");
+    assert_eq!(log_values(path).len(), before, "something was published");
+}
+
+#[test]
+fn status_exit_codes_tell_a_monitor_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let path_s = path.to_str().expect("utf8");
+    // Daemon down: 1.
+    let out = run(&["status", "--path", path_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon"));
+
+    let mut daemon = Command::new(common::bin())
+        .args([
+            "serve",
+            "--no-mount",
+            "--no-discovery",
+            "--port",
+            "0",
+            "--path",
+            path_s,
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("daemon");
+    assert!(wait_until(Duration::from_secs(10), || run(&[
+        "status", "--path", path_s
+    ])
+    .status
+    .success()));
+    std::thread::sleep(Duration::from_millis(2100));
+    // Up, never a peer, silent for over a second: 2.
+    let out = run(&["status", "--path", path_s, "--max-silence", "1s"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Within the allowed silence: 0.
+    let out = run(&["status", "--path", path_s, "--max-silence", "1h"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("peers:     0 connected"));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().expect("exits").success());
+}
+
+#[test]
+fn service_files_parse() {
+    let service_dir = common::repo().join("docs/service");
+    let have_systemd = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if system_available("systemd-analyze", have_systemd) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (file, binary) in [
+            ("scuttlefs.service", "%h/.cargo/bin/scuttlefs"),
+            ("scuttlefs-system.service", "/usr/local/bin/scuttlefs"),
+        ] {
+            let text = std::fs::read_to_string(service_dir.join(file)).expect("unit");
+            assert!(text.contains("Restart=on-failure"), "{file}");
+            assert!(
+                text.contains("ExecStopPost="),
+                "{file} should unmount on stop"
+            );
+            // verify checks that ExecStart's program exists: point it at ours.
+            let unit = dir.path().join("scuttlefs.service");
+            std::fs::write(
+                &unit,
+                text.replace(binary, common::bin().to_str().expect("utf8")),
+            )
+            .expect("write");
+            let out = Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&unit)
+                .output()
+                .expect("runs");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stderr.trim().is_empty(),
+                "{file}: {stderr}"
+            );
+        }
+    }
+    let have_python = Command::new("python3").arg("--version").output().is_ok();
+    if system_available("python3 (plistlib)", have_python) {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg("import plistlib,sys; p=plistlib.load(open(sys.argv[1],'rb')); assert p['Label']=='com.scuttlefs'; assert p['ProgramArguments'][1]=='serve'; assert p['KeepAlive']['SuccessfulExit'] is False; print('ok')")
+            .arg(service_dir.join("com.scuttlefs.plist"))
+            .output()
+            .expect("runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "ok",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_readme_demo_runs_as_written() {
+    if !fuse_available() {
+        return;
+    }
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).expect("README");
+    let section = &readme[readme.find("## A 30-second demo").expect("demo section")..];
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block");
+    // The build step is the test's own; the binary under test goes on PATH.
+    let bin_dir = common::bin().parent().expect("dir").to_path_buf();
+    let script: String = block
+        .lines()
+        .map(|l| {
+            if l.starts_with("cargo build") {
+                format!("export PATH=\"{}:$PATH\"", bin_dir.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -e\n{script}"))
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env("RUST_LOG", "warn,fuser=error")
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        " laptop backup of /home finished\n",
+        " laptop first\n",
+        " laptop second\n",
+        "feed.jsonl\nid\nlog\n",
+        " laptop source=cron 3\n",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    assert!(
+        !mounts.contains(dir.path().to_str().expect("utf8")),
+        "the demo left a mount"
+    );
+}

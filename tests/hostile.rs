@@ -136,7 +136,7 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
         send(
             &mut conn,
             &[
-                Frame::json(9001, false, false, &json!({"name": ["gossip", "ping"], "type": "async", "args": []})),
+                Frame::json(9001, false, false, &json!({"name": ["no", "such", "method"], "type": "async", "args": []})),
                 Frame::raw_json(9002, false, b"{not json".to_vec()),
             ],
         )

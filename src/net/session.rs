@@ -77,6 +77,10 @@ pub async fn run(
         outgoing: HashMap::new(),
         requested: HashMap::new(),
         served: HashMap::new(),
+        refused: std::collections::HashSet::new(),
+        pings: std::collections::HashSet::new(),
+        ebt: None,
+        wanted: std::collections::HashSet::new(),
     };
     for frame in state.sync_requests(&node, &peer) {
         let _ = out.send(frame).await;
@@ -86,7 +90,7 @@ pub async fn run(
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
-                    if let Err(e) = state.handle(&node, frame, &out, &ingest_tx, &counters).await {
+                    if let Err(e) = state.handle(&node, frame, &out, &ingest_tx).await {
                         break Err(e);
                     }
                 }
@@ -112,6 +116,11 @@ pub async fn run(
     for token in state.served.values() {
         token.cancel();
     }
+    if let Some(ebt) = &state.ebt {
+        for token in ebt.senders.values() {
+            token.cancel();
+        }
+    }
     drop(ingest_tx);
     drop(out);
     reader.abort();
@@ -128,6 +137,35 @@ struct State {
     requested: HashMap<FeedId, i32>,
     /// Streams we serve: the peer's request number → cancel token.
     served: HashMap<i32, CancellationToken>,
+    /// Peer streams we refused: later frames of them are not new requests.
+    refused: std::collections::HashSet<i32>,
+    /// The peer's `gossip.ping` streams: each timestamp it sends is answered.
+    pings: std::collections::HashSet<i32>,
+    /// The peer's `ebt.replicate` stream, when it opened one.
+    ebt: Option<Ebt>,
+    /// The feeds within our hops, as of the last graph change.
+    wanted: std::collections::HashSet<FeedId>,
+}
+
+/// An epidemic-broadcast-trees session the peer opened: each side sends a
+/// vector clock (feed → `seq << 1 | !receive`, or -1 for "not
+/// replicating"), then the messages the other lacks, live.
+struct Ebt {
+    req: i32,
+    /// Feeds we are sending, each by its own task.
+    senders: HashMap<FeedId, CancellationToken>,
+}
+
+/// An EBT note: the sequence we have, and whether we want to receive more.
+fn ebt_note(seq: u64, receive: bool) -> i64 {
+    ((seq as i64) << 1) | i64::from(!receive)
+}
+
+/// Whether an EBT frame holds a message rather than a vector clock.
+fn is_ebt_message(value: &Value) -> bool {
+    value["sequence"].as_u64().is_some_and(|s| s > 0)
+        && value["author"].is_string()
+        && !value["content"].is_null()
 }
 
 impl State {
@@ -136,7 +174,11 @@ impl State {
     fn sync_requests(&mut self, node: &Node, _peer: &FeedId) -> Vec<Frame> {
         let me = node.id();
         let wanted = node.wanted_feeds();
+        self.wanted = wanted.keys().copied().collect();
         let mut frames = Vec::new();
+        if let Some(ebt) = &self.ebt {
+            frames.push(Frame::json(-ebt.req, true, false, &self.ebt_clock(node)));
+        }
         let stale: Vec<(FeedId, i32)> = self
             .requested
             .iter()
@@ -174,13 +216,88 @@ impl State {
         frames
     }
 
+    /// Our vector clock: every feed within our hops, with what we have.
+    fn ebt_clock(&self, node: &Node) -> Value {
+        let mut clock = serde_json::Map::new();
+        for feed in &self.wanted {
+            let seq = node.store.tip(feed).map_or(0, |t| t.sequence);
+            clock.insert(feed.to_string(), json!(ebt_note(seq, true)));
+        }
+        Value::Object(clock)
+    }
+
+    /// A frame on the peer's EBT stream: a message, or its vector clock.
+    async fn handle_ebt(
+        &mut self,
+        node: &Arc<Node>,
+        frame: Frame,
+        out: &mpsc::Sender<Frame>,
+        ingest: &mpsc::Sender<(FeedId, Value)>,
+    ) -> Result<(), SessionError> {
+        let Some(ebt) = self.ebt.as_mut() else {
+            return Ok(());
+        };
+        if frame.end {
+            for token in ebt.senders.values() {
+                token.cancel();
+            }
+            let req = ebt.req;
+            self.ebt = None;
+            let _ = out.send(Frame::end(-req)).await;
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(&frame.body)
+            .map_err(|e| SessionError::BadMessage(format!("malformed EBT frame: {e}")))?;
+        if is_ebt_message(&value) {
+            let author = value["author"]
+                .as_str()
+                .and_then(|a| FeedId::parse(a).ok())
+                .ok_or_else(|| SessionError::BadMessage("EBT message with a bad author".into()))?;
+            if self.wanted.contains(&author) && ingest.send((author, value)).await.is_err() {
+                return Err(SessionError::Connection("ingester stopped".into()));
+            }
+            return Ok(());
+        }
+        let Some(clock) = value.as_object() else {
+            return Err(SessionError::BadMessage(
+                "EBT frame is neither a message nor a clock".into(),
+            ));
+        };
+        for (id, note) in clock {
+            let (Ok(feed), Some(note)) = (FeedId::parse(id), note.as_i64()) else {
+                continue;
+            };
+            let receive = note >= 0 && note & 1 == 0;
+            if !receive {
+                if let Some(token) = ebt.senders.remove(&feed) {
+                    token.cancel();
+                }
+                continue;
+            }
+            if ebt.senders.contains_key(&feed) || ebt.senders.len() >= MAX_SERVED_STREAMS {
+                continue;
+            }
+            let token = CancellationToken::new();
+            ebt.senders.insert(feed, token.clone());
+            let args = json!({"id": feed.to_string(), "seq": (note >> 1) + 1, "live": true, "keys": false});
+            tokio::spawn(serve_history(
+                node.clone(),
+                ebt.req,
+                args,
+                out.clone(),
+                token,
+                true,
+            ));
+        }
+        Ok(())
+    }
+
     async fn handle(
         &mut self,
         node: &Arc<Node>,
         frame: Frame,
         out: &mpsc::Sender<Frame>,
         ingest: &mpsc::Sender<(FeedId, Value)>,
-        counters: &Arc<Counters>,
     ) -> Result<(), SessionError> {
         if frame.req < 0 {
             let req = -frame.req;
@@ -213,10 +330,35 @@ impl State {
         }
 
         // A frame of a request the peer made.
+        if self.ebt.as_ref().is_some_and(|e| e.req == frame.req) {
+            return self.handle_ebt(node, frame, out, ingest).await;
+        }
         if let Some(token) = self.served.get(&frame.req) {
             if frame.end {
                 token.cancel();
                 self.served.remove(&frame.req);
+            }
+            return Ok(());
+        }
+        if self.pings.contains(&frame.req) {
+            if frame.end {
+                self.pings.remove(&frame.req);
+                let _ = out.send(Frame::end(-frame.req)).await;
+            } else {
+                let _ = out
+                    .send(Frame::json(
+                        -frame.req,
+                        true,
+                        false,
+                        &json!(crate::node::now_ms()),
+                    ))
+                    .await;
+            }
+            return Ok(());
+        }
+        if self.refused.contains(&frame.req) {
+            if frame.end {
+                self.refused.remove(&frame.req);
             }
             return Ok(());
         }
@@ -241,8 +383,29 @@ impl State {
                     args,
                     out.clone(),
                     token,
-                    counters.clone(),
+                    false,
                 ));
+            }
+            // ssb-gossip's keepalive: a duplex stream of timestamps, each
+            // answered with ours. Peers drop connections whose ping fails.
+            ["gossip", "ping"] if is_stream && self.pings.len() < 16 => {
+                self.pings.insert(frame.req);
+                let _ = out
+                    .send(Frame::json(
+                        -frame.req,
+                        true,
+                        false,
+                        &json!(crate::node::now_ms()),
+                    ))
+                    .await;
+            }
+            ["ebt", "replicate"] if self.ebt.is_none() && is_ebt_v3_classic(&request["args"]) => {
+                self.ebt = Some(Ebt {
+                    req: frame.req,
+                    senders: HashMap::new(),
+                });
+                let clock = self.ebt_clock(node);
+                let _ = out.send(Frame::json(-frame.req, true, false, &clock)).await;
             }
             ["whoami"] => {
                 let _ = out
@@ -257,6 +420,9 @@ impl State {
             _ => {
                 let method = name.join(".");
                 tracing::debug!("peer called unsupported method {method:?}");
+                if is_stream && self.refused.len() < MAX_SERVED_STREAMS {
+                    self.refused.insert(frame.req);
+                }
                 let _ = out
                     .send(Frame::error(
                         -frame.req,
@@ -268,6 +434,16 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// `ebt.replicate({version: 3, format?: "classic"})`: the only kind we speak.
+fn is_ebt_v3_classic(args: &Value) -> bool {
+    let opts = &args[0];
+    opts["version"].as_u64() == Some(3)
+        && matches!(
+            opts.get("format").and_then(Value::as_str),
+            None | Some("classic")
+        )
 }
 
 async fn read_loop(mut reader: Reader, frames: mpsc::Sender<Result<Frame, String>>) {
@@ -320,7 +496,7 @@ async fn serve_history(
     args: Value,
     out: mpsc::Sender<Frame>,
     cancel: CancellationToken,
-    _counters: Arc<Counters>,
+    ebt: bool,
 ) {
     let feed = match args["id"].as_str().map(FeedId::parse) {
         Some(Ok(feed)) => feed,
@@ -351,7 +527,9 @@ async fn serve_history(
         loop {
             let wanted = limit.map_or(SERVE_CHUNK as u64, |l| (l - sent).min(SERVE_CHUNK as u64));
             if wanted == 0 {
-                let _ = out.send(Frame::end(-req)).await;
+                if !ebt {
+                    let _ = out.send(Frame::end(-req)).await;
+                }
                 return;
             }
             let store = node.store.clone();
@@ -394,7 +572,9 @@ async fn serve_history(
             }
         }
         if !live {
-            let _ = out.send(Frame::end(-req)).await;
+            if !ebt {
+                let _ = out.send(Frame::end(-req)).await;
+            }
             return;
         }
         // Wait for the feed to grow.
@@ -407,7 +587,9 @@ async fn serve_history(
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = cancel.cancelled() => {
-                    let _ = out.send(Frame::end(-req)).await;
+                    if !ebt {
+                        let _ = out.send(Frame::end(-req)).await;
+                    }
                     return;
                 }
             }

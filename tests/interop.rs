@@ -1,0 +1,229 @@
+//! scuttlefs and the reference implementation, ssb-server 16 from the npm
+//! registry, replicate each other's feeds whichever side dials.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{fuse_available, node_modules_available, wait_until, Daemon};
+use scuttlefs::feed::Message;
+
+const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running ssb-server on loopback, driven through tests/js/sbot.js.
+struct SsbServer {
+    child: Child,
+    path: std::path::PathBuf,
+    port: u16,
+}
+
+impl SsbServer {
+    fn start(dir: &std::path::Path) -> SsbServer {
+        let path = dir.join("ssb-server");
+        let port = free_port();
+        let ws_port = free_port();
+        let js = common::repo().join("tests/js");
+        let log = std::fs::File::create(dir.join("ssb-server.log")).expect("log");
+        let child = Command::new("node")
+            .arg(js.join("node_modules/ssb-server/bin.js"))
+            .args(["start", "--path"])
+            .arg(&path)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--ws.port",
+                &ws_port.to_string(),
+            ])
+            .args(["--caps.shs", KEY, "--host", "127.0.0.1"])
+            .current_dir(&js)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ssb-server starts");
+        let server = SsbServer { child, path, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || server
+                .try_sbot(&["whoami"])
+                .is_some()),
+            "ssb-server did not come up"
+        );
+        server
+    }
+
+    fn try_sbot(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("node")
+            .arg(common::repo().join("tests/js/sbot.js"))
+            .arg(&self.path)
+            .arg(self.port.to_string())
+            .arg(KEY)
+            .args(args)
+            .current_dir(common::repo().join("tests/js"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn sbot(&self, args: &[&str]) -> String {
+        self.try_sbot(args)
+            .unwrap_or_else(|| panic!("sbot.js {args:?} failed"))
+    }
+
+    fn id(&self) -> String {
+        self.sbot(&["whoami"])
+    }
+
+    /// `net:127.0.0.1:PORT~shs:KEY`, for `--peer`.
+    fn address(&self) -> String {
+        let id = self.id();
+        format!("net:127.0.0.1:{}~shs:{}", self.port, &id[1..id.len() - 8])
+    }
+}
+
+impl Drop for SsbServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listening_port(daemon: &Daemon) -> u16 {
+    daemon
+        .read("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|l| l.trim().rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the status names the port")
+}
+
+/// Content that ssb-server's validator and ids must agree on byte for byte.
+const TRICKY: &[&str] = &[
+    r#"{"type":"test","f":0.1,"big":1e21,"small":1.5e-7,"third":0.3333333333333333,"neg":-2.5}"#,
+    r#"{"type":"test","text":"outside the BMP: 😀 𝄞, and é","10":"ten","2":"two","a":{"1":1,"0":0}}"#,
+    "a plain log line with \"quotes\" and \\backslashes\\",
+];
+
+/// Publishes the tricky content on `daemon`, waits for ssb-server to store
+/// all of the feed, and checks that what it stores has our ids.
+fn check_ssb_server_stores_our_feed(daemon: &Daemon, server: &SsbServer) {
+    for line in TRICKY {
+        std::fs::write(daemon.path.with_file_name("line.txt"), format!("{line}\n")).expect("write");
+        let out = daemon.sh(&format!(
+            "cat {} >> publish",
+            daemon.path.with_file_name("line.txt").display()
+        ));
+        assert!(out.status.success());
+    }
+    let me = daemon.id();
+    let ours: Vec<String> = daemon
+        .read("rusty/feed.jsonl")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["key"].as_str().expect("key").to_string()
+        })
+        .collect();
+    let total = ours.len().to_string();
+    assert!(
+        wait_until(Duration::from_secs(30), || server.sbot(&["latest", &me])
+            == total),
+        "ssb-server has {} of our {total} messages:\n{}",
+        server.sbot(&["latest", &me]),
+        daemon.log()
+    );
+    let theirs: Vec<String> = server
+        .sbot(&["history", &me])
+        .lines()
+        .map(|l| {
+            let value: serde_json::Value = serde_json::from_str(l).expect("json");
+            Message::verify(value)
+                .expect("ssb-server stored a valid message")
+                .key
+                .to_string()
+        })
+        .collect();
+    assert_eq!(theirs, ours, "ssb-server stores our messages with our ids");
+}
+
+fn check_we_get_ssb_servers_log(daemon: &Daemon, server: &SsbServer) {
+    server.sbot(&[
+        "publish",
+        r#"{"type":"log","source":"nas","destination":"offsite","text":" nightly backup ok"}"#,
+    ]);
+    let sid = server.id();
+    assert!(
+        wait_until(Duration::from_secs(30), || daemon
+            .read("merged.log")
+            .contains(" source=nas destination=offsite  nightly backup ok\n")),
+        "ssb-server's log line never arrived:\n{}\n{}",
+        daemon.read("merged.log"),
+        daemon.log()
+    );
+    assert!(daemon
+        .read(&format!("{}/log", sid.replace('/', "_")))
+        .contains("nightly backup ok"));
+    // And live, once connected.
+    server.sbot(&["publish", r#"{"type":"log","text":"live from ssb-server"}"#]);
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon
+            .read("merged.log")
+            .contains(" live from ssb-server\n")),
+        "a live line took more than 5 s"
+    );
+}
+
+#[test]
+fn scuttlefs_dials_ssb_server_and_both_replicate() {
+    if !node_modules_available() || !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SsbServer::start(dir.path());
+    let daemon = Daemon::start(
+        &dir.path().join("rusty"),
+        "rusty",
+        &["--caps.shs", KEY, "--peer", &server.address()],
+    );
+    assert!(daemon
+        .sh(&format!("echo '{}' >> follow", server.id()))
+        .status
+        .success());
+    server.sbot(&["follow", &daemon.id()]);
+    check_we_get_ssb_servers_log(&daemon, &server);
+    check_ssb_server_stores_our_feed(&daemon, &server);
+}
+
+#[test]
+fn ssb_server_dials_scuttlefs_and_both_replicate() {
+    if !node_modules_available() || !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SsbServer::start(dir.path());
+    let daemon = Daemon::start(&dir.path().join("rusty"), "rusty", &["--caps.shs", KEY]);
+    assert!(daemon
+        .sh(&format!("echo '{}' >> follow", server.id()))
+        .status
+        .success());
+    server.sbot(&["follow", &daemon.id()]);
+    let me = daemon.id();
+    let address = format!(
+        "net:127.0.0.1:{}~shs:{}",
+        listening_port(&daemon),
+        &me[1..me.len() - 8]
+    );
+    server.sbot(&["connect", &address]);
+    check_we_get_ssb_servers_log(&daemon, &server);
+    check_ssb_server_stores_our_feed(&daemon, &server);
+}

@@ -6,6 +6,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::lan::Lan;
 use common::{fuse_available, node_modules_available, wait_until, Daemon};
 use scuttlefs::feed::Message;
 
@@ -23,33 +24,57 @@ struct SsbServer {
     child: Child,
     path: std::path::PathBuf,
     port: u16,
+    netns: Option<String>,
+}
+
+/// `node`, inside network namespace `netns` when given.
+fn node_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg("node");
+            c
+        }
+        None => Command::new("node"),
+    }
 }
 
 impl SsbServer {
+    /// ssb-server on loopback, on free ports.
     fn start(dir: &std::path::Path) -> SsbServer {
+        SsbServer::start_in(dir, None, free_port(), &["--host", "127.0.0.1"])
+    }
+
+    fn start_in(
+        dir: &std::path::Path,
+        netns: Option<&str>,
+        port: u16,
+        extra: &[&str],
+    ) -> SsbServer {
         let path = dir.join("ssb-server");
-        let port = free_port();
         let ws_port = free_port();
         let js = common::repo().join("tests/js");
         let log = std::fs::File::create(dir.join("ssb-server.log")).expect("log");
-        let child = Command::new("node")
+        let child = node_command(netns)
             .arg(js.join("node_modules/ssb-server/bin.js"))
             .args(["start", "--path"])
             .arg(&path)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--ws.port",
-                &ws_port.to_string(),
-            ])
-            .args(["--caps.shs", KEY, "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args(["--ws.port", &ws_port.to_string()])
+            .args(["--caps.shs", KEY])
+            .args(extra)
             .current_dir(&js)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
             .expect("ssb-server starts");
-        let server = SsbServer { child, path, port };
+        let server = SsbServer {
+            child,
+            path,
+            port,
+            netns: netns.map(str::to_string),
+        };
         assert!(
             wait_until(Duration::from_secs(30), || server
                 .try_sbot(&["whoami"])
@@ -60,7 +85,7 @@ impl SsbServer {
     }
 
     fn try_sbot(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("node")
+        let out = node_command(self.netns.as_deref())
             .arg(common::repo().join("tests/js/sbot.js"))
             .arg(&self.path)
             .arg(self.port.to_string())
@@ -226,4 +251,50 @@ fn ssb_server_dials_scuttlefs_and_both_replicate() {
     server.sbot(&["connect", &address]);
     check_we_get_ssb_servers_log(&daemon, &server);
     check_ssb_server_stores_our_feed(&daemon, &server);
+}
+
+#[test]
+fn scuttlefs_and_ssb_server_find_each_other_on_the_lan() {
+    if !node_modules_available() || !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("i");
+    let (ns_server, ns_rusty) = (lan.host(1), lan.host(2));
+    // Both on the default port 8008, as the seed runs them; no addresses
+    // given to either: broadcast alone.
+    let server = SsbServer::start_in(dir.path(), Some(&ns_server), 8008, &[]);
+    let daemon = Daemon::start_in(
+        Some(&ns_rusty),
+        &dir.path().join("rusty"),
+        "rusty",
+        &["--caps.shs", KEY],
+    );
+    assert!(daemon
+        .sh(&format!("echo '{}' >> follow", server.id()))
+        .status
+        .success());
+    server.sbot(&["follow", &daemon.id()]);
+    server.sbot(&["publish", r#"{"type":"log","text":"found you on the LAN"}"#]);
+    assert!(
+        wait_until(Duration::from_secs(60), || daemon
+            .read("merged.log")
+            .contains(" found you on the LAN\n")),
+        "no replication over the LAN:\n{}",
+        daemon.log()
+    );
+    assert!(daemon
+        .sh("echo 'and you found me' >> publish")
+        .status
+        .success());
+    let me = daemon.id();
+    assert!(
+        wait_until(Duration::from_secs(60), || server
+            .sbot(&["latest", &me])
+            .parse::<u64>()
+            .unwrap_or(0)
+            >= 3),
+        "ssb-server never got our feed:\n{}",
+        daemon.log()
+    );
 }

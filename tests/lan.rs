@@ -3,107 +3,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{system_available, wait_until, Daemon};
+use common::lan::Lan;
+use common::{wait_until, Daemon};
 
 const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
 const OTHER_KEY: &str = "aW8vDdVQWRmFzChI2eUjgvuvkB05WB4CTGgxJb7Nf4U=";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A private LAN: a switch namespace holding a bridge, and one namespace per
-/// host with a veth on it, an address in 10.213.0.0/24 and a default route
-/// (so that 255.255.255.255 is reachable, as on a real LAN).
-struct Lan {
-    prefix: String,
-    hosts: Vec<String>,
-}
-
-impl Lan {
-    fn available() -> bool {
-        // SAFETY: geteuid cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
-        let tools = Command::new("ip").arg("-V").output().is_ok()
-            && Command::new("nsenter").arg("--version").output().is_ok();
-        system_available(
-            "root with ip and nsenter (network namespaces)",
-            root && tools,
-        ) && common::fuse_available()
-    }
-
-    fn new(tag: &str) -> Lan {
-        let prefix = format!("sf{}{tag}", std::process::id() % 100_000);
-        let lan = Lan {
-            prefix,
-            hosts: Vec::new(),
-        };
-        let sw = lan.switch();
-        ip(&["netns", "add", &sw]);
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"]);
-        ip(&["-n", &sw, "link", "set", "br0", "up"]);
-        lan
-    }
-
-    fn switch(&self) -> String {
-        format!("{}sw", self.prefix)
-    }
-
-    /// Adds host number `n` (1..=250) and returns its namespace.
-    fn host(&mut self, n: u8) -> String {
-        let ns = format!("{}h{n}", self.prefix);
-        let sw = self.switch();
-        ip(&["netns", "add", &ns]);
-        let port = format!("p{n}");
-        ip(&[
-            "link", "add", &port, "netns", &sw, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ]);
-        ip(&["-n", &sw, "link", "set", &port, "master", "br0"]);
-        ip(&["-n", &sw, "link", "set", &port, "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.213.0.{n}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "route", "add", "default", "dev", "eth0"]);
-        self.hosts.push(ns.clone());
-        ns
-    }
-
-    fn cut(&self, ns: &str) {
-        ip(&["-n", ns, "link", "set", "eth0", "down"]);
-    }
-
-    fn restore(&self, ns: &str) {
-        ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        let _ = Command::new("ip")
-            .args(["-n", ns, "route", "replace", "default", "dev", "eth0"])
-            .output();
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain(std::iter::once(&self.switch())) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
 
 fn node(lan_ns: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> Daemon {
     let mut args = vec!["--caps.shs", KEY];

@@ -234,8 +234,7 @@ impl Peers {
     ) -> Option<(u64, CancellationToken, Arc<Counters>)> {
         let mut inner = self.lock();
         if let Some(existing) = inner.connected.get(&peer) {
-            // Both sides keep the connection dialled by the smaller key.
-            if existing.dialer <= dialer {
+            if keeps_existing(&existing.dialer, &dialer) {
                 return None;
             }
             existing.close.cancel();
@@ -330,5 +329,31 @@ impl Peers {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// With a session already open to a peer, whether a second connection to it
+/// is dropped (rather than replacing the first). Both machines apply this
+/// to the same two connections, identified by who dialled each, and so keep
+/// the same one: the one dialled by the smaller key.
+pub fn keeps_existing(existing_dialer: &FeedId, new_dialer: &FeedId) -> bool {
+    existing_dialer <= new_dialer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keeps_existing;
+    use crate::feed::FeedId;
+
+    #[test]
+    fn both_sides_keep_the_same_connection_when_both_dial() {
+        let (a, b) = (FeedId([1; 32]), FeedId([2; 32]));
+        // Connection 1 was dialled by a, connection 2 by b. Whichever each
+        // side registered first, both end with connection 1.
+        // Side a registers 1 then 2, side b registers 2 then 1:
+        assert!(keeps_existing(&a, &b), "a keeps 1 and drops 2");
+        assert!(!keeps_existing(&b, &a), "b replaces 2 with 1");
+        // A second dial by the same side does not replace the first.
+        assert!(keeps_existing(&a, &a));
     }
 }

@@ -2,6 +2,8 @@
 //! daemons with real mounts, and the rule for skipping system tests.
 #![allow(dead_code)]
 
+pub mod lan;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -3,8 +3,8 @@
 //! Two paths, each the median of several runs:
 //! - publish: `Node::publish` signs, chain-checks and stores (and renders
 //!   the log lines), as `publish --stdin` and the mount's `publish` do;
-//! - receive: full validation of each message (signature included), then
-//!   storing, as replication does, on one core and on two.
+//! - receive: full validation of each message (signatures checked in
+//!   batches), then storing, as replication does, on one core and on two.
 //!
 //! `cargo bench --bench core`; BENCH_MESSAGES and BENCH_RUNS change the size.
 
@@ -45,6 +45,7 @@ fn contents(n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// Full validation as replication does it: one signature batch per thread.
 fn verify_parallel(values: &[Value], threads: usize) -> Vec<Message> {
     let chunk = values.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -52,8 +53,9 @@ fn verify_parallel(values: &[Value], threads: usize) -> Vec<Message> {
             .chunks(chunk)
             .map(|part| {
                 s.spawn(move || {
-                    part.iter()
-                        .map(|v| Message::verify(v.clone()).expect("valid"))
+                    Message::verify_many(part.to_vec())
+                        .into_iter()
+                        .map(|m| m.expect("valid"))
                         .collect::<Vec<_>>()
                 })
             })

@@ -28,6 +28,10 @@ pub enum Request {
     Publish {
         /// Message contents.
         contents: Vec<Value>,
+        /// Answer with one summary instead of every stored message (for
+        /// `publish --stdin`, which may publish a whole log at once).
+        #[serde(default)]
+        summary: bool,
     },
     /// Every message in receive order.
     Log,
@@ -72,13 +76,39 @@ pub fn handle(
     };
     match request {
         Request::Whoami => emit(json!({"id": node.id().to_string()})).map_err(io_err),
-        Request::Publish { contents } => {
+        Request::Publish {
+            contents,
+            summary: false,
+        } => {
             let stored = node.publish(contents)?;
             node.flush()?;
             for entry in stored {
                 emit(entry.msg.to_kvt(entry.received_ms)).map_err(io_err)?;
             }
             Ok(())
+        }
+        Request::Publish {
+            contents,
+            summary: true,
+        } => {
+            let mut first: Option<(u64, String)> = None;
+            let mut last: Option<(u64, String)> = None;
+            let count = node.publish_with(contents, |stored| {
+                if let (Some(a), Some(b)) = (stored.first(), stored.last()) {
+                    if first.is_none() {
+                        first = Some((a.msg.sequence, a.msg.key.to_string()));
+                    }
+                    last = Some((b.msg.sequence, b.msg.key.to_string()));
+                }
+            })?;
+            node.flush()?;
+            emit(json!({
+                "published": count,
+                "feed": node.id().to_string(),
+                "first": first.map(|(seq, key)| json!({"sequence": seq, "key": key})),
+                "last": last.map(|(seq, key)| json!({"sequence": seq, "key": key})),
+            }))
+            .map_err(io_err)
         }
         Request::Log => {
             for raw in node.store.receive_log() {

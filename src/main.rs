@@ -156,7 +156,13 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 }
                 vec![Value::Object(fields)]
             };
-            request(&overrides, Request::Publish { contents })
+            request(
+                &overrides,
+                Request::Publish {
+                    contents,
+                    summary: stdin,
+                },
+            )
         }
         Command::Follow { id } => follow(&overrides, &id, true),
         Command::Unfollow { id } => follow(&overrides, &id, false),
@@ -174,6 +180,7 @@ fn follow(overrides: &Overrides, id: &str, following: bool) -> Result<ExitCode, 
         overrides,
         Request::Publish {
             contents: vec![Value::Object(content)],
+            summary: false,
         },
     )
 }

@@ -12,6 +12,14 @@ use scuttlefs::feed::Message;
 
 const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
 
+/// ssb-server is heavy on two cores, and ssb-client gives up after a few
+/// seconds: the tests here run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -25,6 +33,8 @@ struct SsbServer {
     path: std::path::PathBuf,
     port: u16,
     netns: Option<String>,
+    /// Where sbot.js connects: loopback, or the host's LAN address.
+    host: String,
 }
 
 /// `node`, inside network namespace `netns` when given.
@@ -42,7 +52,14 @@ fn node_command(netns: Option<&str>) -> Command {
 impl SsbServer {
     /// ssb-server on loopback, on free ports.
     fn start(dir: &std::path::Path) -> SsbServer {
-        SsbServer::start_in(dir, None, free_port(), &["--host", "127.0.0.1"])
+        // No LAN broadcasts from a loopback test: only the namespace test
+        // below lets ssb-server announce itself.
+        SsbServer::start_in(
+            dir,
+            None,
+            free_port(),
+            &["--host", "127.0.0.1", "--no-gossip.local"],
+        )
     }
 
     fn start_in(
@@ -69,11 +86,17 @@ impl SsbServer {
             .stdin(Stdio::null())
             .spawn()
             .expect("ssb-server starts");
+        let host = extra
+            .windows(2)
+            .find(|w| w[0] == "--host")
+            .map_or("127.0.0.1", |w| w[1])
+            .to_string();
         let server = SsbServer {
             child,
             path,
             port,
             netns: netns.map(str::to_string),
+            host,
         };
         assert!(
             wait_until(Duration::from_secs(30), || server
@@ -91,6 +114,7 @@ impl SsbServer {
             .arg(self.port.to_string())
             .arg(KEY)
             .args(args)
+            .env("SBOT_HOST", &self.host)
             .current_dir(common::repo().join("tests/js"))
             .output()
             .ok()?;
@@ -99,9 +123,16 @@ impl SsbServer {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Runs sbot.js, retrying a few times: a busy ssb-server can miss
+    /// ssb-client's connection timeout.
     fn sbot(&self, args: &[&str]) -> String {
-        self.try_sbot(args)
-            .unwrap_or_else(|| panic!("sbot.js {args:?} failed"))
+        for _ in 0..4 {
+            if let Some(out) = self.try_sbot(args) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("sbot.js {args:?} failed")
     }
 
     fn id(&self) -> String {
@@ -210,6 +241,7 @@ fn check_we_get_ssb_servers_log(daemon: &Daemon, server: &SsbServer) {
 
 #[test]
 fn scuttlefs_dials_ssb_server_and_both_replicate() {
+    let _serial = serial();
     if !node_modules_available() || !fuse_available() {
         return;
     }
@@ -231,6 +263,7 @@ fn scuttlefs_dials_ssb_server_and_both_replicate() {
 
 #[test]
 fn ssb_server_dials_scuttlefs_and_both_replicate() {
+    let _serial = serial();
     if !node_modules_available() || !fuse_available() {
         return;
     }
@@ -255,6 +288,7 @@ fn ssb_server_dials_scuttlefs_and_both_replicate() {
 
 #[test]
 fn scuttlefs_and_ssb_server_find_each_other_on_the_lan() {
+    let _serial = serial();
     if !node_modules_available() || !Lan::available() {
         return;
     }
@@ -263,7 +297,12 @@ fn scuttlefs_and_ssb_server_find_each_other_on_the_lan() {
     let (ns_server, ns_rusty) = (lan.host(1), lan.host(2));
     // Both on the default port 8008, as the seed runs them; no addresses
     // given to either: broadcast alone.
-    let server = SsbServer::start_in(dir.path(), Some(&ns_server), 8008, &[]);
+    let server = SsbServer::start_in(
+        dir.path(),
+        Some(&ns_server),
+        8008,
+        &["--host", "10.213.0.1"],
+    );
     let daemon = Daemon::start_in(
         Some(&ns_rusty),
         &dir.path().join("rusty"),

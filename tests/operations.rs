@@ -234,7 +234,17 @@ fn the_readme_demo_runs_as_written() {
         .collect::<Vec<_>>()
         .join("\n");
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new("bash")
+    // The demo's daemon broadcasts on the LAN as a user's would: run it in
+    // a network namespace of its own, with loopback only.
+    let netns = format!("sfreadme{}", std::process::id());
+    let made = Command::new("ip").args(["netns", "add", &netns]).status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add");
+    let _ = Command::new("ip")
+        .args(["-n", &netns, "link", "set", "lo", "up"])
+        .status();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .arg("bash")
         .arg("-c")
         .arg(format!("set -e\n{script}"))
         .current_dir(dir.path())
@@ -242,6 +252,7 @@ fn the_readme_demo_runs_as_written() {
         .env("RUST_LOG", "warn,fuser=error")
         .output()
         .expect("bash runs");
+    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -599,13 +599,51 @@ async fn serve_history(
 
 /// Verifies and stores what the peer sends. Messages we already have are
 /// dropped unverified; the rest are verified on all cores and stored in
-/// order. The first invalid message ends the session.
+/// order. Verifying one batch overlaps storing the one before. The first
+/// invalid message ends the session.
 async fn ingest_loop(
     node: Arc<Node>,
     mut incoming: mpsc::Receiver<(FeedId, Value)>,
     counters: Arc<Counters>,
     failed: CancellationToken,
 ) {
+    let (verified_tx, mut verified_rx) = mpsc::channel::<Vec<Message>>(2);
+    let storer = {
+        let node = node.clone();
+        let failed = failed.clone();
+        tokio::spawn(async move {
+            while let Some(msgs) = verified_rx.recv().await {
+                let node = node.clone();
+                match tokio::task::spawn_blocking(move || node.ingest_new(msgs)).await {
+                    Ok(Ok(stored)) => {
+                        counters
+                            .received
+                            .fetch_add(stored as u64, Ordering::Relaxed);
+                    }
+                    Ok(Err(NodeError::Store(StoreError::Rejected(e)))) => {
+                        tracing::warn!("disconnecting a peer that sent an invalid message: {e}");
+                        failed.cancel();
+                        return;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!("storing replicated messages: {e}");
+                        failed.cancel();
+                        return;
+                    }
+                    // Cancelled: the runtime is shutting down.
+                    Err(e) if e.is_cancelled() => return,
+                    Err(e) => {
+                        tracing::error!("ingest task failed: {e}");
+                        failed.cancel();
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    // The next sequence expected per feed, counting batches still on their
+    // way to the store.
+    let mut expected: HashMap<FeedId, u64> = HashMap::new();
     while let Some(first) = incoming.recv().await {
         let mut batch = vec![first];
         while batch.len() < INGEST_BATCH {
@@ -615,30 +653,48 @@ async fn ingest_loop(
             }
         }
         let node = node.clone();
-        let outcome = tokio::task::spawn_blocking(move || ingest_batch(&node, batch)).await;
-        match outcome {
-            Ok(Ok(stored)) => {
-                counters
-                    .received
-                    .fetch_add(stored as u64, Ordering::Relaxed);
+        let outcome = tokio::task::spawn_blocking(move || {
+            let verified = verify_batch(&node, batch, &mut expected);
+            (verified, expected)
+        })
+        .await;
+        let verified = match outcome {
+            Ok((verified, back)) => {
+                expected = back;
+                verified
             }
-            Ok(Err(e)) => {
-                tracing::warn!("disconnecting a peer that sent an invalid message: {e}");
+            Err(e) if e.is_cancelled() => break,
+            Err(e) => {
+                tracing::error!("verification task failed: {e}");
                 failed.cancel();
-                return;
+                break;
+            }
+        };
+        match verified {
+            Ok(msgs) if msgs.is_empty() => {}
+            Ok(msgs) => {
+                if verified_tx.send(msgs).await.is_err() {
+                    break;
+                }
             }
             Err(e) => {
-                tracing::error!("ingest task failed: {e}");
+                tracing::warn!("disconnecting a peer that sent an invalid message: {e}");
                 failed.cancel();
-                return;
+                break;
             }
         }
     }
+    drop(verified_tx);
+    let _ = storer.await;
 }
 
-fn ingest_batch(node: &Node, batch: Vec<(FeedId, Value)>) -> Result<usize, String> {
-    // Drop what we already have (another peer may have sent it first).
-    let mut expected: HashMap<FeedId, u64> = HashMap::new();
+/// Drops what we already have (another peer may have sent it first) and
+/// verifies the rest, one signature batch per core.
+fn verify_batch(
+    node: &Node,
+    batch: Vec<(FeedId, Value)>,
+    expected: &mut HashMap<FeedId, u64>,
+) -> Result<Vec<Message>, String> {
     let mut fresh = Vec::with_capacity(batch.len());
     for (feed, value) in batch {
         let next = expected
@@ -652,9 +708,8 @@ fn ingest_batch(node: &Node, batch: Vec<(FeedId, Value)>) -> Result<usize, Strin
         fresh.push((feed, value));
     }
     if fresh.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    // One batch verification per core.
     let per_core = fresh.len().div_ceil(rayon::current_num_threads().max(1));
     let (feeds, values): (Vec<FeedId>, Vec<Value>) = fresh.into_iter().unzip();
     let chunks: Vec<Vec<Value>> = values
@@ -663,32 +718,16 @@ fn ingest_batch(node: &Node, batch: Vec<(FeedId, Value)>) -> Result<usize, Strin
         .collect();
     let results: Vec<Vec<Result<Message, FeedError>>> =
         chunks.into_par_iter().map(Message::verify_many).collect();
-    let verified: Vec<Result<Message, FeedError>> = results
+    results
         .into_iter()
         .flatten()
         .zip(feeds)
         .map(|(msg, feed)| {
-            let msg = msg?;
+            let msg = msg.map_err(|e| e.to_string())?;
             if msg.author != feed {
-                return Err(FeedError::Invalid(format!(
-                    "asked for {feed}, got a message by {}",
-                    msg.author
-                )));
+                return Err(format!("asked for {feed}, got a message by {}", msg.author));
             }
             Ok(msg)
         })
-        .collect();
-    let msgs = verified
-        .into_iter()
-        .collect::<Result<Vec<Message>, FeedError>>()
-        .map_err(|e| e.to_string())?;
-    let count = msgs.len();
-    match node.ingest_new(msgs) {
-        Ok(stored) => Ok(stored),
-        Err(NodeError::Store(StoreError::Rejected(e))) => Err(e.to_string()),
-        Err(e) => {
-            tracing::error!("storing replicated messages: {e}");
-            Err(format!("local store failure after {count} messages"))
-        }
-    }
+        .collect()
 }

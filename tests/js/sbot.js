@@ -14,7 +14,8 @@ const pull = require('pull-stream')
 
 const [path, port, caps, cmd, arg] = process.argv.slice(2)
 const keys = ssbKeys.loadSync(path + '/secret')
-const remote = `net:127.0.0.1:${port}~shs:${keys.public.replace('.ed25519', '')}`
+const host = process.env.SBOT_HOST || '127.0.0.1'
+const remote = `net:${host}:${port}~shs:${keys.public.replace('.ed25519', '')}`
 
 function fail (err) {
   console.error(err && err.stack ? err.stack : String(err))

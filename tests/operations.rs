@@ -117,19 +117,7 @@ fn status_exit_codes_tell_a_monitor_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon"));
 
-    let mut daemon = Command::new(common::bin())
-        .args([
-            "serve",
-            "--no-mount",
-            "--no-discovery",
-            "--port",
-            "0",
-            "--path",
-            path_s,
-        ])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("daemon");
+    let mut daemon = common::spawn_headless_daemon(path_s);
     assert!(wait_until(Duration::from_secs(10), || run(&[
         "status", "--path", path_s
     ])

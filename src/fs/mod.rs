@@ -152,14 +152,7 @@ impl ScuttleFs {
                 if let Some((_, ino)) = ROOT_FILES.iter().find(|(n, _)| *n == name) {
                     return self.getattr(*ino);
                 }
-                let feeds: Vec<FeedId> = self
-                    .node
-                    .store
-                    .feeds()
-                    .into_iter()
-                    .map(|(f, _)| f)
-                    .collect();
-                let dirs = self.inodes.dir_names(&feeds, &self.node.names());
+                let dirs = self.feed_dirs();
                 let (_, feed) = dirs
                     .iter()
                     .find(|(n, _)| n == name)
@@ -224,14 +217,7 @@ impl ScuttleFs {
                     .iter()
                     .map(|(name, ino)| (*ino, Kind::File, name.to_string()))
                     .collect();
-                let feeds: Vec<FeedId> = self
-                    .node
-                    .store
-                    .feeds()
-                    .into_iter()
-                    .map(|(f, _)| f)
-                    .collect();
-                for (name, feed) in self.inodes.dir_names(&feeds, &self.node.names()) {
+                for (name, feed) in self.feed_dirs() {
                     out.push((self.inodes.feed_ino(&feed, 0), Kind::Dir, name));
                 }
                 Ok(out)
@@ -397,6 +383,18 @@ impl ScuttleFs {
             self.node.publish(contents)?;
         }
         Ok(())
+    }
+
+    /// Every stored feed's directory name.
+    fn feed_dirs(&self) -> Vec<(String, FeedId)> {
+        let feeds: Vec<FeedId> = self
+            .node
+            .store
+            .feeds()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        self.inodes.dir_names(&feeds, &self.node.names())
     }
 
     fn whoami_text(&self) -> String {

@@ -69,6 +69,23 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8 output")
 }
 
+/// Starts `scuttlefs serve` on `path` without a mount or networking.
+pub fn spawn_headless_daemon(path: &str) -> Child {
+    Command::new(bin())
+        .args([
+            "serve",
+            "--no-mount",
+            "--no-discovery",
+            "--port",
+            "0",
+            "--path",
+            path,
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("daemon starts")
+}
+
 /// Waits until `check` is true, up to `timeout`.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

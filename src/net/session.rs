@@ -345,14 +345,7 @@ impl State {
                 self.pings.remove(&frame.req);
                 let _ = out.send(Frame::end(-frame.req)).await;
             } else {
-                let _ = out
-                    .send(Frame::json(
-                        -frame.req,
-                        true,
-                        false,
-                        &json!(crate::node::now_ms()),
-                    ))
-                    .await;
+                let _ = out.send(pong(frame.req)).await;
             }
             return Ok(());
         }
@@ -390,14 +383,7 @@ impl State {
             // answered with ours. Peers drop connections whose ping fails.
             ["gossip", "ping"] if is_stream && self.pings.len() < 16 => {
                 self.pings.insert(frame.req);
-                let _ = out
-                    .send(Frame::json(
-                        -frame.req,
-                        true,
-                        false,
-                        &json!(crate::node::now_ms()),
-                    ))
-                    .await;
+                let _ = out.send(pong(frame.req)).await;
             }
             ["ebt", "replicate"] if self.ebt.is_none() && is_ebt_v3_classic(&request["args"]) => {
                 self.ebt = Some(Ebt {
@@ -434,6 +420,11 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// A `gossip.ping` answer: our clock, on the peer's ping stream `req`.
+fn pong(req: i32) -> Frame {
+    Frame::json(-req, true, false, &json!(crate::node::now_ms()))
 }
 
 /// `ebt.replicate({version: 3, format?: "classic"})`: the only kind we speak.

@@ -71,6 +71,8 @@ pub struct Node {
     graph: RwLock<FollowGraph>,
     events: broadcast::Sender<Event>,
     publish_lock: Mutex<()>,
+    /// When the store last gained messages (ms since the epoch, as bits).
+    last_change_ms: std::sync::atomic::AtomicU64,
     /// Network status, written by the network layer.
     pub net: RwLock<NetStatus>,
     started_ms: f64,
@@ -112,6 +114,7 @@ impl Node {
             graph: RwLock::new(graph),
             events,
             publish_lock: Mutex::new(()),
+            last_change_ms: std::sync::atomic::AtomicU64::new(now_ms().to_bits()),
             net: RwLock::new(NetStatus::default()),
             started_ms: now_ms(),
         })
@@ -309,7 +312,20 @@ impl Node {
             .render(msg, |feed, seq| store.get(feed, seq).ok().flatten())
     }
 
+    /// When the store last gained messages, or the node started (ms since
+    /// the epoch): the mount's modification time.
+    pub fn last_change_ms(&self) -> f64 {
+        f64::from_bits(
+            self.last_change_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     fn after_append(&self, stored: &[Stored]) -> Result<(), NodeError> {
+        if !stored.is_empty() {
+            self.last_change_ms
+                .store(now_ms().to_bits(), std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(views) = &self.views {
             views.add(stored)?;
         }

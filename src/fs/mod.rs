@@ -419,15 +419,10 @@ impl ScuttleFs {
             .ok_or_else(|| FsError::Io("the node was opened without views".into()))
     }
 
+    /// Every stat asks for this (attributes are not cached): keep it O(1),
+    /// and based on our clock, not on timestamps peers claim.
     fn mtime(&self) -> SystemTime {
-        let ms = self
-            .node
-            .store
-            .feeds()
-            .iter()
-            .map(|(_, tip)| tip.timestamp)
-            .fold(self.node.started_ms(), f64::max);
-        UNIX_EPOCH + Duration::from_millis(ms.max(0.0) as u64)
+        UNIX_EPOCH + Duration::from_millis(self.node.last_change_ms().max(0.0) as u64)
     }
 }
 

@@ -58,7 +58,6 @@ pub async fn run(
     counters: Arc<Counters>,
     close: CancellationToken,
 ) -> Result<(), SessionError> {
-    let peer = conn.peer;
     let (out, out_rx) = mpsc::channel::<Frame>(1024);
     let writer = tokio::spawn(write_loop(conn.writer, out_rx, counters.clone()));
     let (frames_tx, mut frames) = mpsc::channel::<Result<Frame, String>>(256);
@@ -82,7 +81,7 @@ pub async fn run(
         ebt: None,
         wanted: std::collections::HashSet::new(),
     };
-    for frame in state.sync_requests(&node, &peer) {
+    for frame in state.sync_requests(&node) {
         let _ = out.send(frame).await;
     }
 
@@ -99,7 +98,7 @@ pub async fn run(
             },
             event = events.recv() => match event {
                 Ok(Event::GraphChanged) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    for frame in state.sync_requests(&node, &peer) {
+                    for frame in state.sync_requests(&node) {
                         let _ = out.send(frame).await;
                     }
                 }
@@ -117,9 +116,7 @@ pub async fn run(
         token.cancel();
     }
     if let Some(ebt) = &state.ebt {
-        for token in ebt.senders.values() {
-            token.cancel();
-        }
+        ebt.stop_all();
     }
     drop(ingest_tx);
     drop(out);
@@ -156,6 +153,27 @@ struct Ebt {
     senders: HashMap<FeedId, CancellationToken>,
 }
 
+impl Ebt {
+    /// Stops sending every feed.
+    fn stop_all(&self) {
+        for token in self.senders.values() {
+            token.cancel();
+        }
+    }
+}
+
+/// Hands a received message to the ingester.
+async fn forward(
+    ingest: &mpsc::Sender<(FeedId, Value)>,
+    feed: FeedId,
+    value: Value,
+) -> Result<(), SessionError> {
+    ingest
+        .send((feed, value))
+        .await
+        .map_err(|_| SessionError::Connection("ingester stopped".into()))
+}
+
 /// An EBT note: the sequence we have, and whether we want to receive more.
 fn ebt_note(seq: u64, receive: bool) -> i64 {
     ((seq as i64) << 1) | i64::from(!receive)
@@ -171,7 +189,7 @@ fn is_ebt_message(value: &Value) -> bool {
 impl State {
     /// Requests every wanted feed not yet requested, and ends requests for
     /// feeds no longer wanted (unfollowing stops replication).
-    fn sync_requests(&mut self, node: &Node, _peer: &FeedId) -> Vec<Frame> {
+    fn sync_requests(&mut self, node: &Node) -> Vec<Frame> {
         let me = node.id();
         let wanted = node.wanted_feeds();
         self.wanted = wanted.keys().copied().collect();
@@ -238,9 +256,7 @@ impl State {
             return Ok(());
         };
         if frame.end {
-            for token in ebt.senders.values() {
-                token.cancel();
-            }
+            ebt.stop_all();
             let req = ebt.req;
             self.ebt = None;
             let _ = out.send(Frame::end(-req)).await;
@@ -253,8 +269,8 @@ impl State {
                 .as_str()
                 .and_then(|a| FeedId::parse(a).ok())
                 .ok_or_else(|| SessionError::BadMessage("EBT message with a bad author".into()))?;
-            if self.wanted.contains(&author) && ingest.send((author, value)).await.is_err() {
-                return Err(SessionError::Connection("ingester stopped".into()));
+            if self.wanted.contains(&author) {
+                forward(ingest, author, value).await?;
             }
             return Ok(());
         }
@@ -323,10 +339,7 @@ impl State {
                 Some(inner) if value.get("key").is_some() => inner.clone(),
                 _ => value,
             };
-            if ingest.send((feed, value)).await.is_err() {
-                return Err(SessionError::Connection("ingester stopped".into()));
-            }
-            return Ok(());
+            return forward(ingest, feed, value).await;
         }
 
         // A frame of a request the peer made.

@@ -85,14 +85,15 @@ fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
     key
 }
 
-/// Adds `msg` and all its index entries to `batch`.
+/// Adds `msg` and all its index entries to `batch`; returns the length of
+/// its stored JSON.
 pub fn put_message(
     batch: &mut sled::Batch,
     recv: u64,
     received_ms: f64,
     msg: &Message,
     line: Option<&[u8]>,
-) {
+) -> usize {
     let pos = author_seq(&msg.author, msg.sequence);
     let json = msg.value_json();
     let mut stored = Vec::with_capacity(40 + json.len());
@@ -122,6 +123,7 @@ pub fn put_message(
         key[33..].copy_from_slice(&contact.0);
         batch.insert(&key[..], &[u8::from(following)][..]);
     }
+    json.len()
 }
 
 /// Adds one batch's receive-log entry: the positions of its messages in

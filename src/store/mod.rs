@@ -55,6 +55,8 @@ pub struct Stored {
     pub msg: Message,
     /// Its rendered log line, for messages that show in `log` views.
     pub line: Option<Vec<u8>>,
+    /// Length of its stored JSON (compact, as `feed.jsonl` shows it).
+    pub json_len: usize,
 }
 
 struct Tips {
@@ -170,7 +172,7 @@ impl Store {
                 .copied();
             FeedTip::check_next(tip.as_ref(), &msg)?;
             let line = render(&msg);
-            codec::put_message(&mut batch, recv, received_ms, &msg, line.as_deref());
+            let json_len = codec::put_message(&mut batch, recv, received_ms, &msg, line.as_deref());
             pending.insert(msg.author, msg.tip());
             positions.push((msg.author, msg.sequence));
             codec::push_id_entry(
@@ -185,6 +187,7 @@ impl Store {
                 received_ms,
                 msg,
                 line,
+                json_len,
             });
             recv += 1;
         }

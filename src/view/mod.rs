@@ -150,11 +150,7 @@ impl Views {
         for entry in stored {
             if let Some(jsonl) = state.jsonl.get_mut(&entry.msg.author) {
                 let end = jsonl.ends.last().copied().unwrap_or(0);
-                let len = kvt_line_len(
-                    &entry.msg.key,
-                    entry.msg.value_json().len(),
-                    entry.received_ms,
-                );
+                let len = kvt_line_len(&entry.msg.key, entry.json_len, entry.received_ms);
                 jsonl.ends.push(end + len);
             }
             let Some(line) = &entry.line else { continue };

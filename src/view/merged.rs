@@ -128,12 +128,8 @@ fn insert_into(node: &mut Node, line: LineRef) -> Option<Child> {
     match node {
         Node::Leaf(lines) => {
             let at = lines.partition_point(|l| l.key < line.key);
-            lines.insert(at, line);
-            if lines.len() > NODE_CAPACITY {
-                let right = lines.split_off(lines.len() / 2);
-                return Some(child_of(Arc::new(Node::Leaf(right))));
-            }
-            None
+            let right = insert_splitting(lines, at, line)?;
+            Some(child_of(Arc::new(Node::Leaf(right))))
         }
         Node::Branch(children) => {
             let at = children
@@ -145,17 +141,43 @@ fn insert_into(node: &mut Node, line: LineRef) -> Option<Child> {
                 child.first_key = line.key;
             }
             let split = insert_into(Arc::make_mut(&mut child.node), line);
-            if let Some(sibling) = split {
-                child.bytes -= sibling.bytes;
-                children.insert(at + 1, sibling);
-                if children.len() > NODE_CAPACITY {
-                    let right = children.split_off(children.len() / 2);
-                    return Some(child_of(Arc::new(Node::Branch(right))));
-                }
-            }
-            None
+            let sibling = split?;
+            child.bytes -= sibling.bytes;
+            let right = insert_splitting(children, at + 1, sibling)?;
+            Some(child_of(Arc::new(Node::Branch(right))))
         }
     }
+}
+
+/// Inserts `item` at `at` in a node's entries; when the node is full, splits
+/// it and returns the entries of its new right sibling.
+///
+/// Lines mostly arrive in timestamp order, at the end of the last node. An
+/// insert at the end therefore leaves the full node whole and starts an
+/// empty sibling, so that nodes filled by appends stay full; other inserts
+/// split in the middle. Nodes are allocated at their capacity once and never
+/// regrow, so a node costs no more memory than its entries.
+fn insert_splitting<T>(entries: &mut Vec<T>, at: usize, item: T) -> Option<Vec<T>> {
+    if entries.len() < NODE_CAPACITY {
+        if entries.capacity() < NODE_CAPACITY {
+            entries.reserve_exact(NODE_CAPACITY - entries.len());
+        }
+        entries.insert(at, item);
+        return None;
+    }
+    let mid = if at == entries.len() {
+        at
+    } else {
+        entries.len() / 2
+    };
+    let mut right = Vec::with_capacity(NODE_CAPACITY);
+    right.extend(entries.drain(mid..));
+    if at < mid {
+        entries.insert(at, item);
+    } else {
+        right.insert(at - mid, item);
+    }
+    Some(right)
 }
 
 /// Returns false when the visitor asked to stop.
@@ -244,6 +266,28 @@ mod tests {
             start += len;
         }
         assert!(collect(&index, start).is_empty());
+    }
+
+    fn leaves(node: &Node) -> usize {
+        match node {
+            Node::Leaf(_) => 1,
+            Node::Branch(children) => children.iter().map(|c| leaves(&c.node)).sum(),
+        }
+    }
+
+    #[test]
+    fn lines_appended_in_order_fill_their_nodes() {
+        let mut index = MergedIndex::default();
+        let n = NODE_CAPACITY as u64 * 100;
+        for i in 0..n {
+            index.insert(line(i, i, 3));
+        }
+        assert_eq!(leaves(&index.root), 100);
+        assert_eq!(collect(&index, 0).len() as u64, n);
+        // A line in the middle still lands in order.
+        index.insert(line(5, n, 3));
+        let order: Vec<u64> = collect(&index, 0).iter().map(|(recv, _)| *recv).collect();
+        assert_eq!(&order[..7], &[0, 1, 2, 3, 4, 5, n]);
     }
 
     #[test]

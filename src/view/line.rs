@@ -131,12 +131,20 @@ pub fn safe_name(name: &str) -> Option<String> {
 
 /// Turns the messages of every feed into log lines, rejoining split lines.
 ///
-/// Holds the names it has seen and the unfinished parts of split lines, so
-/// messages must be fed in each feed's sequence order.
+/// Holds the names it has seen and, for each feed, the last message it
+/// rendered and the unfinished parts of a split line, so messages must be
+/// fed in each feed's sequence order.
 #[derive(Default)]
 pub struct LineRenderer {
     names: HashMap<FeedId, String>,
-    partial: HashMap<FeedId, (u64, String)>,
+    last: HashMap<FeedId, LastSeen>,
+}
+
+/// The last message of a feed the renderer saw.
+struct LastSeen {
+    sequence: u64,
+    /// The text of the split line it left unfinished, if any.
+    partial: Option<String>,
 }
 
 impl LineRenderer {
@@ -144,7 +152,7 @@ impl LineRenderer {
     pub fn new(names: HashMap<FeedId, String>) -> Self {
         LineRenderer {
             names,
-            partial: HashMap::new(),
+            last: HashMap::new(),
         }
     }
 
@@ -163,17 +171,27 @@ impl LineRenderer {
         if let Some(name) = crate::store::self_given_name(msg) {
             self.names.insert(msg.author, name.to_string());
         }
+        let before = self.last.insert(
+            msg.author,
+            LastSeen {
+                sequence: msg.sequence,
+                partial: None,
+            },
+        );
         if !is_log(msg) {
-            self.partial.remove(&msg.author);
             return None;
         }
-        let mut text = match self.partial.remove(&msg.author) {
-            Some((seq, text)) if seq + 1 == msg.sequence => text,
+        // Only a renderer that missed the previous message (it started
+        // after it) has to look for unfinished parts in the store.
+        let mut text = match before {
+            Some(last) if last.sequence + 1 == msg.sequence => last.partial.unwrap_or_default(),
             _ => self.parts_before(msg, &earlier),
         };
         text.push_str(text_of(msg));
         if continues(msg) {
-            self.partial.insert(msg.author, (msg.sequence, text));
+            if let Some(last) = self.last.get_mut(&msg.author) {
+                last.partial = Some(text);
+            }
             return None;
         }
         Some(render(&label(&msg.author, &self.names), msg, &text))
@@ -261,8 +279,22 @@ mod tests {
         .expect("signs");
         let mut renderer = LineRenderer::default();
         assert_eq!(renderer.render(&first, |_, _| None), None);
-        let line = renderer.render(&second, |_, _| None).expect("a line");
+        let line = renderer
+            .render(&second, |_, _| panic!("the renderer saw the first part"))
+            .expect("a line");
         assert!(String::from_utf8_lossy(&line).ends_with(" abcdef\n"));
+        // A line after a complete one needs no look-up either.
+        let third = Message::sign(
+            &keys,
+            Some(&second.tip()),
+            3.0,
+            json!({"type":"log","text":"ghi"}),
+        )
+        .expect("signs");
+        let line = renderer
+            .render(&third, |_, _| panic!("the renderer saw the line before"))
+            .expect("a line");
+        assert!(String::from_utf8_lossy(&line).ends_with(" ghi\n"));
 
         // A fresh renderer finds the first part through the store.
         let mut fresh = LineRenderer::default();

@@ -96,7 +96,12 @@ impl Node {
     /// Opens the node's store. With `with_views`, also builds the log views
     /// (the daemon does; one-shot commands do not need them).
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
-        let store = Arc::new(Store::open(&config.store_dir())?);
+        // Should the indexes be rebuilt from the log, lines are rendered as
+        // they were on arrival: each feed in order, names as known then.
+        let mut rebuild_renderer = LineRenderer::default();
+        let store = Arc::new(Store::open(&config.store_dir(), &mut |msg| {
+            rebuild_renderer.render(msg, |_, _| None)
+        })?);
         let views = if with_views {
             Some(Views::build(&config.line_file(), &store)?)
         } else {

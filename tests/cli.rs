@@ -236,7 +236,7 @@ fn lock_holder_child() {
         return;
     };
     let opened = (0..200).find_map(|_| {
-        scuttlefs::store::Store::open(std::path::Path::new(&dir))
+        scuttlefs::store::Store::open(std::path::Path::new(&dir), &mut |_| None)
             .ok()
             .or_else(|| {
                 std::thread::sleep(Duration::from_millis(50));

@@ -9,7 +9,7 @@ use super::{self_given_name, StoreError};
 pub struct TimestampEntry {
     /// The message's claimed timestamp, order-preserving (see [`ordered_timestamp`]).
     pub timestamp: u64,
-    /// Its position in the receive log.
+    /// Its position in the receive log (its record's log offset).
     pub recv: u64,
     /// Its feed.
     pub author: FeedId,
@@ -37,38 +37,62 @@ pub fn message_key(feed: &FeedId, seq: u64) -> [u8; 41] {
     key
 }
 
-/// The id index is bucketed by the first two bytes of the id. One key per
-/// message would scatter random keys across sled's tree, which then grows
-/// to gigabytes of memory and slows to a crawl past a million messages;
-/// 65,536 buckets keep the key count fixed.
-pub fn id_bucket_key(id: &MsgId) -> [u8; 3] {
-    [b'k', id.0[0], id.0[1]]
-}
-
-/// Bytes of one id-bucket entry: the id's other 30 bytes and its receive
-/// position.
-pub const ID_ENTRY_LEN: usize = 38;
-
-/// Appends `id`'s entry to a bucket value.
-pub fn push_id_entry(bucket: &mut Vec<u8>, id: &MsgId, recv: u64) {
-    bucket.extend_from_slice(&id.0[2..]);
-    bucket.extend_from_slice(&recv.to_be_bytes());
-}
-
-/// The receive position of `id` in a bucket value.
-pub fn find_id_entry(bucket: &[u8], id: &MsgId) -> Option<u64> {
-    bucket
-        .chunks_exact(ID_ENTRY_LEN)
-        .find(|entry| entry[..30] == id.0[2..])
-        .and_then(|entry| decode_u64(&entry[30..]).ok())
-}
-
-/// The key of the receive-log block starting at `first`.
-pub fn receive_key(first: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = b'r';
-    key[1..].copy_from_slice(&first.to_be_bytes());
+/// The key of the chunk of the id-index run starting at log offset
+/// `run_start` whose first entry has prefix `first_prefix`.
+pub fn id_chunk_key(run_start: u64, first_prefix: u64) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = b'i';
+    key[1..9].copy_from_slice(&run_start.to_be_bytes());
+    key[9..].copy_from_slice(&first_prefix.to_be_bytes());
     key
+}
+
+/// The prefix shared by every chunk key of the run starting at `run_start`.
+pub fn id_run_prefix(run_start: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'i';
+    key[1..].copy_from_slice(&run_start.to_be_bytes());
+    key
+}
+
+/// The key of the id index's directory: its runs, oldest first.
+pub const ID_DIRECTORY_KEY: &[u8] = b"I";
+
+/// The key of the log's committed extent ([`LogExtent`]).
+pub const EXTENT_KEY: &[u8] = b"E";
+
+/// Present while the indexes are being rebuilt from the log: a rebuild
+/// that was cut off starts again.
+pub const REBUILDING_KEY: &[u8] = b"R";
+
+/// How much of the message log the indexes cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogExtent {
+    /// Offset just past the last indexed record.
+    pub end: u64,
+    /// How many records that is.
+    pub count: u64,
+    /// Offset of the last indexed record.
+    pub last: u64,
+}
+
+pub fn encode_extent(extent: &LogExtent) -> [u8; 24] {
+    let mut value = [0u8; 24];
+    value[..8].copy_from_slice(&extent.end.to_be_bytes());
+    value[8..16].copy_from_slice(&extent.count.to_be_bytes());
+    value[16..].copy_from_slice(&extent.last.to_be_bytes());
+    value
+}
+
+pub fn decode_extent(value: &[u8]) -> Result<LogExtent, StoreError> {
+    if value.len() != 24 {
+        return Err(StoreError::Corrupt("log extent".into()));
+    }
+    Ok(LogExtent {
+        end: decode_u64(&value[..8])?,
+        count: decode_u64(&value[8..16])?,
+        last: decode_u64(&value[16..])?,
+    })
 }
 
 fn author_seq(feed: &FeedId, seq: u64) -> [u8; 40] {
@@ -85,37 +109,49 @@ fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
     key
 }
 
-/// Adds `msg` and all its index entries to `batch`; returns the length of
-/// its stored JSON.
-pub fn put_message(
+/// Where a message's record is in the log: offset and JSON length.
+pub fn encode_position(offset: u64, json_len: usize) -> [u8; 12] {
+    let mut value = [0u8; 12];
+    value[..8].copy_from_slice(&offset.to_be_bytes());
+    value[8..].copy_from_slice(&(json_len as u32).to_be_bytes());
+    value
+}
+
+pub fn decode_position(value: &[u8]) -> Result<(u64, usize), StoreError> {
+    if value.len() != 12 {
+        return Err(StoreError::Corrupt("message position".into()));
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&value[8..]);
+    Ok((decode_u64(&value[..8])?, u32::from_be_bytes(len) as usize))
+}
+
+/// Adds the index entries of `msg`, whose record is at log offset
+/// `offset`, to `batch`.
+pub fn put_index_entries(
     batch: &mut sled::Batch,
-    recv: u64,
-    received_ms: f64,
+    offset: u64,
     msg: &Message,
+    json_len: usize,
     line: Option<&[u8]>,
-) -> usize {
-    let pos = author_seq(&msg.author, msg.sequence);
-    let json = msg.value_json();
-    let mut stored = Vec::with_capacity(40 + json.len());
-    stored.extend_from_slice(&msg.key.0);
-    stored.extend_from_slice(&received_ms.to_be_bytes());
-    stored.extend_from_slice(json.as_bytes());
-    batch.insert(&message_key(&msg.author, msg.sequence)[..], stored);
+) {
+    batch.insert(
+        &message_key(&msg.author, msg.sequence)[..],
+        &encode_position(offset, json_len)[..],
+    );
     if let Some(line) = line {
         let mut ts_key = [0u8; 17];
         ts_key[0] = b't';
         ts_key[1..9].copy_from_slice(&ordered_timestamp(msg.timestamp).to_be_bytes());
-        ts_key[9..].copy_from_slice(&recv.to_be_bytes());
+        ts_key[9..].copy_from_slice(&offset.to_be_bytes());
         let mut value = Vec::with_capacity(40 + line.len());
-        value.extend_from_slice(&pos);
+        value.extend_from_slice(&author_seq(&msg.author, msg.sequence));
         value.extend_from_slice(line);
         batch.insert(&ts_key[..], value);
     }
-
     if let Some(name) = self_given_name(msg) {
         batch.insert(&feed_key(b'n', &msg.author)[..], name.as_bytes());
     }
-
     if let Some((contact, following)) = contact_edge(msg) {
         let mut key = [0u8; 65];
         key[0] = b'c';
@@ -123,46 +159,24 @@ pub fn put_message(
         key[33..].copy_from_slice(&contact.0);
         batch.insert(&key[..], &[u8::from(following)][..]);
     }
-    json.len()
 }
 
-/// Adds one batch's receive-log entry: the positions of its messages in
-/// the order received. One entry per batch, not per message, because sled's
-/// cost is per key.
-pub fn put_receive_block(
-    batch: &mut sled::Batch,
-    first_recv: u64,
-    received_ms: f64,
-    positions: &[(FeedId, u64)],
-) {
-    let key = receive_key(first_recv);
-    let mut value = Vec::with_capacity(8 + 40 * positions.len());
-    value.extend_from_slice(&received_ms.to_bits().to_be_bytes());
-    for (feed, seq) in positions {
-        value.extend_from_slice(&author_seq(feed, *seq));
-    }
-    batch.insert(&key[..], value);
-}
-
-/// One batch's entry in the receive log.
+/// One batch's entry in the legacy receive log.
 pub struct ReceiveBlock {
-    /// Receive position of the batch's first message.
-    pub first: u64,
     /// The messages' feeds and sequences, in the order received.
     pub positions: Vec<(FeedId, u64)>,
 }
 
-/// Decodes a receive-log entry.
+/// Decodes a legacy receive-log entry.
 pub fn decode_receive_block(key: &[u8], value: &[u8]) -> Result<ReceiveBlock, StoreError> {
     if key.len() != 9 || value.len() < 8 || (value.len() - 8) % 40 != 0 {
         return Err(StoreError::Corrupt("receive log entry".into()));
     }
-    let first = decode_u64(&key[1..])?;
     let positions = value[8..]
         .chunks_exact(40)
         .map(decode_author_seq)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(ReceiveBlock { first, positions })
+    Ok(ReceiveBlock { positions })
 }
 
 /// Records `tip` as the latest message of `feed`.
@@ -192,40 +206,15 @@ pub fn contact_edge(msg: &Message) -> Option<(FeedId, bool)> {
     }
 }
 
-/// A stored message: its id, when it was received, and its compact JSON.
-pub struct RawMessage {
-    /// The message id.
-    pub key: MsgId,
-    /// When the store received it.
-    pub received_ms: f64,
-    /// The whole stored entry; the JSON starts at byte 40.
-    bytes: sled::IVec,
-}
-
-impl RawMessage {
-    pub(crate) fn decode(bytes: sled::IVec) -> Result<RawMessage, StoreError> {
-        if bytes.len() < 42 {
-            return Err(StoreError::Corrupt("message entry".into()));
-        }
-        let mut key = [0u8; 32];
-        key.copy_from_slice(&bytes[..32]);
-        let received_ms = f64::from_bits(decode_u64(&bytes[32..40])?);
-        Ok(RawMessage {
-            key: MsgId(key),
-            received_ms,
-            bytes,
-        })
+/// Decodes a legacy message entry: `(id, received ms, compact JSON)`.
+pub fn decode_legacy_message(value: &[u8]) -> Result<(MsgId, f64, &[u8]), StoreError> {
+    if value.len() < 42 {
+        return Err(StoreError::Corrupt("legacy message entry".into()));
     }
-
-    /// The value as compact JavaScript JSON.
-    pub fn json(&self) -> &[u8] {
-        &self.bytes[40..]
-    }
-
-    /// Parses the message.
-    pub fn message(&self) -> Result<Message, StoreError> {
-        Ok(Message::from_trusted_json(self.key, self.json())?)
-    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&value[..32]);
+    let received_ms = f64::from_bits(decode_u64(&value[32..40])?);
+    Ok((MsgId(id), received_ms, &value[40..]))
 }
 
 pub fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {

@@ -1,31 +1,52 @@
-//! The embedded message store, on sled.
+//! The message store: an append-only message log, indexed in sled.
 //!
-//! Every message lives in one sled tree under several key spaces, so that a
-//! message and all of its index entries are written by one atomic batch: a
-//! crash never leaves half a message, a hole in a feed, or an index entry
-//! without its message.
+//! Every message's JSON is written once to the log (`log.rs`), in receive
+//! order; the log is the source of truth. sled holds only index entries,
+//! all derived from the log and all written for one append by one atomic
+//! batch, in one tree:
 //!
 //! | key                               | value                                  |
 //! |-----------------------------------|----------------------------------------|
-//! | `m` author(32) seq(8)             | the signed value, compact JSON         |
-//! | `k` msgid[0..2]                   | for each id in the bucket: msgid[2..32] recv(8) |
-//! | `r` first recv(8)                 | received_ms(8), then author(32) seq(8) for each message of one batch |
-//! | `t` timestamp(8) recv(8)          | author(32) seq(8) rendered line        |
+//! | `m` author(32) seq(8)             | log offset(8) JSON length(4)           |
+//! | `t` timestamp(8) offset(8)        | author(32) seq(8) rendered line        |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
 //! | `n` author(32)                    | the feed's latest self-given name      |
 //! | `c` author(32) contact(32)        | 1 following, 0 not                     |
+//! | `i` run start(8) first prefix(8)  | a chunk of an id-index run (`id_index.rs`) |
+//! | `I`                               | the id index's runs                    |
+//! | `E`                               | the log's indexed extent: end(8) count(8) last(8) |
+//! | `R`                               | present while a rebuild is under way   |
 //!
 //! Integers are big-endian and timestamps are mapped to order-preserving
 //! integers, so sled's key order is the order each index needs.
+//!
+//! Invariants:
+//! - A record is in the log before any index entry points at it, and `E`
+//!   moves in the same batch as the entries, so the indexes never name a
+//!   message the log lacks. Log bytes past `E` are a batch that did not
+//!   commit; opening cuts them off.
+//! - [`Store::flush`] syncs the log before sled, so whatever it
+//!   acknowledges survives power loss. If power loss leaves sled ahead of
+//!   the log (sled flushes by itself), opening rebuilds every index from
+//!   the log up to its last whole, chained record.
+//! - Every message extends its feed: sequence = previous + 1 and `previous`
+//!   = the id of the stored message before it. A batch that breaks this is
+//!   refused whole, before anything is written.
 
 mod codec;
+mod id_index;
+mod log;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use crate::feed::{FeedError, FeedId, FeedTip, Message, MsgId};
-pub use codec::{contact_edge, ordered_timestamp, RawMessage, TimestampEntry};
+use codec::LogExtent;
+use id_index::RunInfo;
+use log::{LogRecord, MessageLog};
+
+pub use codec::{contact_edge, ordered_timestamp, TimestampEntry};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +54,7 @@ pub enum StoreError {
     /// Another process holds the store open.
     #[error("the store at {0} is locked by another process")]
     Locked(String),
-    /// sled failed (disk full, corruption, I/O).
+    /// sled or the log file failed (disk full, corruption, I/O).
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
     /// The message does not extend its feed.
@@ -47,7 +68,8 @@ pub enum StoreError {
 /// A message as the store received it.
 #[derive(Clone, Debug)]
 pub struct Stored {
-    /// Position in the receive log, from 0.
+    /// Its position in the receive log (its record's offset in the log):
+    /// unique, and increasing in receive order.
     pub recv: u64,
     /// When this store received it, in milliseconds since the epoch.
     pub received_ms: f64,
@@ -59,58 +81,246 @@ pub struct Stored {
     pub json_len: usize,
 }
 
+/// A stored message: its id, when it was received, and its compact JSON.
+pub struct RawMessage {
+    /// The message id.
+    pub key: MsgId,
+    /// When the store received it.
+    pub received_ms: f64,
+    json: Vec<u8>,
+}
+
+impl RawMessage {
+    fn from_record(record: LogRecord) -> RawMessage {
+        RawMessage {
+            key: record.id,
+            received_ms: record.received_ms,
+            json: record.json,
+        }
+    }
+
+    /// The value as compact JavaScript JSON.
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// Parses the message.
+    pub fn message(&self) -> Result<Message, StoreError> {
+        Ok(Message::from_trusted_json(self.key, &self.json)?)
+    }
+}
+
+/// What appends need in memory, behind one lock that also serialises them.
 struct Tips {
     by_feed: HashMap<FeedId, FeedTip>,
-    next_recv: u64,
+    extent: LogExtent,
+    /// The id index's runs, as its directory records them.
+    id_runs: Vec<RunInfo>,
 }
+
+/// A message placed in the log, ready to index.
+struct Placed {
+    offset: u64,
+    msg: Message,
+    json_len: usize,
+    line: Option<Vec<u8>>,
+}
+
+/// Renders a message's log line while the store indexes it.
+pub type Render<'a> = dyn FnMut(&Message) -> Option<Vec<u8>> + 'a;
+
+/// Messages indexed per batch while rebuilding.
+const REBUILD_BATCH: usize = 1024;
 
 /// The message store. Cheap to share behind an `Arc`; appends are serialised
 /// internally, reads are not.
 pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
+    log: MessageLog,
     tips: Mutex<Tips>,
 }
 
 impl Store {
-    /// Opens (or creates) the store in directory `dir`.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(32 * 1024 * 1024)
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                // sled reports a held lock as an I/O error whose text is
-                // the only stable sign of it.
-                sled::Error::Io(ref io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StoreError::Locked(dir.display().to_string())
-                }
-                other => StoreError::Sled(other),
-            })?;
+    /// Opens (or creates) the store in directory `dir`. `render` gives log
+    /// lines to messages if the indexes must be rebuilt from the log; it
+    /// sees every message, each feed in sequence order.
+    pub fn open(dir: &Path, render: &mut Render<'_>) -> Result<Store, StoreError> {
+        let db = open_sled(dir)?;
         let tree = db.open_tree("messages")?;
-        let mut by_feed = HashMap::new();
-        for item in tree.scan_prefix(b"f") {
-            let (key, value) = item?;
-            let (feed, tip) = codec::decode_tip(&key, &value)?;
-            by_feed.insert(feed, tip);
-        }
-        let next_recv = match tree.scan_prefix(b"r").next_back() {
-            Some(item) => {
-                let (key, value) = item?;
-                let block = codec::decode_receive_block(&key, &value)?;
-                block.first + block.positions.len() as u64
-            }
-            None => 0,
-        };
-        Ok(Store {
+        // Opened after sled, whose lock keeps a second process out.
+        let log = MessageLog::open(&dir.join("messages.log"))?;
+        let store = Store {
             db,
             tree,
-            tips: Mutex::new(Tips { by_feed, next_recv }),
-        })
+            log,
+            tips: Mutex::new(Tips {
+                by_feed: HashMap::new(),
+                extent: LogExtent::default(),
+                id_runs: Vec::new(),
+            }),
+        };
+        store.recover(render)?;
+        store.load_tips()?;
+        Ok(store)
+    }
+
+    /// Brings the indexes and the log into agreement (see the invariants).
+    fn recover(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+        if self.tree.contains_key(codec::REBUILDING_KEY)? {
+            tracing::warn!("an index rebuild was cut off; rebuilding again");
+            return self.rebuild(render);
+        }
+        let Some(extent) = self.tree.get(codec::EXTENT_KEY)? else {
+            if self.tree.scan_prefix(b"r").next().is_some() {
+                return self.migrate_legacy(render);
+            }
+            if self.log.file_len()? > 0 {
+                return self.rebuild(render);
+            }
+            return Ok(());
+        };
+        let extent = codec::decode_extent(&extent)?;
+        let file_len = self.log.file_len()?;
+        if file_len > extent.end {
+            // A batch whose index entries never committed.
+            self.log.truncate(extent.end)?;
+        }
+        let last_whole = extent.count == 0
+            || (file_len >= extent.end
+                && self
+                    .log
+                    .read_unsized(extent.last)
+                    .is_ok_and(|r| extent.last + log::record_len(r.json.len()) == extent.end));
+        if !last_whole {
+            tracing::warn!("the message log is behind its indexes (power loss?); rebuilding them");
+            return self.rebuild(render);
+        }
+        Ok(())
+    }
+
+    fn load_tips(&self) -> Result<(), StoreError> {
+        let mut tips = self.lock_tips();
+        tips.by_feed.clear();
+        for item in self.tree.scan_prefix(b"f") {
+            let (key, value) = item?;
+            let (feed, tip) = codec::decode_tip(&key, &value)?;
+            tips.by_feed.insert(feed, tip);
+        }
+        tips.extent = match self.tree.get(codec::EXTENT_KEY)? {
+            Some(value) => codec::decode_extent(&value)?,
+            None => LogExtent::default(),
+        };
+        let runs = match self.tree.get(codec::ID_DIRECTORY_KEY)? {
+            Some(value) => id_index::decode_directory(&value),
+            None => Some(Vec::new()),
+        };
+        let end = tips.extent.end;
+        match runs.filter(|runs| id_index::covered(runs) == (0..end) || end == 0) {
+            Some(runs) => tips.id_runs = runs,
+            None => {
+                drop(tips);
+                self.rebuild_id_index()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every index from the log, keeping the longest prefix of it
+    /// whose records are whole and extend their feeds; the rest is cut off.
+    fn rebuild(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+        self.tree.clear()?;
+        self.tree.insert(codec::REBUILDING_KEY, &[][..])?;
+        let mut tips = self.lock_tips();
+        tips.by_feed.clear();
+        tips.extent = LogExtent::default();
+        tips.id_runs.clear();
+        let file_len = self.log.file_len()?;
+        let mut group = Vec::with_capacity(REBUILD_BATCH);
+        let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
+        let mut end = 0;
+        for item in self.log.scan(0, file_len) {
+            let Ok((offset, record)) = item else { break };
+            let Ok(msg) = Message::from_trusted_json(record.id, &record.json) else {
+                break;
+            };
+            let tip = pending
+                .get(&msg.author)
+                .or_else(|| tips.by_feed.get(&msg.author))
+                .copied();
+            if FeedTip::check_next(tip.as_ref(), &msg).is_err() {
+                break;
+            }
+            pending.insert(msg.author, msg.tip());
+            end = offset + log::record_len(record.json.len());
+            group.push(Placed {
+                offset,
+                line: render(&msg),
+                json_len: record.json.len(),
+                msg,
+            });
+            if group.len() == REBUILD_BATCH {
+                self.index(&mut tips, std::mem::take(&mut group), record.received_ms)?;
+                pending.clear();
+            }
+        }
+        if !group.is_empty() {
+            self.index(&mut tips, group, 0.0)?;
+        }
+        if end < file_len {
+            tracing::warn!(
+                "cut the message log at byte {end} of {file_len}: the rest is not whole"
+            );
+            self.log.truncate(end)?;
+        }
+        self.tree.remove(codec::REBUILDING_KEY)?;
+        self.tree.flush()?;
+        tracing::info!("rebuilt the indexes of {} messages", tips.extent.count);
+        Ok(())
+    }
+
+    /// Moves a store of the legacy layout (message bodies in sled, one
+    /// receive-log entry per batch) into the log, then rebuilds the indexes.
+    fn migrate_legacy(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+        tracing::warn!("moving the store's messages into the message log");
+        let mut records = Vec::new();
+        for block in self.tree.scan_prefix(b"r") {
+            let (key, value) = block?;
+            for (feed, seq) in codec::decode_receive_block(&key, &value)?.positions {
+                let value = self
+                    .tree
+                    .get(codec::message_key(&feed, seq))?
+                    .ok_or_else(|| StoreError::Corrupt(format!("{feed} {seq} missing")))?;
+                let (id, received_ms, json) = codec::decode_legacy_message(&value)?;
+                log::encode_record(&mut records, &id, received_ms, json);
+            }
+        }
+        // The legacy entries stay until the rebuild clears them, so a cut
+        // off migration starts again from them.
+        self.log.truncate(0)?;
+        self.log.write_at(&records, 0)?;
+        self.log.sync()?;
+        self.rebuild(render)
+    }
+
+    /// Rebuilds the id index alone from the log: for a directory that is
+    /// lost or does not cover the log.
+    fn rebuild_id_index(&self) -> Result<(), StoreError> {
+        tracing::warn!("rebuilding the message-id index");
+        let mut tips = self.lock_tips();
+        let mut batch = sled::Batch::default();
+        for item in self.tree.scan_prefix(b"i") {
+            batch.remove(item?.0);
+        }
+        let mut entries = Vec::with_capacity(tips.extent.count as usize);
+        for item in self.log.scan(0, tips.extent.end) {
+            let (offset, record) = item?;
+            entries.push((id_index::prefix_of(&record.id.0), offset));
+        }
+        let runs = self.add_id_run(&mut batch, &[], 0, tips.extent.end, entries)?;
+        self.tree.apply_batch(batch)?;
+        tips.id_runs = runs;
+        Ok(())
     }
 
     /// The latest message of `feed`.
@@ -132,7 +342,7 @@ impl Store {
 
     /// How many messages the store holds.
     pub fn len(&self) -> u64 {
-        self.lock_tips().next_recv
+        self.lock_tips().extent.count
     }
 
     /// Whether the store holds no messages.
@@ -144,7 +354,7 @@ impl Store {
     ///
     /// Each message must extend its feed (`FeedTip::check_next`), counting
     /// earlier messages of the same batch. The batch is all or nothing.
-    /// `make_tip` runs under the append lock before anything is written, so
+    /// `make` runs under the append lock before anything is written, so
     /// a caller that signs messages sees a consistent tip. `render` gives each
     /// message its log line, if it has one.
     pub fn append_with(
@@ -159,55 +369,126 @@ impl Store {
             make(&lookup)?
         };
         let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
-        let mut id_buckets: HashMap<[u8; 3], Vec<u8>> = HashMap::new();
-        let mut batch = sled::Batch::default();
-        let mut stored = Vec::with_capacity(msgs.len());
-        let first_recv = tips.next_recv;
-        let mut recv = first_recv;
-        let mut positions = Vec::with_capacity(msgs.len());
+        let mut records = Vec::with_capacity(msgs.len() * 512);
+        let mut placed = Vec::with_capacity(msgs.len());
+        let mut offset = tips.extent.end;
         for msg in msgs {
             let tip = pending
                 .get(&msg.author)
                 .or_else(|| tips.by_feed.get(&msg.author))
                 .copied();
             FeedTip::check_next(tip.as_ref(), &msg)?;
-            let line = render(&msg);
-            let json_len = codec::put_message(&mut batch, recv, received_ms, &msg, line.as_deref());
             pending.insert(msg.author, msg.tip());
-            positions.push((msg.author, msg.sequence));
-            codec::push_id_entry(
-                id_buckets
-                    .entry(codec::id_bucket_key(&msg.key))
-                    .or_default(),
-                &msg.key,
-                recv,
-            );
-            stored.push(Stored {
-                recv,
-                received_ms,
+            let json = msg.value_json();
+            log::encode_record(&mut records, &msg.key, received_ms, json.as_bytes());
+            placed.push(Placed {
+                offset,
+                line: render(&msg),
+                json_len: json.len(),
                 msg,
-                line,
-                json_len,
             });
-            recv += 1;
+            offset += log::record_len(json.len());
         }
-        if positions.is_empty() {
-            return Ok(stored);
+        if placed.is_empty() {
+            return Ok(Vec::new());
         }
-        codec::put_receive_block(&mut batch, first_recv, received_ms, &positions);
-        // Read-modify-write is safe: appends hold the tips lock.
-        for (key, added) in id_buckets {
-            let mut bucket = self.tree.get(key)?.map(|v| v.to_vec()).unwrap_or_default();
-            bucket.extend_from_slice(&added);
-            batch.insert(&key[..], bucket);
+        self.log.write_at(&records, tips.extent.end)?;
+        self.index(&mut tips, placed, received_ms)
+    }
+
+    /// Commits the index entries of messages already in the log, which
+    /// extend their feeds, as one sled batch.
+    fn index(
+        &self,
+        tips: &mut Tips,
+        placed: Vec<Placed>,
+        received_ms: f64,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut latest: HashMap<FeedId, FeedTip> = HashMap::new();
+        let mut id_entries = Vec::with_capacity(placed.len());
+        let first = placed.first().map_or(tips.extent.end, |p| p.offset);
+        let mut extent = tips.extent;
+        for entry in &placed {
+            codec::put_index_entries(
+                &mut batch,
+                entry.offset,
+                &entry.msg,
+                entry.json_len,
+                entry.line.as_deref(),
+            );
+            id_entries.push((id_index::prefix_of(&entry.msg.key.0), entry.offset));
+            latest.insert(entry.msg.author, entry.msg.tip());
+            extent.last = entry.offset;
+            extent.end = entry.offset + log::record_len(entry.json_len);
+            extent.count += 1;
         }
-        for (feed, tip) in &pending {
+        let id_runs = self.add_id_run(&mut batch, &tips.id_runs, first, extent.end, id_entries)?;
+        for (feed, tip) in &latest {
             codec::put_tip(&mut batch, feed, tip);
         }
+        batch.insert(codec::EXTENT_KEY, &codec::encode_extent(&extent)[..]);
         self.tree.apply_batch(batch)?;
-        tips.next_recv = recv;
-        tips.by_feed.extend(pending);
-        Ok(stored)
+        tips.extent = extent;
+        tips.by_feed.extend(latest);
+        tips.id_runs = id_runs;
+        Ok(placed
+            .into_iter()
+            .map(|p| Stored {
+                recv: p.offset,
+                received_ms,
+                msg: p.msg,
+                line: p.line,
+                json_len: p.json_len,
+            })
+            .collect())
+    }
+
+    /// Adds the id-index run covering log offsets `start..end` to `batch`,
+    /// with any merges it makes due, and returns the new list of runs.
+    /// Reads runs from the tree, so the caller must hold the append lock.
+    fn add_id_run(
+        &self,
+        batch: &mut sled::Batch,
+        runs: &[RunInfo],
+        start: u64,
+        end: u64,
+        entries: Vec<(u64, u64)>,
+    ) -> Result<Vec<RunInfo>, StoreError> {
+        let mut runs = runs.to_vec();
+        if entries.is_empty() {
+            return Ok(runs);
+        }
+        runs.push(RunInfo {
+            start,
+            end,
+            level: 0,
+        });
+        let mut newest = id_index::encode_run(entries);
+        // The newest run is not in the tree yet, and is the last input of
+        // every merge it takes part in.
+        while let Some(range) = id_index::due_merge(&runs) {
+            let mut inputs = Vec::new();
+            for run in &runs[range.start..range.end - 1] {
+                for item in self.tree.scan_prefix(codec::id_run_prefix(run.start)) {
+                    let (key, chunk) = item?;
+                    batch.remove(key);
+                    inputs.push(chunk);
+                }
+            }
+            let mut slices: Vec<&[u8]> = inputs.iter().map(|v| &v[..]).collect();
+            slices.push(&newest);
+            let merged = id_index::merge_runs(&slices);
+            let info = id_index::merged_info(&runs[range.clone()]);
+            runs.splice(range, [info]);
+            newest = merged;
+        }
+        let newest_start = runs.last().map_or(start, |r| r.start);
+        for (first_prefix, chunk) in id_index::chunks(&newest) {
+            batch.insert(&codec::id_chunk_key(newest_start, first_prefix)[..], chunk);
+        }
+        batch.insert(codec::ID_DIRECTORY_KEY, id_index::encode_directory(&runs));
+        Ok(runs)
     }
 
     /// Appends already verified messages (from the network or a local signer).
@@ -220,8 +501,10 @@ impl Store {
         self.append_with(|_| Ok(msgs), render, received_ms)
     }
 
-    /// Makes every append so far durable.
+    /// Makes every append so far durable: the log first, then the indexes
+    /// that point into it.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.log.sync()?;
         self.db.flush()?;
         Ok(())
     }
@@ -236,34 +519,36 @@ impl Store {
 
     /// The message at `seq` of `feed`, unparsed.
     pub fn get_raw(&self, feed: &FeedId, seq: u64) -> Result<Option<RawMessage>, StoreError> {
-        match self.tree.get(codec::message_key(feed, seq))? {
-            Some(bytes) => Ok(Some(RawMessage::decode(bytes)?)),
-            None => Ok(None),
-        }
+        let Some(position) = self.tree.get(codec::message_key(feed, seq))? else {
+            return Ok(None);
+        };
+        let (offset, json_len) = codec::decode_position(&position)?;
+        let record = self.log.read(offset, json_len)?;
+        Ok(Some(RawMessage::from_record(record)))
     }
 
     /// The message with id `key`.
     pub fn get_by_id(&self, key: &MsgId) -> Result<Option<Message>, StoreError> {
-        let Some(bucket) = self.tree.get(codec::id_bucket_key(key))? else {
-            return Ok(None);
-        };
-        let Some(recv) = codec::find_id_entry(&bucket, key) else {
-            return Ok(None);
-        };
-        // The receive-log block holding `recv` is the last one starting at
-        // or before it.
-        let block = self
-            .tree
-            .range(codec::receive_key(0)..=codec::receive_key(recv))
-            .next_back()
-            .ok_or_else(|| StoreError::Corrupt(format!("no receive entry for {key}")))??;
-        let block = codec::decode_receive_block(&block.0, &block.1)?;
-        let (feed, seq) = block
-            .positions
-            .get((recv - block.first) as usize)
-            .copied()
-            .ok_or_else(|| StoreError::Corrupt(format!("receive entry for {key}")))?;
-        self.get(&feed, seq)
+        let prefix = id_index::prefix_of(&key.0);
+        // Hold the append lock so that no merge removes a run mid-lookup.
+        let tips = self.lock_tips();
+        for run in tips.id_runs.iter().rev() {
+            // The one chunk that can hold `prefix`: the last one starting
+            // at or before it.
+            let chunk = self
+                .tree
+                .range(codec::id_chunk_key(run.start, 0)..=codec::id_chunk_key(run.start, prefix))
+                .next_back()
+                .transpose()?;
+            let Some((_, chunk)) = chunk else { continue };
+            for offset in id_index::candidates(&chunk, prefix) {
+                let record = self.log.read_unsized(offset)?;
+                if record.id == *key {
+                    return Ok(Some(RawMessage::from_record(record).message()?));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The raw messages of `feed` from sequence `from` on, in order.
@@ -271,34 +556,25 @@ impl Store {
         &self,
         feed: &FeedId,
         from: u64,
-    ) -> impl Iterator<Item = Result<(u64, RawMessage), StoreError>> {
+    ) -> impl Iterator<Item = Result<(u64, RawMessage), StoreError>> + '_ {
         let start = codec::message_key(feed, from.max(1));
         let end = codec::message_key(feed, u64::MAX);
-        self.tree.range(start..=end).map(|item| {
-            let (key, value) = item?;
-            Ok((codec::decode_u64(&key[33..41])?, RawMessage::decode(value)?))
+        let mut reader = self.log.reader();
+        self.tree.range(start..=end).map(move |item| {
+            let (key, position) = item?;
+            let seq = codec::decode_u64(&key[33..41])?;
+            let (offset, json_len) = codec::decode_position(&position)?;
+            let record = reader.read(offset, Some(json_len))?;
+            Ok((seq, RawMessage::from_record(record)))
         })
     }
 
     /// Every message in receive order, with the time it was received.
     pub fn receive_log(&self) -> impl Iterator<Item = Result<RawMessage, StoreError>> + '_ {
-        self.tree
-            .scan_prefix(b"r")
-            .flat_map(move |item| {
-                let block = item
-                    .map_err(StoreError::from)
-                    .and_then(|(key, value)| codec::decode_receive_block(&key, &value));
-                let positions: Vec<Result<(FeedId, u64), StoreError>> = match block {
-                    Ok(block) => block.positions.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                positions
-            })
-            .map(move |position| {
-                let (feed, seq) = position?;
-                self.get_raw(&feed, seq)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("{feed} {seq} missing")))
-            })
+        let end = self.lock_tips().extent.end;
+        self.log
+            .scan(0, end)
+            .map(|item| item.map(|(_, record)| RawMessage::from_record(record)))
     }
 
     /// The log lines of every feed in timestamp order (ties by receive order).
@@ -344,6 +620,36 @@ impl Store {
     }
 }
 
+/// Opens sled at `dir`. A store this process just closed can stay locked
+/// for a moment, while sled's background threads wind down, so a held
+/// lock is retried briefly before it is reported.
+fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
+    let mut tries = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 * 1024 * 1024)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            // sled reports a held lock as an I/O error whose text is the
+            // only stable sign of it.
+            Err(sled::Error::Io(ref io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                if tries == 20 {
+                    return Err(StoreError::Locked(dir.display().to_string()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(other) => return Err(StoreError::Sled(other)),
+        }
+    }
+}
+
 /// The name a message gives its own author, if it is such an `about`.
 pub fn self_given_name(msg: &Message) -> Option<&str> {
     let content = msg.content();
@@ -354,4 +660,212 @@ pub fn self_given_name(msg: &Message) -> Option<&str> {
         return None;
     }
     content.get("name")?.as_str()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Keypair;
+    use serde_json::json;
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &mut |_| None).expect("opens")
+    }
+
+    /// Appends batches of `sizes` to `store` from two interleaved feeds and
+    /// returns every message id in order.
+    fn fill(store: &Store, sizes: impl Iterator<Item = usize>) -> Vec<MsgId> {
+        let feeds = [Keypair::from_seed(&[1; 32]), Keypair::from_seed(&[2; 32])];
+        let mut ids = Vec::new();
+        for (b, size) in sizes.enumerate() {
+            let keys = &feeds[b % 2];
+            let mut tip = store.tip(&keys.id());
+            let msgs: Vec<Message> = (0..size)
+                .map(|i| {
+                    let ts = 1e12 + (b * 1000 + i) as f64;
+                    let msg =
+                        Message::sign(keys, tip.as_ref(), ts, json!({"type": "test", "i": i}))
+                            .expect("signs");
+                    tip = Some(msg.tip());
+                    msg
+                })
+                .collect();
+            ids.extend(msgs.iter().map(|m| m.key));
+            store.append(msgs, |_| None, 1.0).expect("appends");
+        }
+        ids
+    }
+
+    fn all_found(store: &Store, ids: &[MsgId]) {
+        for id in ids {
+            let found = store.get_by_id(id).expect("reads").map(|m| m.key);
+            assert_eq!(found, Some(*id));
+        }
+    }
+
+    #[test]
+    fn every_id_is_found_through_merges_of_several_levels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // 600 batches: runs merge up to level 3 (8^3 = 512 batches), and
+        // the level-3 run spans several chunks.
+        let ids = fill(&store, (0..600).map(|b| b % 5 + 1));
+        let levels: Vec<u8> = store.lock_tips().id_runs.iter().map(|r| r.level).collect();
+        assert_eq!(levels.first(), Some(&3), "{levels:?}");
+        all_found(&store, &ids);
+        assert!(store.get_by_id(&MsgId([9; 32])).expect("reads").is_none());
+        assert_eq!(store.len(), ids.len() as u64);
+
+        drop(store);
+        let store = open(dir.path());
+        all_found(&store, &ids[100..200]);
+    }
+
+    #[test]
+    fn a_lost_id_directory_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids = {
+            let store = open(dir.path());
+            let ids = fill(&store, (0..20).map(|b| b + 1));
+            store.tree.remove(codec::ID_DIRECTORY_KEY).expect("removes");
+            store.flush().expect("flushes");
+            ids
+        };
+        let store = open(dir.path());
+        all_found(&store, &ids);
+        let more = fill(&store, std::iter::once(3));
+        all_found(&store, &more);
+    }
+
+    #[test]
+    fn log_bytes_of_a_batch_that_never_committed_are_cut_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ids, end) = {
+            let store = open(dir.path());
+            let ids = fill(&store, [3, 4].into_iter());
+            let end = store.log.file_len().expect("len");
+            // A crash between writing a batch's records and its indexes.
+            store.log.write_at(&[7u8; 300], end).expect("writes");
+            store.flush().expect("flushes");
+            (ids, end)
+        };
+        let store = open(dir.path());
+        assert_eq!(store.log.file_len().expect("len"), end);
+        assert_eq!(store.len(), 7);
+        all_found(&store, &ids);
+        let more = fill(&store, std::iter::once(2));
+        all_found(&store, &more);
+    }
+
+    #[test]
+    fn a_log_behind_its_indexes_is_rebuilt_up_to_its_last_whole_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let feed = Keypair::from_seed(&[1; 32]).id();
+        let (ids, torn_at) = {
+            let store = open(dir.path());
+            let ids = fill(&store, [5, 5, 5].into_iter());
+            store.flush().expect("flushes");
+            // Power loss: sled kept the last batch, the log lost the end of
+            // its last record.
+            let len = store.log.file_len().expect("len");
+            store.log.truncate(len - 10).expect("truncates");
+            (ids, store.tip(&feed).map(|t| t.sequence))
+        };
+        assert_eq!(torn_at, Some(10));
+        let store = open(dir.path());
+        assert_eq!(store.len(), 14, "every whole record kept");
+        assert_eq!(store.tip(&feed).map(|t| t.sequence), Some(9));
+        assert!(store.get(&feed, 10).expect("reads").is_none());
+        all_found(&store, &ids[..14]);
+        assert!(store.get_by_id(&ids[14]).expect("reads").is_none());
+        // The feed goes on from the message before the lost one.
+        let more = fill(&store, std::iter::once(1));
+        assert_eq!(
+            store
+                .get_by_id(&more[0])
+                .expect("reads")
+                .map(|m| m.sequence),
+            Some(10)
+        );
+    }
+
+    #[test]
+    fn a_rebuild_cut_off_midway_starts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids = {
+            let store = open(dir.path());
+            let ids = fill(&store, (0..10).map(|_| 300));
+            // As if a rebuild died after indexing a part of the log.
+            store
+                .tree
+                .insert(codec::REBUILDING_KEY, &[][..])
+                .expect("marks");
+            store.tree.remove(codec::EXTENT_KEY).expect("removes");
+            store.flush().expect("flushes");
+            ids
+        };
+        let store = open(dir.path());
+        assert_eq!(store.len(), 3000);
+        all_found(&store, &ids[..50]);
+        all_found(&store, &ids[2950..]);
+        assert!(!store
+            .tree
+            .contains_key(codec::REBUILDING_KEY)
+            .expect("reads"));
+    }
+
+    #[test]
+    fn a_store_of_the_legacy_layout_moves_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Keypair::from_seed(&[4; 32]);
+        let mut msgs: Vec<Message> = Vec::new();
+        for i in 0..5 {
+            let tip = msgs.last().map(Message::tip);
+            let content = json!({"type": "log", "text": format!("line {i}")});
+            msgs.push(
+                Message::sign(&keys, tip.as_ref(), 1e12 + f64::from(i), content).expect("signs"),
+            );
+        }
+        {
+            // The legacy layout: JSON in `m` values, one `r` block per batch.
+            // No background flusher, whose thread would hold sled's lock for
+            // a moment after the drop.
+            let db = sled::Config::new()
+                .path(dir.path())
+                .flush_every_ms(None)
+                .open()
+                .expect("opens sled");
+            let tree = db.open_tree("messages").expect("tree");
+            let mut block = 2.5f64.to_bits().to_be_bytes().to_vec();
+            for msg in &msgs {
+                let mut value = msg.key.0.to_vec();
+                value.extend_from_slice(&2.5f64.to_bits().to_be_bytes());
+                value.extend_from_slice(msg.value_json().as_bytes());
+                tree.insert(codec::message_key(&msg.author, msg.sequence), value)
+                    .expect("inserts");
+                block.extend_from_slice(&msg.author.0);
+                block.extend_from_slice(&msg.sequence.to_be_bytes());
+            }
+            tree.insert(b"r\0\0\0\0\0\0\0\0", block).expect("inserts");
+            db.flush().expect("flushes");
+        }
+        let mut lines = 0;
+        let store = Store::open(dir.path(), &mut |msg| {
+            lines += 1;
+            Some(format!("{}\n", msg.sequence).into_bytes())
+        })
+        .expect("migrates");
+        assert_eq!(lines, 5, "every message rendered once");
+        assert_eq!(store.len(), 5);
+        assert!(store.tree.scan_prefix(b"r").next().is_none());
+        let ids: Vec<MsgId> = msgs.iter().map(|m| m.key).collect();
+        all_found(&store, &ids);
+        let back = store.get(&keys.id(), 3).expect("reads").expect("found");
+        assert_eq!(back.value, msgs[2].value);
+        assert_eq!(store.timestamp_index().count(), 5);
+        let received: Vec<f64> = store
+            .receive_log()
+            .map(|r| r.expect("reads").received_ms)
+            .collect();
+        assert_eq!(received, vec![2.5; 5]);
+    }
 }

@@ -95,13 +95,15 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     });
 
     if let (Some(session), Some(mountpoint)) = (session, &options.mount) {
-        // Detach lazily: a plain unmount fails with EBUSY while any process
-        // (a `tail -f`, a shell in the directory) still uses the mount, and
-        // would leave a stale mount behind when the daemon exits.
-        if !detach_mount(mountpoint) {
-            tracing::warn!("could not unmount {}", mountpoint.display());
+        // A plain unmount fails with EBUSY while any process (a `tail -f`,
+        // a shell in the directory) still uses the mount; then detach
+        // lazily, or the daemon would leave a stale mount behind.
+        if let Err(e) = session.umount_and_join() {
+            tracing::debug!("unmount: {e}; detaching lazily");
+            if !detach_mount(mountpoint) {
+                tracing::warn!("could not unmount {}", mountpoint.display());
+            }
         }
-        drop(session);
     }
     let _ = std::fs::remove_file(&socket);
     node.flush()?;

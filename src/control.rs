@@ -11,10 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::feed::FeedError;
 use crate::node::{Node, NodeError};
+use crate::publish::content_for_stdin_line;
 use crate::status;
 use crate::store::StoreError;
 
@@ -24,14 +25,20 @@ use crate::store::StoreError;
 pub enum Request {
     /// This machine's id.
     Whoami,
-    /// Sign and store these contents, all or nothing.
+    /// Sign and store these contents, all or nothing; answers with every
+    /// stored message.
     Publish {
         /// Message contents.
         contents: Vec<Value>,
-        /// Answer with one summary instead of every stored message (for
-        /// `publish --stdin`, which may publish a whole log at once).
-        #[serde(default)]
-        summary: bool,
+    },
+    /// `publish --stdin`: each line is the text of one message with these
+    /// fields, all or nothing. Answers with one summary, since it may
+    /// publish a whole log at once.
+    PublishLines {
+        /// Content fields every message gets (`type`, `source`, …).
+        fields: Map<String, Value>,
+        /// The lines, without their newlines.
+        lines: Vec<String>,
     },
     /// Every message in receive order.
     Log,
@@ -76,10 +83,7 @@ pub fn handle(
     };
     match request {
         Request::Whoami => emit(json!({"id": node.id().to_string()})).map_err(io_err),
-        Request::Publish {
-            contents,
-            summary: false,
-        } => {
+        Request::Publish { contents } => {
             let stored = node.publish(contents)?;
             node.flush()?;
             for entry in stored {
@@ -87,10 +91,10 @@ pub fn handle(
             }
             Ok(())
         }
-        Request::Publish {
-            contents,
-            summary: true,
-        } => {
+        Request::PublishLines { fields, lines } => {
+            let contents = lines
+                .iter()
+                .filter_map(|line| content_for_stdin_line(line, &fields));
             let mut first: Option<(u64, String)> = None;
             let mut last: Option<(u64, String)> = None;
             let count = node.publish_with(contents, |stored| {
@@ -141,11 +145,12 @@ pub fn call(
         }
         Err(e) => return Err(e),
     };
-    let mut writer = stream.try_clone()?;
-    let line = serde_json::to_string(request).map_err(std::io::Error::other)?;
-    writer.write_all(line.as_bytes())?;
+    // Streamed: a `publish --stdin` request holds a whole log.
+    let mut writer = std::io::BufWriter::new(stream.try_clone()?);
+    serde_json::to_writer(&mut writer, request).map_err(std::io::Error::other)?;
     writer.write_all(b"\n")?;
     writer.flush()?;
+    drop(writer);
     for line in BufReader::new(stream).lines() {
         let reply: Value = serde_json::from_str(&line?).map_err(std::io::Error::other)?;
         if let Some(item) = reply.get("item") {

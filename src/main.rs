@@ -14,7 +14,6 @@ use scuttlefs::daemon::{self, ServeOptions};
 use scuttlefs::feed::json::to_js_pretty;
 use scuttlefs::feed::FeedId;
 use scuttlefs::node::{now_ms, Node, NodeError};
-use scuttlefs::publish::content_for_line;
 use scuttlefs::status;
 use scuttlefs::store::StoreError;
 
@@ -148,19 +147,17 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         Command::Log => request(&overrides, Request::Log),
         Command::Publish { args } => {
             let (fields, stdin) = publish_content(&args).map_err(|e| e.to_string())?;
-            let contents = if stdin {
-                read_stdin_contents(&fields)?
-            } else {
-                if !fields.contains_key("type") {
-                    return Err("publish needs --type (e.g. --type log --text \"…\")".into());
-                }
-                vec![Value::Object(fields)]
-            };
+            if stdin {
+                let lines = read_stdin_lines()?;
+                return request(&overrides, Request::PublishLines { fields, lines });
+            }
+            if !fields.contains_key("type") {
+                return Err("publish needs --type (e.g. --type log --text \"…\")".into());
+            }
             request(
                 &overrides,
                 Request::Publish {
-                    contents,
-                    summary: stdin,
+                    contents: vec![Value::Object(fields)],
                 },
             )
         }
@@ -180,19 +177,17 @@ fn follow(overrides: &Overrides, id: &str, following: bool) -> Result<ExitCode, 
         overrides,
         Request::Publish {
             contents: vec![Value::Object(content)],
-            summary: false,
         },
     )
 }
 
-/// Each line of standard input as content, with `fields`. Fails, naming the
-/// line, if any line cannot be read as UTF-8.
-fn read_stdin_contents(fields: &Map<String, Value>) -> Result<Vec<Value>, String> {
-    let mut contents = Vec::new();
+/// Every line of standard input, without its line ending. Fails, naming
+/// the line, if any line is not UTF-8.
+fn read_stdin_lines() -> Result<Vec<String>, String> {
+    let mut lines = Vec::new();
     let stdin = std::io::stdin();
     let mut reader = stdin.lock();
     let mut raw = Vec::new();
-    let mut line_no = 0;
     loop {
         raw.clear();
         let n = reader
@@ -201,34 +196,17 @@ fn read_stdin_contents(fields: &Map<String, Value>) -> Result<Vec<Value>, String
         if n == 0 {
             break;
         }
-        line_no += 1;
-        let line = std::str::from_utf8(&raw)
-            .map_err(|_| format!("line {line_no} is not valid UTF-8; nothing was published"))?;
+        let line = std::str::from_utf8(&raw).map_err(|_| {
+            format!(
+                "line {} is not valid UTF-8; nothing was published",
+                lines.len() + 1
+            )
+        })?;
         let line = line.strip_suffix('\n').unwrap_or(line);
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some(content) = content_for_line_with_fields(line, fields) {
-            contents.push(content);
-        }
+        lines.push(line.to_string());
     }
-    Ok(contents)
-}
-
-/// `--stdin` lines are text with the given fields, even when they look like
-/// JSON: a backup script's output is text.
-fn content_for_line_with_fields(line: &str, fields: &Map<String, Value>) -> Option<Value> {
-    if line.trim_start().starts_with('{') {
-        let mut map = Map::new();
-        map.insert(
-            "type".into(),
-            fields.get("type").cloned().unwrap_or("log".into()),
-        );
-        for (k, v) in fields {
-            map.insert(k.clone(), v.clone());
-        }
-        map.insert("text".into(), Value::String(line.to_string()));
-        return Some(Value::Object(map));
-    }
-    content_for_line(line, fields)
+    Ok(lines)
 }
 
 /// Runs `req` through the daemon if one is running, else on the store
@@ -272,7 +250,7 @@ fn run_locally(
         }
         Err(e) => return Err(e.to_string()),
     };
-    if matches!(req, Request::Publish { .. }) {
+    if matches!(req, Request::Publish { .. } | Request::PublishLines { .. }) {
         // Name the machine before its first line, as the daemon does at start.
         node.ensure_name(&config.name).map_err(|e| e.to_string())?;
     }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::config::Config;
-use crate::feed::json::{to_js_pretty, utf16_len};
+use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
 use crate::graph::FollowGraph;
 use crate::store::{contact_edge, Store, StoreError, Stored};
@@ -150,36 +150,53 @@ impl Node {
     /// last marked `"more": true`.
     ///
     /// Every content is checked before anything is stored, so bad input
-    /// publishes nothing. Large batches are signed on this thread while the
-    /// previous chunk is stored on another: signing is sequential by nature
-    /// (each message names the one before), storing is the other half of the
-    /// cost, and the machine has two cores.
+    /// publishes nothing.
     pub fn publish(&self, contents: Vec<Value>) -> Result<Vec<Stored>, NodeError> {
         let mut all = Vec::new();
         self.publish_with(contents, |stored| all.extend_from_slice(stored))?;
         Ok(all)
     }
 
-    /// [`Node::publish`], handing the stored messages to `on_stored` a chunk
-    /// at a time instead of keeping them: a large write need not hold all
-    /// its messages in memory. Returns how many messages were stored.
-    pub fn publish_with(
+    /// [`Node::publish`], for contents made on the fly, handing the stored
+    /// messages to `on_stored` a chunk at a time instead of keeping them.
+    /// Returns how many messages were stored.
+    ///
+    /// `contents` is iterated twice: once to check every content (nothing
+    /// is stored if any is bad), then to sign and store them. Only a chunk
+    /// of contents and messages is in memory at once, so a whole log piped
+    /// in costs its lines, not their messages. Chunks are signed on this
+    /// thread while the previous one is stored on another: signing is
+    /// sequential by nature (each message names the one before), storing is
+    /// the other half of the cost, and the machine has two cores.
+    pub fn publish_with<C>(
         &self,
-        contents: Vec<Value>,
+        contents: C,
         on_stored: impl FnMut(&[Stored]) + Send,
-    ) -> Result<usize, NodeError> {
+    ) -> Result<usize, NodeError>
+    where
+        C: IntoIterator<Item = Value>,
+        C::IntoIter: Clone,
+    {
         let _one_publisher = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let me = self.id();
-        let mut tip = self.store.tip(&me);
-        let mut parts = Vec::with_capacity(contents.len());
-        for content in contents {
-            parts.extend(split_for_size(&self.keys, tip.as_ref(), content)?);
+        let contents = contents.into_iter();
+        let first_tip = self.store.tip(&self.id());
+        let mut count = 0;
+        for content in contents.clone() {
+            count += split_for_size(&self.keys, first_tip.as_ref(), content)?.len();
         }
-        let count = parts.len();
+        if count == 0 {
+            return Ok(0);
+        }
+        // The same split as the check above: the same contents, the same tip.
+        let mut parts = contents.flat_map(|content| {
+            split_for_size(&self.keys, first_tip.as_ref(), content).unwrap_or_default()
+        });
         let now = now_ms();
-        let mut sign = |chunk: Vec<Value>| -> Result<Vec<Message>, FeedError> {
-            chunk
-                .into_iter()
+        let mut tip = first_tip;
+        let mut sign_next_chunk = || -> Result<Vec<Message>, FeedError> {
+            parts
+                .by_ref()
+                .take(PUBLISH_CHUNK)
                 .map(|content| {
                     let msg = Message::sign(&self.keys, tip.as_ref(), now, content)?;
                     tip = Some(msg.tip());
@@ -189,7 +206,7 @@ impl Node {
         };
         let mut on_stored = on_stored;
         if count <= PUBLISH_CHUNK {
-            let signed = sign(parts)?;
+            let signed = sign_next_chunk()?;
             on_stored(&self.store_and_notify(signed, now)?);
             return Ok(count);
         }
@@ -201,15 +218,10 @@ impl Node {
                 }
                 Ok(())
             });
-            let mut parts = parts.into_iter();
             loop {
-                let chunk: Vec<Value> = parts.by_ref().take(PUBLISH_CHUNK).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                let signed = sign(chunk)?;
-                if to_store.send(signed).is_err() {
-                    break; // the storer failed; its error is returned below
+                let signed = sign_next_chunk()?;
+                if signed.is_empty() || to_store.send(signed).is_err() {
+                    break; // done, or the storer failed: its error is returned below
                 }
             }
             drop(to_store);
@@ -408,11 +420,9 @@ fn split_for_size(
     content: Value,
 ) -> Result<Vec<Value>, FeedError> {
     crate::feed::message::check_content(&content)?;
-    // Cheap upper bound first: most content is far below the limit. Inside
-    // a message, every line of the content is indented two more spaces.
-    let pretty = to_js_pretty(&content);
-    let nested = utf16_len(&pretty) + 2 * pretty.matches('\n').count();
-    if nested + ENVELOPE_BOUND < MAX_MESSAGE_UTF16 {
+    // Cheap bound first: most content is far below the limit. Inside a
+    // message, the content is nested one level deep.
+    if js_pretty_utf16_len(&content, 1) + ENVELOPE_BOUND < MAX_MESSAGE_UTF16 {
         return Ok(vec![content]);
     }
     let is_log_text = content.get("type").and_then(Value::as_str) == Some(LOG_TYPE)

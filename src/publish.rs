@@ -40,6 +40,28 @@ pub fn content_for_line(line: &str, fields: &Map<String, Value>) -> Option<Value
     Some(Value::Object(map))
 }
 
+/// The content for one line of `publish --stdin`, or `None` for an empty
+/// line: always the `text` of a message with `fields`, even when the line
+/// looks like JSON, because a backup script's output is text.
+pub fn content_for_stdin_line(line: &str, fields: &Map<String, Value>) -> Option<Value> {
+    if line.trim_start().starts_with('{') {
+        let mut map = Map::with_capacity(fields.len() + 2);
+        map.insert(
+            "type".into(),
+            fields
+                .get("type")
+                .cloned()
+                .unwrap_or_else(|| Value::String(LOG_TYPE.into())),
+        );
+        for (k, v) in fields {
+            map.insert(k.clone(), v.clone());
+        }
+        map.insert("text".into(), Value::String(line.to_string()));
+        return Some(Value::Object(map));
+    }
+    content_for_line(line, fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +91,22 @@ mod tests {
             content_for_line("x", &fields),
             Some(json!({"type": "log", "source": "laptop", "text": "x"}))
         );
+    }
+
+    #[test]
+    fn stdin_lines_are_always_text() {
+        let fields = json!({"source": "nas"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            content_for_stdin_line(r#"{"exit": 1}"#, &fields),
+            Some(json!({"type": "log", "source": "nas", "text": "{\"exit\": 1}"}))
+        );
+        assert_eq!(
+            content_for_stdin_line("done", &fields),
+            Some(json!({"type": "log", "source": "nas", "text": "done"}))
+        );
+        assert_eq!(content_for_stdin_line("", &fields), None);
     }
 }

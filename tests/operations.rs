@@ -85,6 +85,56 @@ fn publish_stdin_publishes_every_line_once_in_order_and_valid() {
 }
 
 #[test]
+fn publish_stdin_goes_through_a_running_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let path_s = path.to_str().expect("utf8");
+    let mut daemon = common::spawn_headless_daemon(path_s);
+    let socket = path.join("scuttlefs.sock");
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()
+        && run(&["status", "--path", path_s]).status.success()));
+
+    let mut input = String::new();
+    for i in 1..=2000 {
+        if i == 7 {
+            input.push_str("{\"looks\": \"like JSON\"}\n");
+        } else {
+            input.push_str(&format!("via the daemon {i}\n"));
+        }
+    }
+    let out = publish_stdin(
+        path_s,
+        input.as_bytes(),
+        &["--type", "log", "--source", "cron"],
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(
+        summary["published"],
+        2000,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The store is the daemon's: `log` goes through the socket too.
+    let log = log_values(path_s);
+    let texts: Vec<&str> = log
+        .iter()
+        .filter(|m| m["value"]["content"]["source"] == "cron")
+        .map(|m| m["value"]["content"]["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts.len(), 2000);
+    assert_eq!(texts[5], "via the daemon 6");
+    assert_eq!(
+        texts[6], "{\"looks\": \"like JSON\"}",
+        "a stdin line is text"
+    );
+    assert_eq!(texts[1999], "via the daemon 2000");
+    assert_eq!(summary["last"]["key"], log.last().expect("messages")["key"]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
 fn publish_stdin_with_a_bad_line_publishes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_str().expect("utf8");

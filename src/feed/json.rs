@@ -146,6 +146,53 @@ fn write_value(out: &mut String, value: &Value, indent: Option<usize>) {
     }
 }
 
+/// The UTF-16 length of `to_js_pretty(value)` if printed nested `depth`
+/// levels deep (each of its lines indented `2 * depth` more spaces), found
+/// without printing it.
+pub fn js_pretty_utf16_len(value: &Value, depth: usize) -> usize {
+    let newline = |depth: usize| 1 + 2 * depth;
+    match value {
+        Value::Null => 4,
+        Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => n.as_f64().map_or(4, |f| js_number(f).len()),
+        Value::String(s) => js_string_utf16_len(s),
+        Value::Array(items) if items.is_empty() => 2,
+        Value::Object(map) if map.is_empty() => 2,
+        Value::Array(items) => {
+            let inner: usize = items
+                .iter()
+                .map(|item| newline(depth + 1) + js_pretty_utf16_len(item, depth + 1))
+                .sum();
+            2 + (items.len() - 1) + inner + newline(depth)
+        }
+        Value::Object(map) => {
+            let inner: usize = map
+                .iter()
+                .map(|(k, v)| {
+                    newline(depth + 1)
+                        + js_string_utf16_len(k)
+                        + 2
+                        + js_pretty_utf16_len(v, depth + 1)
+                })
+                .sum();
+            2 + (map.len() - 1) + inner + newline(depth)
+        }
+    }
+}
+
+/// The UTF-16 length of a string as [`write_string`] prints it.
+fn js_string_utf16_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf16(),
+        })
+        .sum::<usize>()
+}
+
 fn newline(out: &mut String, indent: Option<usize>) {
     if let Some(depth) = indent {
         out.push('\n');
@@ -240,6 +287,30 @@ mod tests {
             to_js_compact(&v),
             "\"q\\\"b\\\\n\\n\\u0001\u{7f}\u{2028}é😀\""
         );
+    }
+
+    #[test]
+    fn pretty_lengths_are_found_without_printing() {
+        let values = [
+            json!({"type": "log", "text": "a \"quoted\" line\twith\u{1}控制 😀", "n": [1.5, -0.0, 1e21, null, true, false, {}, []]}),
+            json!({"nested": {"deeper": {"list": [[1], {"k": "v"}]}}, "2": "integer-like key"}),
+            json!("just a string"),
+            json!([]),
+        ];
+        for value in &values {
+            assert_eq!(
+                js_pretty_utf16_len(value, 0),
+                utf16_len(&to_js_pretty(value)),
+                "{value}"
+            );
+            // One level deeper, every line but the first gains two spaces.
+            let wrapped = json!({ "content": value });
+            let outer = utf16_len(&to_js_pretty(&wrapped));
+            assert_eq!(
+                outer,
+                4 + "\"content\": ".len() + js_pretty_utf16_len(value, 1) + 2
+            );
+        }
     }
 
     #[test]

@@ -347,16 +347,11 @@ impl ScuttleFs {
 
     fn publish_lines(&self, lines: Vec<String>) -> Result<(), FsError> {
         let none = Map::new();
-        let contents: Vec<Value> = lines
+        let contents = lines
             .iter()
-            .filter_map(|line| content_for_line(line, &none))
-            .collect();
-        if contents.is_empty() {
-            return Ok(());
-        }
-        let count = contents.len();
+            .filter_map(|line| content_for_line(line, &none));
         self.node.publish_with(contents, |_| {}).map_err(|e| {
-            tracing::warn!("publish: refused a write of {count} line(s): {e}");
+            tracing::warn!("publish: refused a write of {} line(s): {e}", lines.len());
             FsError::from(e)
         })?;
         Ok(())

@@ -107,6 +107,16 @@ fn ssb_validate_accepts_what_scuttlefs_signs() {
         tip = Some(msg.tip());
         mine.push(msg);
     }
+    // A burst signed within one millisecond: the timestamps step up by a
+    // fraction, as ssb-server's own monotonic timestamps do.
+    let burst_clock = tip.map_or(0.0, |t| t.timestamp);
+    for i in 0..5 {
+        let content = json!({"type": "log", "text": format!("burst {i}")});
+        let msg = Message::sign(&keys, tip.as_ref(), burst_clock, content).expect("signs");
+        assert!(msg.timestamp.fract() != 0.0, "{}", msg.timestamp);
+        tip = Some(msg.tip());
+        mine.push(msg);
+    }
     let mut child = Command::new("node")
         .arg(common::repo().join("tests/js/validate.js"))
         .current_dir(common::repo().join("tests/js"))

@@ -58,6 +58,10 @@ pub struct Message {
     pub value: Value,
 }
 
+/// How far a timestamp is raised above its predecessor's: several ulps at
+/// today's times (2^-12 ms), so the sum is exact enough to stay ordered.
+const TIMESTAMP_STEP_MS: f64 = 0.001;
+
 impl Message {
     /// The message content: an object, or a string for an encrypted message.
     pub fn content(&self) -> &Value {
@@ -95,8 +99,11 @@ impl Message {
 
     /// Signs `content` as the message after `tip` in `keys`' feed.
     ///
-    /// The timestamp is raised above the tip's when the clock says otherwise,
-    /// so timestamps strictly increase within a feed.
+    /// The timestamp is `now_ms`, raised just above the tip's when the clock
+    /// has not moved past it, so that timestamps strictly increase within a
+    /// feed. As ssb-server's monotonic timestamps do, it is raised by a
+    /// fraction of a millisecond, so a burst of messages never claims times
+    /// ahead of the clock (below a thousand messages a millisecond).
     pub fn sign(
         keys: &Keypair,
         tip: Option<&FeedTip>,
@@ -105,7 +112,7 @@ impl Message {
     ) -> Result<Message, FeedError> {
         check_content(&content)?;
         let timestamp = match tip {
-            Some(t) if now_ms <= t.timestamp => t.timestamp.floor() + 1.0,
+            Some(t) if now_ms <= t.timestamp => t.timestamp + TIMESTAMP_STEP_MS,
             _ => now_ms,
         };
         let mut map = Map::new();
@@ -455,7 +462,33 @@ mod tests {
         let first = Message::sign(&keys, None, 5000.0, json!({"type": "log"})).expect("signs");
         let second = Message::sign(&keys, Some(&first.tip()), 4000.0, json!({"type": "log"}))
             .expect("signs");
-        assert_eq!(second.timestamp, 5001.0);
+        assert!(second.timestamp > 5000.0 && second.timestamp < 5000.01);
+    }
+
+    #[test]
+    fn a_burst_in_one_millisecond_stays_ordered_and_on_time() {
+        let keys = Keypair::generate();
+        let now = 1_764_081_234_567.0;
+        let mut tip: Option<FeedTip> = None;
+        for i in 0..10_000 {
+            let msg = Message::sign(&keys, tip.as_ref(), now, json!({"type": "log", "i": i}))
+                .expect("signs");
+            if let Some(before) = &tip {
+                assert!(msg.timestamp > before.timestamp, "message {i}");
+            }
+            if i % 997 == 0 {
+                // The printed timestamp is the signed one.
+                let back = Message::verify(msg.value.clone()).expect("verifies");
+                assert_eq!(back.timestamp, msg.timestamp);
+            }
+            tip = Some(msg.tip());
+        }
+        let last = tip.expect("signed").timestamp;
+        assert!(
+            last < now + 10.0 + 1e-6,
+            "10,000 messages claim {} ms",
+            last - now
+        );
     }
 
     #[test]

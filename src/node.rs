@@ -213,9 +213,38 @@ impl Node {
         let (to_store, signed_chunks) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
         std::thread::scope(|scope| {
             let storer = scope.spawn(move || -> Result<(), NodeError> {
+                // Each chunk is stored (atomically) at once; the views take
+                // them in groups, so that the line file grows in large
+                // appends, whose page cache reads much faster than that of
+                // many small ones. No caller sees them before this call
+                // returns anyway.
+                let mut unviewed: Vec<Stored> = Vec::new();
+                let mut unviewed_bytes = 0;
                 for chunk in signed_chunks {
-                    on_stored(&self.store_and_notify(chunk, now)?);
+                    let stored = match self.store.append(chunk, |msg| self.render(msg), now) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            // What was stored before the failure still shows.
+                            self.after_append(&unviewed)?;
+                            on_stored(&unviewed);
+                            return Err(e.into());
+                        }
+                    };
+                    unviewed_bytes += stored
+                        .iter()
+                        .filter_map(|s| s.line.as_ref())
+                        .map(Vec::len)
+                        .sum::<usize>();
+                    unviewed.extend(stored);
+                    if unviewed.len() >= VIEW_GROUP_MESSAGES || unviewed_bytes >= VIEW_GROUP_BYTES {
+                        self.after_append(&unviewed)?;
+                        on_stored(&unviewed);
+                        unviewed.clear();
+                        unviewed_bytes = 0;
+                    }
                 }
+                self.after_append(&unviewed)?;
+                on_stored(&unviewed);
                 Ok(())
             });
             loop {
@@ -407,6 +436,11 @@ const SPLIT_MARGIN: usize = 64;
 
 /// Messages per chunk when signing and storing overlap.
 const PUBLISH_CHUNK: usize = 512;
+
+/// At most this many stored messages, or this many bytes of their lines,
+/// wait for the views during one publish.
+const VIEW_GROUP_MESSAGES: usize = 4096;
+const VIEW_GROUP_BYTES: usize = 256 * 1024;
 
 /// Everything in a signed message besides its content, in UTF-16 units, with
 /// room to spare: previous, author, signature, the other fields and keys.

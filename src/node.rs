@@ -180,25 +180,28 @@ impl Node {
         let _one_publisher = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         let contents = contents.into_iter();
         let first_tip = self.store.tip(&self.id());
+        let now = now_ms();
+        let split = |content| split_for_size(&self.keys, first_tip.as_ref(), now, content);
         let mut count = 0;
         for content in contents.clone() {
-            count += split_for_size(&self.keys, first_tip.as_ref(), content)?.len();
+            count += split(content)?.len();
         }
         if count == 0 {
             return Ok(0);
         }
-        // The same split as the check above: the same contents, the same tip.
-        let mut parts = contents.flat_map(|content| {
-            split_for_size(&self.keys, first_tip.as_ref(), content).unwrap_or_default()
+        // The same split as the check above (same contents, tip and time),
+        // so it cannot fail; should it, the error still stops the publish.
+        let mut parts = contents.flat_map(|content| match split(content) {
+            Ok(parts) => parts.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
         });
-        let now = now_ms();
         let mut tip = first_tip;
         let mut sign_next_chunk = || -> Result<Vec<Message>, FeedError> {
             parts
                 .by_ref()
                 .take(PUBLISH_CHUNK)
                 .map(|content| {
-                    let msg = Message::sign(&self.keys, tip.as_ref(), now, content)?;
+                    let msg = Message::sign(&self.keys, tip.as_ref(), now, content?)?;
                     tip = Some(msg.tip());
                     Ok(msg)
                 })
@@ -448,9 +451,12 @@ const ENVELOPE_BOUND: usize = 600;
 
 /// `content` as one message, or as several when it is a log line whose text
 /// is too long for one. Other oversize content is refused.
+/// Deterministic for the same arguments: `publish_with` splits every
+/// content twice and relies on both giving the same parts.
 fn split_for_size(
     keys: &Keypair,
     tip: Option<&FeedTip>,
+    now: f64,
     content: Value,
 ) -> Result<Vec<Value>, FeedError> {
     crate::feed::message::check_content(&content)?;
@@ -461,7 +467,7 @@ fn split_for_size(
     }
     let is_log_text = content.get("type").and_then(Value::as_str) == Some(LOG_TYPE)
         && content.get("text").is_some_and(Value::is_string);
-    let probe = Message::sign(keys, tip, now_ms(), content.clone());
+    let probe = Message::sign(keys, tip, now, content.clone());
     match probe {
         // The margin covers a longer sequence number by the time it is signed.
         Ok(msg) if utf16_len(&to_js_pretty(&msg.value)) + SPLIT_MARGIN <= MAX_MESSAGE_UTF16 => {
@@ -480,7 +486,7 @@ fn split_for_size(
     empty["text"] = Value::String(String::new());
     empty[MORE_FIELD] = Value::Bool(true);
     let overhead = utf16_len(&to_js_pretty(
-        &Message::sign(keys, tip, now_ms(), empty.clone())?.value,
+        &Message::sign(keys, tip, now, empty.clone())?.value,
     ));
     let budget = MAX_MESSAGE_UTF16.saturating_sub(overhead + SPLIT_MARGIN);
     if budget < 16 {

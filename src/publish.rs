@@ -23,6 +23,19 @@ pub fn content_for_line(line: &str, fields: &Map<String, Value>) -> Option<Value
             return Some(Value::Object(map));
         }
     }
+    Some(text_content(line, fields))
+}
+
+/// The content for one line of `publish --stdin`, or `None` for an empty
+/// line: always the `text` of a message with `fields`, even when the line
+/// looks like JSON, because a backup script's output is text.
+pub fn content_for_stdin_line(line: &str, fields: &Map<String, Value>) -> Option<Value> {
+    (!line.is_empty()).then(|| text_content(line, fields))
+}
+
+/// `line` as the `text` of a message with `fields`; `fields.type`, if
+/// given, replaces `"log"`.
+fn text_content(line: &str, fields: &Map<String, Value>) -> Value {
     let mut map = Map::with_capacity(fields.len() + 2);
     map.insert(
         "type".into(),
@@ -37,29 +50,7 @@ pub fn content_for_line(line: &str, fields: &Map<String, Value>) -> Option<Value
         }
     }
     map.insert("text".into(), Value::String(line.to_string()));
-    Some(Value::Object(map))
-}
-
-/// The content for one line of `publish --stdin`, or `None` for an empty
-/// line: always the `text` of a message with `fields`, even when the line
-/// looks like JSON, because a backup script's output is text.
-pub fn content_for_stdin_line(line: &str, fields: &Map<String, Value>) -> Option<Value> {
-    if line.trim_start().starts_with('{') {
-        let mut map = Map::with_capacity(fields.len() + 2);
-        map.insert(
-            "type".into(),
-            fields
-                .get("type")
-                .cloned()
-                .unwrap_or_else(|| Value::String(LOG_TYPE.into())),
-        );
-        for (k, v) in fields {
-            map.insert(k.clone(), v.clone());
-        }
-        map.insert("text".into(), Value::String(line.to_string()));
-        return Some(Value::Object(map));
-    }
-    content_for_line(line, fields)
+    Value::Object(map)
 }
 
 #[cfg(test)]

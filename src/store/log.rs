@@ -26,8 +26,11 @@ pub const HEADER_LEN: usize = 44;
 /// longer is damage.
 const MAX_JSON_LEN: usize = 1 << 16;
 
-/// How much a sequential reader fetches at once.
-const WINDOW: usize = 256 * 1024;
+/// How much a sequential reader fetches at once: it starts at the first
+/// size and doubles with each refill up to the second, so that reading one
+/// message costs little and reading many costs few `pread`s.
+const FIRST_WINDOW: usize = 16 * 1024;
+const MAX_WINDOW: usize = 256 * 1024;
 
 /// One message as the log holds it.
 pub struct LogRecord {
@@ -193,7 +196,8 @@ impl LogReader<'_> {
             offset >= self.start && offset + len as u64 <= self.start + self.buf.len() as u64;
         if !in_window {
             self.start = offset;
-            self.buf.resize(WINDOW.max(len), 0);
+            let window = (self.buf.len() * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
+            self.buf.resize(window.max(len), 0);
             let mut filled = 0;
             while filled < self.buf.len() {
                 match self

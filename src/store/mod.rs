@@ -121,6 +121,7 @@ struct Tips {
 /// A message placed in the log, ready to index.
 struct Placed {
     offset: u64,
+    received_ms: f64,
     msg: Message,
     json_len: usize,
     line: Option<Vec<u8>>,
@@ -255,17 +256,18 @@ impl Store {
             end = offset + log::record_len(record.json.len());
             group.push(Placed {
                 offset,
+                received_ms: record.received_ms,
                 line: render(&msg),
                 json_len: record.json.len(),
                 msg,
             });
             if group.len() == REBUILD_BATCH {
-                self.index(&mut tips, std::mem::take(&mut group), record.received_ms)?;
+                self.index(&mut tips, std::mem::take(&mut group))?;
                 pending.clear();
             }
         }
         if !group.is_empty() {
-            self.index(&mut tips, group, 0.0)?;
+            self.index(&mut tips, group)?;
         }
         if end < file_len {
             tracing::warn!(
@@ -383,6 +385,7 @@ impl Store {
             log::encode_record(&mut records, &msg.key, received_ms, json.as_bytes());
             placed.push(Placed {
                 offset,
+                received_ms,
                 line: render(&msg),
                 json_len: json.len(),
                 msg,
@@ -393,17 +396,12 @@ impl Store {
             return Ok(Vec::new());
         }
         self.log.write_at(&records, tips.extent.end)?;
-        self.index(&mut tips, placed, received_ms)
+        self.index(&mut tips, placed)
     }
 
     /// Commits the index entries of messages already in the log, which
     /// extend their feeds, as one sled batch.
-    fn index(
-        &self,
-        tips: &mut Tips,
-        placed: Vec<Placed>,
-        received_ms: f64,
-    ) -> Result<Vec<Stored>, StoreError> {
+    fn index(&self, tips: &mut Tips, placed: Vec<Placed>) -> Result<Vec<Stored>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut latest: HashMap<FeedId, FeedTip> = HashMap::new();
         let mut id_entries = Vec::with_capacity(placed.len());
@@ -436,7 +434,7 @@ impl Store {
             .into_iter()
             .map(|p| Stored {
                 recv: p.offset,
-                received_ms,
+                received_ms: p.received_ms,
                 msg: p.msg,
                 line: p.line,
                 json_len: p.json_len,

@@ -109,36 +109,55 @@ fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
     key
 }
 
-/// Where a message's record is in the log: offset and JSON length.
-pub fn encode_position(offset: u64, json_len: usize) -> [u8; 12] {
-    let mut value = [0u8; 12];
-    value[..8].copy_from_slice(&offset.to_be_bytes());
-    value[8..].copy_from_slice(&(json_len as u32).to_be_bytes());
-    value
+/// Bytes of one entry of a position block: log offset(8) JSON length(4).
+const POSITION_LEN: usize = 12;
+
+/// Most messages one position block holds, so that values stay small.
+pub const POSITION_BLOCK: usize = 512;
+
+/// Adds a position block to `batch`: where the records of `feed`'s
+/// messages `first_seq`, `first_seq + 1`, … are in the log, as
+/// `(offset, JSON length)`.
+pub fn put_positions(
+    batch: &mut sled::Batch,
+    feed: &FeedId,
+    first_seq: u64,
+    positions: &[(u64, usize)],
+) {
+    let mut value = Vec::with_capacity(positions.len() * POSITION_LEN);
+    for (offset, json_len) in positions {
+        value.extend_from_slice(&offset.to_be_bytes());
+        value.extend_from_slice(&(*json_len as u32).to_be_bytes());
+    }
+    batch.insert(&message_key(feed, first_seq)[..], value);
 }
 
-pub fn decode_position(value: &[u8]) -> Result<(u64, usize), StoreError> {
-    if value.len() != 12 {
-        return Err(StoreError::Corrupt("message position".into()));
+/// A position block: the first sequence it covers (from its key) and how
+/// many it holds.
+pub fn decode_position_block(key: &[u8], value: &[u8]) -> Result<(u64, u64), StoreError> {
+    if key.len() != 41 || value.is_empty() || value.len() % POSITION_LEN != 0 {
+        return Err(StoreError::Corrupt("message position block".into()));
     }
+    Ok((
+        decode_u64(&key[33..41])?,
+        (value.len() / POSITION_LEN) as u64,
+    ))
+}
+
+/// Entry `i` of a position block: `(offset, JSON length)`.
+pub fn position_at(value: &[u8], i: u64) -> Result<(u64, usize), StoreError> {
+    let at = i as usize * POSITION_LEN;
+    let entry = value
+        .get(at..at + POSITION_LEN)
+        .ok_or_else(|| StoreError::Corrupt("message position".into()))?;
     let mut len = [0u8; 4];
-    len.copy_from_slice(&value[8..]);
-    Ok((decode_u64(&value[..8])?, u32::from_be_bytes(len) as usize))
+    len.copy_from_slice(&entry[8..]);
+    Ok((decode_u64(&entry[..8])?, u32::from_be_bytes(len) as usize))
 }
 
 /// Adds the index entries of `msg`, whose record is at log offset
-/// `offset`, to `batch`.
-pub fn put_index_entries(
-    batch: &mut sled::Batch,
-    offset: u64,
-    msg: &Message,
-    json_len: usize,
-    line: Option<&[u8]>,
-) {
-    batch.insert(
-        &message_key(&msg.author, msg.sequence)[..],
-        &encode_position(offset, json_len)[..],
-    );
+/// `offset`, to `batch`, all but its position (see [`put_positions`]).
+pub fn put_index_entries(batch: &mut sled::Batch, offset: u64, msg: &Message, line: Option<&[u8]>) {
     if let Some(line) = line {
         let mut ts_key = [0u8; 17];
         ts_key[0] = b't';

@@ -7,7 +7,7 @@
 //!
 //! | key                               | value                                  |
 //! |-----------------------------------|----------------------------------------|
-//! | `m` author(32) seq(8)             | log offset(8) JSON length(4)           |
+//! | `m` author(32) first seq(8)       | log offset(8) JSON length(4) of each of up to 512 consecutive messages |
 //! | `t` timestamp(8) offset(8)        | author(32) seq(8) rendered line        |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
 //! | `n` author(32)                    | the feed's latest self-given name      |
@@ -407,19 +407,28 @@ impl Store {
         let mut id_entries = Vec::with_capacity(placed.len());
         let first = placed.first().map_or(tips.extent.end, |p| p.offset);
         let mut extent = tips.extent;
+        // Positions go in blocks of a feed's consecutive messages, one sled
+        // entry for many: sled's cost is per entry.
+        let mut blocks: HashMap<FeedId, (u64, Vec<(u64, usize)>)> = HashMap::new();
         for entry in &placed {
-            codec::put_index_entries(
-                &mut batch,
-                entry.offset,
-                &entry.msg,
-                entry.json_len,
-                entry.line.as_deref(),
-            );
-            id_entries.push((id_index::prefix_of(&entry.msg.key.0), entry.offset));
-            latest.insert(entry.msg.author, entry.msg.tip());
+            codec::put_index_entries(&mut batch, entry.offset, &entry.msg, entry.line.as_deref());
+            let msg = &entry.msg;
+            let block = blocks
+                .entry(msg.author)
+                .or_insert_with(|| (msg.sequence, Vec::new()));
+            if block.1.len() == codec::POSITION_BLOCK {
+                codec::put_positions(&mut batch, &msg.author, block.0, &block.1);
+                *block = (msg.sequence, Vec::new());
+            }
+            block.1.push((entry.offset, entry.json_len));
+            id_entries.push((id_index::prefix_of(&msg.key.0), entry.offset));
+            latest.insert(msg.author, msg.tip());
             extent.last = entry.offset;
             extent.end = entry.offset + log::record_len(entry.json_len);
             extent.count += 1;
+        }
+        for (feed, (first_seq, positions)) in &blocks {
+            codec::put_positions(&mut batch, feed, *first_seq, positions);
         }
         let id_runs = self.add_id_run(&mut batch, &tips.id_runs, first, extent.end, id_entries)?;
         for (feed, tip) in &latest {
@@ -517,12 +526,31 @@ impl Store {
 
     /// The message at `seq` of `feed`, unparsed.
     pub fn get_raw(&self, feed: &FeedId, seq: u64) -> Result<Option<RawMessage>, StoreError> {
-        let Some(position) = self.tree.get(codec::message_key(feed, seq))? else {
+        let Some((first_seq, block)) = self.position_block(feed, seq)? else {
             return Ok(None);
         };
-        let (offset, json_len) = codec::decode_position(&position)?;
+        let (offset, json_len) = codec::position_at(&block, seq - first_seq)?;
         let record = self.log.read(offset, json_len)?;
         Ok(Some(RawMessage::from_record(record)))
+    }
+
+    /// The position block holding `seq` of `feed`, with its first sequence.
+    fn position_block(
+        &self,
+        feed: &FeedId,
+        seq: u64,
+    ) -> Result<Option<(u64, sled::IVec)>, StoreError> {
+        // The last block starting at or before `seq`.
+        let found = self
+            .tree
+            .range(codec::message_key(feed, 0)..=codec::message_key(feed, seq))
+            .next_back()
+            .transpose()?;
+        let Some((key, block)) = found else {
+            return Ok(None);
+        };
+        let (first_seq, count) = codec::decode_position_block(&key, &block)?;
+        Ok((seq < first_seq + count).then_some((first_seq, block)))
     }
 
     /// The message with id `key`.
@@ -555,16 +583,21 @@ impl Store {
         feed: &FeedId,
         from: u64,
     ) -> impl Iterator<Item = Result<(u64, RawMessage), StoreError>> + '_ {
-        let start = codec::message_key(feed, from.max(1));
-        let end = codec::message_key(feed, u64::MAX);
-        let mut reader = self.log.reader();
-        self.tree.range(start..=end).map(move |item| {
-            let (key, position) = item?;
-            let seq = codec::decode_u64(&key[33..41])?;
-            let (offset, json_len) = codec::decode_position(&position)?;
-            let record = reader.read(offset, Some(json_len))?;
-            Ok((seq, RawMessage::from_record(record)))
-        })
+        let from = from.max(1);
+        // Start at the block holding `from`, if any, else at the next one.
+        let start = match self.position_block(feed, from) {
+            Ok(Some((first_seq, _))) => first_seq,
+            _ => from,
+        };
+        History {
+            blocks: self
+                .tree
+                .range(codec::message_key(feed, start)..=codec::message_key(feed, u64::MAX)),
+            block: None,
+            next: from,
+            reader: self.log.reader(),
+            done: false,
+        }
     }
 
     /// Every message in receive order, with the time it was received.
@@ -648,6 +681,71 @@ fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// See [`Store::history`].
+struct History<'a> {
+    blocks: sled::Iter,
+    /// The current block: its first sequence, its length, its entries.
+    block: Option<(u64, u64, sled::IVec)>,
+    next: u64,
+    reader: log::LogReader<'a>,
+    /// Set after an error, which is not repeated.
+    done: bool,
+}
+
+impl History<'_> {
+    fn next_position(&mut self) -> Result<Option<(u64, usize)>, StoreError> {
+        loop {
+            if let Some((first_seq, count, block)) = &self.block {
+                let i = self.next - first_seq;
+                if i < *count {
+                    return codec::position_at(block, i).map(Some);
+                }
+            }
+            let Some(item) = self.blocks.next() else {
+                return Ok(None);
+            };
+            let (key, block) = item?;
+            let (first_seq, count) = codec::decode_position_block(&key, &block)?;
+            if first_seq > self.next {
+                // Blocks of one feed are contiguous; a gap is damage.
+                return Err(StoreError::Corrupt(format!(
+                    "no position for sequence {}",
+                    self.next
+                )));
+            }
+            self.block = Some((first_seq, count, block));
+        }
+    }
+}
+
+impl Iterator for History<'_> {
+    type Item = Result<(u64, RawMessage), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let result = self.next_position().and_then(|position| {
+            let Some((offset, json_len)) = position else {
+                return Ok(None);
+            };
+            let record = self.reader.read(offset, Some(json_len))?;
+            Ok(Some((self.next, RawMessage::from_record(record))))
+        });
+        match result {
+            Ok(Some(item)) => {
+                self.next += 1;
+                Some(Ok(item))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// The name a message gives its own author, if it is such an `about`.
 pub fn self_given_name(msg: &Message) -> Option<&str> {
     let content = msg.content();
@@ -716,6 +814,40 @@ mod tests {
         drop(store);
         let store = open(dir.path());
         all_found(&store, &ids[100..200]);
+    }
+
+    #[test]
+    fn history_and_get_cross_position_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // Feed 1 gets batches of 700 and 600 (blocks of 512 + 188 and
+        // 512 + 88), feed 2 batches of 3 and 5 in between.
+        let ids = fill(&store, [700, 3, 600, 5].into_iter());
+        let feed = Keypair::from_seed(&[1; 32]).id();
+        let mine: Vec<MsgId> = ids[..700].iter().chain(&ids[703..1303]).copied().collect();
+        for from in [0, 1, 2, 512, 513, 700, 701, 1212, 1213, 1300] {
+            let got: Vec<(u64, MsgId)> = store
+                .history(&feed, from)
+                .map(|r| r.map(|(seq, raw)| (seq, raw.key)).expect("reads"))
+                .collect();
+            let start = from.max(1);
+            assert_eq!(got.len() as u64, 1301 - start, "from {from}");
+            assert_eq!(got.first().map(|g| g.0), Some(start));
+            assert!(got.iter().all(|(seq, key)| mine[*seq as usize - 1] == *key));
+        }
+        assert_eq!(store.history(&feed, 1301).count(), 0);
+        for seq in [1, 511, 512, 513, 700, 701, 1212, 1213, 1300] {
+            let raw = store.get_raw(&feed, seq).expect("reads").expect("found");
+            assert_eq!(raw.key, mine[seq as usize - 1], "seq {seq}");
+        }
+        assert!(store.get_raw(&feed, 0).expect("reads").is_none());
+        assert!(store.get_raw(&feed, 1301).expect("reads").is_none());
+        let other = Keypair::from_seed(&[2; 32]).id();
+        let theirs: Vec<u64> = store
+            .history(&other, 2)
+            .map(|r| r.expect("reads").0)
+            .collect();
+        assert_eq!(theirs, vec![2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]

@@ -538,11 +538,19 @@ async fn serve_history(
             }
             let store = node.store.clone();
             let from = next;
+            let own_feed = feed == node.id();
             let chunk = tokio::task::spawn_blocking(move || {
-                store
+                let chunk = store
                     .history(&feed, from)
                     .take(wanted as usize)
-                    .collect::<Result<Vec<_>, StoreError>>()
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                // This machine's own messages leave only once they would
+                // survive a power loss: peers that had messages this
+                // machine then lost would see its next ones as a fork.
+                if own_feed && !chunk.is_empty() {
+                    store.sync_log()?;
+                }
+                Ok::<_, StoreError>(chunk)
             })
             .await;
             let chunk = match chunk {

@@ -23,8 +23,9 @@
 //! Invariants:
 //! - A record is in the log before any index entry points at it, and `E`
 //!   moves in the same batch as the entries, so the indexes never name a
-//!   message the log lacks. Log bytes past `E` are a batch that did not
-//!   commit; opening cuts them off.
+//!   message the log lacks. Log bytes past `E` are a batch whose entries
+//!   did not commit; opening indexes its whole, chained records and cuts
+//!   the rest.
 //! - [`Store::flush`] syncs the log before sled, so whatever it
 //!   acknowledges survives power loss. If power loss leaves sled ahead of
 //!   the log (sled flushes by itself), opening rebuilds every index from
@@ -140,6 +141,9 @@ pub struct Store {
     tree: sled::Tree,
     log: MessageLog,
     tips: Mutex<Tips>,
+    /// How much of the log is known to be on disk; held while syncing, so
+    /// that concurrent callers wait for one sync instead of each making one.
+    synced_end: Mutex<u64>,
 }
 
 impl Store {
@@ -160,9 +164,19 @@ impl Store {
                 extent: LogExtent::default(),
                 id_runs: Vec::new(),
             }),
+            synced_end: Mutex::new(0),
         };
         store.recover(render)?;
         store.load_tips()?;
+        {
+            let mut tips = store.lock_tips();
+            if store.log.file_len()? > tips.extent.end {
+                store.index_log_tail(&mut tips, render)?;
+            }
+        }
+        // What opening found in the log is what the disk holds.
+        let end = store.len_bytes();
+        *store.synced_end.lock().unwrap_or_else(|e| e.into_inner()) = end;
         Ok(store)
     }
 
@@ -183,10 +197,6 @@ impl Store {
         };
         let extent = codec::decode_extent(&extent)?;
         let file_len = self.log.file_len()?;
-        if file_len > extent.end {
-            // A batch whose index entries never committed.
-            self.log.truncate(extent.end)?;
-        }
         let last_whole = extent.count == 0
             || (file_len >= extent.end
                 && self
@@ -236,11 +246,28 @@ impl Store {
         tips.by_feed.clear();
         tips.extent = LogExtent::default();
         tips.id_runs.clear();
+        self.index_log_tail(&mut tips, render)?;
+        self.tree.remove(codec::REBUILDING_KEY)?;
+        self.tree.flush()?;
+        tracing::info!("rebuilt the indexes of {} messages", tips.extent.count);
+        Ok(())
+    }
+
+    /// Indexes the records the log holds past the indexed extent: whole
+    /// ones that extend their feeds, in order; the rest of the file, from
+    /// the first record that is not, is cut off.
+    ///
+    /// Records past the extent are a batch whose index entries never
+    /// committed (a crash, or power loss that kept the synced log but not
+    /// sled). Keeping the whole ones matters for this machine's own feed:
+    /// peers may already have them, and signing other messages at the same
+    /// sequences would fork the feed.
+    fn index_log_tail(&self, tips: &mut Tips, render: &mut Render<'_>) -> Result<(), StoreError> {
         let file_len = self.log.file_len()?;
         let mut group = Vec::with_capacity(REBUILD_BATCH);
         let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
-        let mut end = 0;
-        for item in self.log.scan(0, file_len) {
+        let mut end = tips.extent.end;
+        for item in self.log.scan(end, file_len) {
             let Ok((offset, record)) = item else { break };
             let Ok(msg) = Message::from_trusted_json(record.id, &record.json) else {
                 break;
@@ -262,12 +289,12 @@ impl Store {
                 msg,
             });
             if group.len() == REBUILD_BATCH {
-                self.index(&mut tips, std::mem::take(&mut group))?;
+                self.index(tips, std::mem::take(&mut group))?;
                 pending.clear();
             }
         }
         if !group.is_empty() {
-            self.index(&mut tips, group)?;
+            self.index(tips, group)?;
         }
         if end < file_len {
             tracing::warn!(
@@ -275,9 +302,6 @@ impl Store {
             );
             self.log.truncate(end)?;
         }
-        self.tree.remove(codec::REBUILDING_KEY)?;
-        self.tree.flush()?;
-        tracing::info!("rebuilt the indexes of {} messages", tips.extent.count);
         Ok(())
     }
 
@@ -511,9 +535,28 @@ impl Store {
     /// Makes every append so far durable: the log first, then the indexes
     /// that point into it.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.log.sync()?;
+        self.sync_log()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Makes every message appended so far durable in the log, if it is
+    /// not already: enough for opening to find it again after power loss
+    /// (the indexes are rebuilt from the log). Call it before this
+    /// machine's own messages leave for a peer.
+    pub fn sync_log(&self) -> Result<(), StoreError> {
+        let mut synced = self.synced_end.lock().unwrap_or_else(|e| e.into_inner());
+        let end = self.len_bytes();
+        if *synced < end {
+            self.log.sync()?;
+            *synced = end;
+        }
+        Ok(())
+    }
+
+    /// The end of the indexed log.
+    fn len_bytes(&self) -> u64 {
+        self.lock_tips().extent.end
     }
 
     /// The message at `seq` of `feed`.
@@ -884,6 +927,61 @@ mod tests {
         all_found(&store, &ids);
         let more = fill(&store, std::iter::once(2));
         all_found(&store, &more);
+    }
+
+    #[test]
+    fn whole_records_past_the_indexes_are_indexed_not_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Keypair::from_seed(&[1; 32]);
+        let (extra, whole_end) = {
+            let store = open(dir.path());
+            fill(&store, std::iter::once(4));
+            // Power loss kept the synced log but not sled's last batch: the
+            // records are there, their index entries are not.
+            let mut tip = store.tip(&keys.id());
+            let mut records = Vec::new();
+            let mut extra = Vec::new();
+            for i in 0..3 {
+                let content = json!({"type": "log", "text": format!("unindexed {i}")});
+                let msg = Message::sign(&keys, tip.as_ref(), 2e12 + f64::from(i), content)
+                    .expect("signs");
+                log::encode_record(&mut records, &msg.key, 5.0, msg.value_json().as_bytes());
+                tip = Some(msg.tip());
+                extra.push(msg);
+            }
+            let end = store.log.file_len().expect("len");
+            let whole_end = end + records.len() as u64;
+            // And half of one more record, torn.
+            records.extend_from_slice(&[0, 0, 1, 0, 9, 9, 9]);
+            store.log.write_at(&records, end).expect("writes");
+            store.flush().expect("flushes");
+            (extra, whole_end)
+        };
+        let mut rendered = Vec::new();
+        let store = Store::open(dir.path(), &mut |msg| {
+            rendered.push(msg.sequence);
+            Some(b"line\n".to_vec())
+        })
+        .expect("opens");
+        assert_eq!(rendered, vec![5, 6, 7], "the tail's lines are rendered");
+        assert_eq!(store.len(), 7);
+        assert_eq!(store.tip(&keys.id()).map(|t| t.sequence), Some(7));
+        assert_eq!(
+            store.log.file_len().expect("len"),
+            whole_end,
+            "the torn record is cut"
+        );
+        let ids: Vec<MsgId> = extra.iter().map(|m| m.key).collect();
+        all_found(&store, &ids);
+        assert_eq!(store.timestamp_index().count(), 3);
+        let more = fill(&store, std::iter::once(1));
+        assert_eq!(
+            store
+                .get_by_id(&more[0])
+                .expect("reads")
+                .map(|m| m.sequence),
+            Some(8)
+        );
     }
 
     #[test]

@@ -195,7 +195,10 @@ impl Store {
             }
             return Ok(());
         };
-        let extent = codec::decode_extent(&extent)?;
+        let Ok(extent) = codec::decode_extent(&extent) else {
+            tracing::warn!("the log's indexed extent does not decode; rebuilding the indexes");
+            return self.rebuild(render);
+        };
         let file_len = self.log.file_len()?;
         let last_whole = extent.count == 0
             || (file_len >= extent.end
@@ -1014,6 +1017,24 @@ mod tests {
                 .map(|m| m.sequence),
             Some(10)
         );
+    }
+
+    #[test]
+    fn a_damaged_extent_is_rebuilt_from_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids = {
+            let store = open(dir.path());
+            let ids = fill(&store, [3, 2].into_iter());
+            store
+                .tree
+                .insert(codec::EXTENT_KEY, &b"garbage"[..])
+                .expect("damages");
+            store.flush().expect("flushes");
+            ids
+        };
+        let store = open(dir.path());
+        assert_eq!(store.len(), 5);
+        all_found(&store, &ids);
     }
 
     #[test]

@@ -223,32 +223,36 @@ impl Node {
                 // returns anyway.
                 let mut unviewed: Vec<Stored> = Vec::new();
                 let mut unviewed_bytes = 0;
+                let mut hand_over = |unviewed: &mut Vec<Stored>| -> Result<(), NodeError> {
+                    self.after_append(unviewed)?;
+                    on_stored(unviewed);
+                    unviewed.clear();
+                    Ok(())
+                };
+                let mut outcome = Ok(());
                 for chunk in signed_chunks {
-                    let stored = match self.store.append(chunk, |msg| self.render(msg), now) {
-                        Ok(stored) => stored,
-                        Err(e) => {
-                            // What was stored before the failure still shows.
-                            self.after_append(&unviewed)?;
-                            on_stored(&unviewed);
-                            return Err(e.into());
+                    match self.store.append(chunk, |msg| self.render(msg), now) {
+                        Ok(stored) => {
+                            unviewed_bytes += stored
+                                .iter()
+                                .filter_map(|s| s.line.as_ref())
+                                .map(Vec::len)
+                                .sum::<usize>();
+                            unviewed.extend(stored);
                         }
-                    };
-                    unviewed_bytes += stored
-                        .iter()
-                        .filter_map(|s| s.line.as_ref())
-                        .map(Vec::len)
-                        .sum::<usize>();
-                    unviewed.extend(stored);
+                        Err(e) => {
+                            outcome = Err(e.into());
+                            break;
+                        }
+                    }
                     if unviewed.len() >= VIEW_GROUP_MESSAGES || unviewed_bytes >= VIEW_GROUP_BYTES {
-                        self.after_append(&unviewed)?;
-                        on_stored(&unviewed);
-                        unviewed.clear();
+                        hand_over(&mut unviewed)?;
                         unviewed_bytes = 0;
                     }
                 }
-                self.after_append(&unviewed)?;
-                on_stored(&unviewed);
-                Ok(())
+                // What was stored shows, even when a later chunk failed.
+                hand_over(&mut unviewed)?;
+                outcome
             });
             loop {
                 let signed = sign_next_chunk()?;

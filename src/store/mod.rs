@@ -837,6 +837,11 @@ mod tests {
         ids
     }
 
+    /// The sequence of the message with id `id`, found through the id index.
+    fn sequence_of(store: &Store, id: &MsgId) -> Option<u64> {
+        store.get_by_id(id).expect("reads").map(|m| m.sequence)
+    }
+
     fn all_found(store: &Store, ids: &[MsgId]) {
         for id in ids {
             let found = store.get_by_id(id).expect("reads").map(|m| m.key);
@@ -978,13 +983,7 @@ mod tests {
         all_found(&store, &ids);
         assert_eq!(store.timestamp_index().count(), 3);
         let more = fill(&store, std::iter::once(1));
-        assert_eq!(
-            store
-                .get_by_id(&more[0])
-                .expect("reads")
-                .map(|m| m.sequence),
-            Some(8)
-        );
+        assert_eq!(sequence_of(&store, &more[0]), Some(8));
     }
 
     #[test]
@@ -1010,13 +1009,7 @@ mod tests {
         assert!(store.get_by_id(&ids[14]).expect("reads").is_none());
         // The feed goes on from the message before the lost one.
         let more = fill(&store, std::iter::once(1));
-        assert_eq!(
-            store
-                .get_by_id(&more[0])
-                .expect("reads")
-                .map(|m| m.sequence),
-            Some(10)
-        );
+        assert_eq!(sequence_of(&store, &more[0]), Some(10));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
 use crate::graph::FollowGraph;
 use crate::store::{contact_edge, Store, StoreError, Stored};
-use crate::view::line::{LineRenderer, LOG_TYPE, MORE_FIELD};
-use crate::view::Views;
+use crate::view::line::{LineRenderer, RenderOverlay, LOG_TYPE, MORE_FIELD};
+use crate::view::{ViewEntry, Views};
 
 /// Something the network layer or a view may want to react to.
 #[derive(Clone, Debug)]
@@ -67,6 +67,9 @@ pub struct Node {
     /// The message store.
     pub store: Arc<Store>,
     views: Option<Views>,
+    /// Committed messages whose view update a large publish defers, to
+    /// hand the views large groups (see [`VIEW_GROUP_MESSAGES`]).
+    unviewed: Mutex<Unviewed>,
     renderer: Mutex<LineRenderer>,
     graph: RwLock<FollowGraph>,
     events: broadcast::Sender<Event>,
@@ -95,18 +98,39 @@ pub enum NodeError {
 impl Node {
     /// Opens the node's store. With `with_views`, also builds the log views
     /// (the daemon does; one-shot commands do not need them).
+    ///
+    /// Building the views reads every line of the index; should that fail
+    /// (damage sled only finds when it reads a node), the index is moved
+    /// aside and rebuilt from the message log, as a failed open is.
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
-        // Should the indexes be rebuilt from the log, lines are rendered as
-        // they were on arrival: each feed in order, names as known then.
-        let mut rebuild_renderer = LineRenderer::default();
-        let store = Arc::new(Store::open(&config.store_dir(), &mut |msg| {
-            rebuild_renderer.render(msg, |_, _| None)
-        })?);
+        let dir = config.store_dir();
+        let mut store = open_store(&dir)?;
         let views = if with_views {
-            Some(Views::build(&config.line_file(), &store)?)
+            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Views::build(&config.line_file(), &store)
+            }));
+            match built {
+                Ok(Ok(views)) => Some(views),
+                failure => {
+                    let reason = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(panic) => crate::store::panic_message(&panic),
+                        Ok(Ok(_)) => unreachable!("handled above"),
+                    };
+                    drop(store);
+                    let aside = crate::store::dir::set_aside(&dir)?;
+                    tracing::error!(
+                        "the index could not be read back ({reason}); moved it to {} and rebuilding it from the message log",
+                        aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
+                    );
+                    store = open_store(&dir)?;
+                    Some(Views::build(&config.line_file(), &store)?)
+                }
+            }
         } else {
             None
         };
+        let store = Arc::new(store);
         let renderer = LineRenderer::new(store.names()?);
         let graph = FollowGraph::from_edges(store.contacts()?);
         let (events, _) = broadcast::channel(4096);
@@ -115,6 +139,7 @@ impl Node {
             keys,
             store,
             views,
+            unviewed: Mutex::new(Unviewed::default()),
             renderer: Mutex::new(renderer),
             graph: RwLock::new(graph),
             events,
@@ -210,7 +235,7 @@ impl Node {
         let mut on_stored = on_stored;
         if count <= PUBLISH_CHUNK {
             let signed = sign_next_chunk()?;
-            on_stored(&self.store_and_notify(signed, now)?);
+            on_stored(&self.append(|_| Ok(signed), now, ViewTiming::Now)?);
             return Ok(count);
         }
         let (to_store, signed_chunks) = std::sync::mpsc::sync_channel::<Vec<Message>>(2);
@@ -221,37 +246,18 @@ impl Node {
                 // appends, whose page cache reads much faster than that of
                 // many small ones. No caller sees them before this call
                 // returns anyway.
-                let mut unviewed: Vec<Stored> = Vec::new();
-                let mut unviewed_bytes = 0;
-                let mut hand_over = |unviewed: &mut Vec<Stored>| -> Result<(), NodeError> {
-                    self.after_append(unviewed)?;
-                    on_stored(unviewed);
-                    unviewed.clear();
-                    Ok(())
-                };
                 let mut outcome = Ok(());
                 for chunk in signed_chunks {
-                    match self.store.append(chunk, |msg| self.render(msg), now) {
-                        Ok(stored) => {
-                            unviewed_bytes += stored
-                                .iter()
-                                .filter_map(|s| s.line.as_ref())
-                                .map(Vec::len)
-                                .sum::<usize>();
-                            unviewed.extend(stored);
-                        }
+                    match self.append(|_| Ok(chunk), now, ViewTiming::Grouped) {
+                        Ok(stored) => on_stored(&stored),
                         Err(e) => {
-                            outcome = Err(e.into());
+                            outcome = Err(e);
                             break;
                         }
                     }
-                    if unviewed.len() >= VIEW_GROUP_MESSAGES || unviewed_bytes >= VIEW_GROUP_BYTES {
-                        hand_over(&mut unviewed)?;
-                        unviewed_bytes = 0;
-                    }
                 }
                 // What was stored shows, even when a later chunk failed.
-                hand_over(&mut unviewed)?;
+                self.view_unviewed()?;
                 outcome
             });
             loop {
@@ -271,25 +277,17 @@ impl Node {
         Ok(count)
     }
 
-    fn store_and_notify(&self, msgs: Vec<Message>, now: f64) -> Result<Vec<Stored>, NodeError> {
-        let stored = self.store.append(msgs, |msg| self.render(msg), now)?;
-        self.after_append(&stored)?;
-        Ok(stored)
-    }
-
     /// Stores messages that were already verified ([`Message::verify`]),
     /// checking that each extends its feed. All or nothing.
     pub fn ingest(&self, msgs: Vec<Message>) -> Result<Vec<Stored>, NodeError> {
-        let stored = self.store.append(msgs, |msg| self.render(msg), now_ms())?;
-        self.after_append(&stored)?;
-        Ok(stored)
+        self.append(|_| Ok(msgs), now_ms(), ViewTiming::Now)
     }
 
     /// Stores verified messages from replication, skipping those at or below
     /// their feed's tip: copies of what another peer already delivered. The
     /// rest must extend their feeds. Returns how many were stored.
     pub fn ingest_new(&self, msgs: Vec<Message>) -> Result<usize, NodeError> {
-        let stored = self.store.append_with(
+        let stored = self.append(
             |tip_of| {
                 let mut next: HashMap<FeedId, u64> = HashMap::new();
                 Ok(msgs
@@ -308,10 +306,9 @@ impl Node {
                     })
                     .collect())
             },
-            |msg| self.render(msg),
             now_ms(),
+            ViewTiming::Now,
         )?;
-        self.after_append(&stored)?;
         Ok(stored.len())
     }
 
@@ -359,12 +356,6 @@ impl Node {
         Ok(self.store.flush()?)
     }
 
-    fn render(&self, msg: &Message) -> Option<Vec<u8>> {
-        let store = &self.store;
-        self.lock_renderer()
-            .render(msg, |feed, seq| store.get(feed, seq).ok().flatten())
-    }
-
     /// When the store last gained messages, or the node started (ms since
     /// the epoch): the mount's modification time.
     pub fn last_change_ms(&self) -> f64 {
@@ -374,14 +365,44 @@ impl Node {
         )
     }
 
-    fn after_append(&self, stored: &[Stored]) -> Result<(), NodeError> {
-        if !stored.is_empty() {
-            self.last_change_ms
-                .store(now_ms().to_bits(), std::sync::atomic::Ordering::Relaxed);
+    /// The one way messages enter the store: `make` gives the batch (it
+    /// sees the committed tips), the store checks and commits it, and the
+    /// commit hook advances the renderer, the views, the follow graph and
+    /// the events by exactly that batch, in commit order.
+    fn append(
+        &self,
+        make: impl FnOnce(&dyn Fn(&FeedId) -> Option<FeedTip>) -> Result<Vec<Message>, StoreError>,
+        received_ms: f64,
+        timing: ViewTiming,
+    ) -> Result<Vec<Stored>, NodeError> {
+        let overlay = std::cell::RefCell::new(RenderOverlay::default());
+        let store = &self.store;
+        let mut view_result = Ok(());
+        let stored = self.store.append_with(
+            make,
+            |msg| {
+                self.lock_renderer()
+                    .render_pending(&mut overlay.borrow_mut(), msg, |feed, seq| {
+                        store.get(feed, seq).ok().flatten()
+                    })
+            },
+            received_ms,
+            |stored| {
+                self.lock_renderer().commit(overlay.take());
+                view_result = self.on_commit(stored, timing);
+            },
+        )?;
+        view_result?;
+        Ok(stored)
+    }
+
+    /// The store's commit hook: runs under its append lock.
+    fn on_commit(&self, stored: &[Stored], timing: ViewTiming) -> Result<(), NodeError> {
+        if stored.is_empty() {
+            return Ok(());
         }
-        if let Some(views) = &self.views {
-            views.add(stored)?;
-        }
+        self.last_change_ms
+            .store(now_ms().to_bits(), std::sync::atomic::Ordering::Relaxed);
         let mut graph_changed = false;
         {
             let mut graph = self.graph.write().unwrap_or_else(|e| e.into_inner());
@@ -401,7 +422,40 @@ impl Node {
         if graph_changed {
             let _ = self.events.send(Event::GraphChanged);
         }
+        let Some(views) = &self.views else {
+            return Ok(());
+        };
+        // Views always take batches in commit order: a deferred group goes
+        // to them before anything committed after it.
+        let mut unviewed = self.lock_unviewed();
+        unviewed.bytes += stored
+            .iter()
+            .filter_map(|s| s.line.as_ref())
+            .map(Vec::len)
+            .sum::<usize>();
+        unviewed.entries.extend(stored.iter().map(ViewEntry::from));
+        let group_full =
+            unviewed.entries.len() >= VIEW_GROUP_MESSAGES || unviewed.bytes >= VIEW_GROUP_BYTES;
+        if timing == ViewTiming::Now || group_full {
+            let entries = std::mem::take(&mut *unviewed);
+            views.add(&entries.entries)?;
+        }
         Ok(())
+    }
+
+    /// Hands the views whatever a grouped publish left waiting.
+    fn view_unviewed(&self) -> Result<(), NodeError> {
+        let Some(views) = &self.views else {
+            return Ok(());
+        };
+        let mut unviewed = self.lock_unviewed();
+        let entries = std::mem::take(&mut *unviewed);
+        views.add(&entries.entries)?;
+        Ok(())
+    }
+
+    fn lock_unviewed(&self) -> std::sync::MutexGuard<'_, Unviewed> {
+        self.unviewed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_renderer(&self) -> std::sync::MutexGuard<'_, LineRenderer> {
@@ -411,6 +465,32 @@ impl Node {
     fn read_graph(&self) -> std::sync::RwLockReadGuard<'_, FollowGraph> {
         self.graph.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Opens the store, with a fresh renderer for every rebuild attempt.
+fn open_store(dir: &std::path::Path) -> Result<Store, StoreError> {
+    // Should the indexes be rebuilt from the log, lines are rendered as
+    // they were on arrival: each feed in order, names as known then.
+    Store::open(dir, || {
+        let mut renderer = LineRenderer::default();
+        move |msg: &Message| renderer.render(msg, |_, _| None)
+    })
+}
+
+/// When a committed batch reaches the views.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ViewTiming {
+    /// Before the append returns.
+    Now,
+    /// With later batches of the same publish, in a group.
+    Grouped,
+}
+
+/// Committed messages waiting for the views, and the bytes of their lines.
+#[derive(Default)]
+struct Unviewed {
+    entries: Vec<ViewEntry>,
+    bytes: usize,
 }
 
 /// Hands memory freed after a large batch back to the system, so that a
@@ -457,7 +537,8 @@ const ENVELOPE_BOUND: usize = 600;
 /// is too long for one. Other oversize content is refused.
 /// Deterministic for the same arguments: `publish_with` splits every
 /// content twice and relies on both giving the same parts.
-fn split_for_size(
+/// Public for the `publish_line` fuzz target.
+pub fn split_for_size(
     keys: &Keypair,
     tip: Option<&FeedTip>,
     now: f64,

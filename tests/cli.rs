@@ -236,12 +236,14 @@ fn lock_holder_child() {
         return;
     };
     let opened = (0..200).find_map(|_| {
-        scuttlefs::store::Store::open(std::path::Path::new(&dir), &mut |_| None)
-            .ok()
-            .or_else(|| {
-                std::thread::sleep(Duration::from_millis(50));
-                None
-            })
+        scuttlefs::store::Store::open(std::path::Path::new(&dir), || {
+            |_: &scuttlefs::feed::Message| None
+        })
+        .ok()
+        .or_else(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            None
+        })
     });
     let _store = opened.expect("gets the lock eventually");
     println!("holding");

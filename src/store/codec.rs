@@ -65,6 +65,10 @@ pub const EXTENT_KEY: &[u8] = b"E";
 /// that was cut off starts again.
 pub const REBUILDING_KEY: &[u8] = b"R";
 
+/// The key of the number of timestamp-index entries (lines), moved in the
+/// same batch as the entries, so that opening can tell if any are missing.
+pub const LINE_COUNT_KEY: &[u8] = b"L";
+
 /// How much of the message log the indexes cover.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogExtent {
@@ -112,8 +116,9 @@ fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
 /// Bytes of one entry of a position block: log offset(8) JSON length(4).
 const POSITION_LEN: usize = 12;
 
-/// Most messages one position block holds, so that values stay small.
-pub const POSITION_BLOCK: usize = 512;
+/// Most messages one position block holds (1.5 KiB), so that values stay
+/// small: see `INLINE_LINE` in the store.
+pub const POSITION_BLOCK: usize = 128;
 
 /// Adds a position block to `batch`: where the records of `feed`'s
 /// messages `first_seq`, `first_seq + 1`, … are in the log, as
@@ -157,19 +162,40 @@ pub fn position_at(value: &[u8], i: u64) -> Result<(u64, usize), StoreError> {
 
 /// Adds the index entries of `msg`, whose record is at log offset
 /// `offset`, to `batch`, all but its position (see [`put_positions`]).
-pub fn put_index_entries(batch: &mut sled::Batch, offset: u64, msg: &Message, line: Option<&[u8]>) {
+///
+/// A line longer than `inline_line` bytes is kept out of its timestamp
+/// entry, in chunks of that size under `l` offset(8) part(4); the entry's
+/// value is then just author and sequence (a line is never empty: it ends
+/// in a newline). A self-given name is cut to `max_name` bytes.
+pub fn put_index_entries(
+    batch: &mut sled::Batch,
+    offset: u64,
+    msg: &Message,
+    line: Option<&[u8]>,
+    (inline_line, max_name): (usize, usize),
+) {
     if let Some(line) = line {
         let mut ts_key = [0u8; 17];
         ts_key[0] = b't';
         ts_key[1..9].copy_from_slice(&ordered_timestamp(msg.timestamp).to_be_bytes());
         ts_key[9..].copy_from_slice(&offset.to_be_bytes());
-        let mut value = Vec::with_capacity(40 + line.len());
+        let mut value = Vec::with_capacity(40 + line.len().min(inline_line));
         value.extend_from_slice(&author_seq(&msg.author, msg.sequence));
-        value.extend_from_slice(line);
+        if line.len() <= inline_line {
+            value.extend_from_slice(line);
+        } else {
+            for (part, chunk) in line.chunks(inline_line).enumerate() {
+                batch.insert(&long_line_key(offset, part as u32)[..], chunk);
+            }
+        }
         batch.insert(&ts_key[..], value);
     }
     if let Some(name) = self_given_name(msg) {
-        batch.insert(&feed_key(b'n', &msg.author)[..], name.as_bytes());
+        let mut cut = name.len().min(max_name);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        batch.insert(&feed_key(b'n', &msg.author)[..], &name.as_bytes()[..cut]);
     }
     if let Some((contact, following)) = contact_edge(msg) {
         let mut key = [0u8; 65];
@@ -276,19 +302,46 @@ pub fn decode_tip(key: &[u8], value: &[u8]) -> Result<(FeedId, FeedTip), StoreEr
     ))
 }
 
+/// The key of part `part` of the long line of the message at log offset
+/// `offset`.
+fn long_line_key(offset: u64, part: u32) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[0] = b'l';
+    key[1..9].copy_from_slice(&offset.to_be_bytes());
+    key[9..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// Decodes a timestamp-index entry, reading a long line's parts from `tree`.
 pub fn decode_timestamp_entry(
     (key, value): (sled::IVec, sled::IVec),
+    tree: &sled::Tree,
 ) -> Result<TimestampEntry, StoreError> {
     if key.len() != 17 || value.len() < 40 {
         return Err(StoreError::Corrupt("timestamp entry".into()));
     }
     let (author, seq) = decode_author_seq(&value)?;
+    let recv = decode_u64(&key[9..17])?;
+    let line = if value.len() > 40 {
+        value.subslice(40, value.len() - 40)
+    } else {
+        let mut line = Vec::new();
+        for part in tree.scan_prefix(&long_line_key(recv, 0)[..9]) {
+            line.extend_from_slice(&part?.1);
+        }
+        if line.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "the long line at {recv} is missing"
+            )));
+        }
+        sled::IVec::from(line)
+    };
     Ok(TimestampEntry {
         timestamp: decode_u64(&key[1..9])?,
-        recv: decode_u64(&key[9..17])?,
+        recv,
         author,
         seq,
-        line: value.subslice(40, value.len() - 40),
+        line,
     })
 }
 

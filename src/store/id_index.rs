@@ -32,8 +32,10 @@ pub const FANOUT: usize = 8;
 /// Bytes per entry: the id's first 8 bytes, then its record's log offset.
 pub const ENTRY_LEN: usize = 16;
 
-/// Entries per stored chunk of a run (8 KiB).
-pub const CHUNK_ENTRIES: usize = 512;
+/// Entries per stored chunk of a run (2 KiB): small enough that a sled
+/// node full of chunks stays far below the size at which sled writes it as
+/// a separate, never-synced blob file.
+pub const CHUNK_ENTRIES: usize = 128;
 
 /// One run, as the directory records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

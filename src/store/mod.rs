@@ -7,15 +7,20 @@
 //!
 //! | key                               | value                                  |
 //! |-----------------------------------|----------------------------------------|
-//! | `m` author(32) first seq(8)       | log offset(8) JSON length(4) of each of up to 512 consecutive messages |
-//! | `t` timestamp(8) offset(8)        | author(32) seq(8) rendered line        |
+//! | `m` author(32) first seq(8)       | log offset(8) JSON length(4) of each of up to 128 consecutive messages |
+//! | `t` timestamp(8) offset(8)        | author(32) seq(8) rendered line (if ≤ 2 KiB) |
+//! | `l` offset(8) part(4)             | 2 KiB of a longer line                 |
 //! | `f` author(32)                    | msgid(32) seq(8) timestamp(8): the tip |
 //! | `n` author(32)                    | the feed's latest self-given name      |
 //! | `c` author(32) contact(32)        | 1 following, 0 not                     |
 //! | `i` run start(8) first prefix(8)  | a chunk of an id-index run (`id_index.rs`) |
 //! | `I`                               | the id index's runs                    |
 //! | `E`                               | the log's indexed extent: end(8) count(8) last(8) |
+//! | `L`                               | how many `t` entries there are(8)      |
 //! | `R`                               | present while a rebuild is under way   |
+//!
+//! No value exceeds a few KiB, so that no sled node grows past the size
+//! at which sled writes it as a blob file (which it never fsyncs).
 //!
 //! Integers are big-endian and timestamps are mapped to order-preserving
 //! integers, so sled's key order is the order each index needs.
@@ -35,12 +40,14 @@
 //!   refused whole, before anything is written.
 
 mod codec;
+pub mod dir;
 mod id_index;
 mod log;
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use crate::feed::{FeedError, FeedId, FeedTip, Message, MsgId};
 use codec::LogExtent;
@@ -111,12 +118,23 @@ impl RawMessage {
     }
 }
 
-/// What appends need in memory, behind one lock that also serialises them.
-struct Tips {
+/// What the store has committed, as readers see it. Only an append holding
+/// the append lock changes it, and only after its sled batch has landed,
+/// so readers never wait for disk.
+#[derive(Default)]
+struct Committed {
     by_feed: HashMap<FeedId, FeedTip>,
     extent: LogExtent,
+}
+
+/// What appends need besides [`Committed`], behind the lock that
+/// serialises them.
+#[derive(Default)]
+struct AppendState {
     /// The id index's runs, as its directory records them.
     id_runs: Vec<RunInfo>,
+    /// How many timestamp-index entries there are.
+    lines: u64,
 }
 
 /// A message placed in the log, ready to index.
@@ -131,6 +149,15 @@ struct Placed {
 /// Renders a message's log line while the store indexes it.
 pub type Render<'a> = dyn FnMut(&Message) -> Option<Vec<u8>> + 'a;
 
+/// Longest rendered line kept inline in its timestamp-index entry; longer
+/// ones (rejoined split lines) go in chunks of this size. sled writes a
+/// node over 128 KiB as a separate blob file that it never fsyncs, which
+/// power loss leaves empty, so no value may let a node grow that large.
+const INLINE_LINE: usize = 2048;
+
+/// Longest self-given name kept in the name index; labels use far less.
+const MAX_STORED_NAME: usize = 1024;
+
 /// Messages indexed per batch while rebuilding.
 const REBUILD_BATCH: usize = 1024;
 
@@ -140,64 +167,234 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     log: MessageLog,
-    tips: Mutex<Tips>,
+    /// Serialises appends; held across their disk writes.
+    append: Mutex<AppendState>,
+    committed: RwLock<Committed>,
     /// How much of the log is known to be on disk; held while syncing, so
     /// that concurrent callers wait for one sync instead of each making one.
     synced_end: Mutex<u64>,
+    /// Dropped last: the directory stays ours until sled has closed.
+    _lock: dir::DirLock,
 }
 
 impl Store {
-    /// Opens (or creates) the store in directory `dir`. `render` gives log
-    /// lines to messages if the indexes must be rebuilt from the log; it
-    /// sees every message, each feed in sequence order.
-    pub fn open(dir: &Path, render: &mut Render<'_>) -> Result<Store, StoreError> {
-        let db = open_sled(dir)?;
-        let tree = db.open_tree("messages")?;
-        // Opened after sled, whose lock keeps a second process out.
-        let log = MessageLog::open(&dir.join("messages.log"))?;
-        let store = Store {
+    /// Opens (or creates) the store in directory `dir`.
+    ///
+    /// `new_renderer` makes the line renderer for an index rebuild from the
+    /// log, which sees every message, each feed in sequence order; a fresh
+    /// one for each attempt, so that an attempt cut short leaves no trace.
+    ///
+    /// The log is the truth and sled a cache of it, so an index that fails
+    /// to open, to recover, or to read back (an error or a panic inside
+    /// sled, as power loss can leave it) is moved aside and rebuilt from the
+    /// log. Only a log that cannot be read, or a store held by another
+    /// process, keeps the store from opening.
+    pub fn open<R>(dir: &Path, new_renderer: impl Fn() -> R) -> Result<Store, StoreError>
+    where
+        R: FnMut(&Message) -> Option<Vec<u8>>,
+    {
+        let lock = dir::lock(dir)?;
+        dir::move_root_index(dir)?;
+        let log = MessageLog::open(&dir::log_path(dir))?;
+        // Whatever the log holds now may be sent to peers as this machine's
+        // own messages: make it durable first, so that no later power cut
+        // can take back a message a peer has (its successor would fork).
+        log.sync()?;
+        let first = catch_unwind(AssertUnwindSafe(|| {
+            Store::open_index(dir, &log, &mut new_renderer())
+        }));
+        let (parts, failure) = match first {
+            Ok(Ok(parts)) => (Some(parts), None),
+            Ok(Err(StoreError::Locked(path))) => return Err(StoreError::Locked(path)),
+            Ok(Err(e)) => (None, Some(e.to_string())),
+            Err(panic) => (None, Some(panic_message(&panic))),
+        };
+        let (db, tree, append, committed) = match parts {
+            Some(parts) => parts,
+            None => {
+                let aside = dir::set_aside(dir)?;
+                tracing::error!(
+                    "the index database could not be opened ({}); moved it to {} and rebuilding it from the message log",
+                    failure.unwrap_or_default(),
+                    aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
+                );
+                Store::open_index(dir, &log, &mut new_renderer())?
+            }
+        };
+        let end = committed.extent.end;
+        Ok(Store {
             db,
             tree,
             log,
-            tips: Mutex::new(Tips {
-                by_feed: HashMap::new(),
-                extent: LogExtent::default(),
-                id_runs: Vec::new(),
-            }),
-            synced_end: Mutex::new(0),
-        };
-        store.recover(render)?;
-        store.load_tips()?;
-        {
-            let mut tips = store.lock_tips();
-            if store.log.file_len()? > tips.extent.end {
-                store.index_log_tail(&mut tips, render)?;
-            }
-        }
-        // What opening found in the log is what the disk holds.
-        let end = store.len_bytes();
-        *store.synced_end.lock().unwrap_or_else(|e| e.into_inner()) = end;
-        Ok(store)
+            append: Mutex::new(append),
+            committed: RwLock::new(committed),
+            // The log was synced above.
+            synced_end: Mutex::new(end),
+            _lock: lock,
+        })
     }
 
+    /// Opens sled, brings it into agreement with the log and reads it back.
+    #[allow(clippy::type_complexity)]
+    fn open_index(
+        dir: &Path,
+        log: &MessageLog,
+        render: &mut Render<'_>,
+    ) -> Result<(sled::Db, sled::Tree, AppendState, Committed), StoreError> {
+        let db = open_sled(&dir::index_dir(dir))?;
+        let tree = db.open_tree("messages")?;
+        let indexer = Indexer { tree: &tree, log };
+        let mut state = AppendState::default();
+        let mut committed = Committed::default();
+        indexer.recover(&mut state, &mut committed, render)?;
+        indexer.load(&mut state, &mut committed)?;
+        if log.file_len()? > committed.extent.end {
+            indexer.index_log_tail(&mut state, &mut committed, render)?;
+        }
+        indexer.check_readable(&committed)?;
+        Ok((db, tree, state, committed))
+    }
+
+    /// The latest message of `feed`.
+    pub fn tip(&self, feed: &FeedId) -> Option<FeedTip> {
+        self.read_committed().by_feed.get(feed).copied()
+    }
+
+    /// Every feed with at least one message, with its tip.
+    pub fn feeds(&self) -> Vec<(FeedId, FeedTip)> {
+        let mut all: Vec<_> = self
+            .read_committed()
+            .by_feed
+            .iter()
+            .map(|(f, t)| (*f, *t))
+            .collect();
+        all.sort_by_key(|(f, _)| *f);
+        all
+    }
+
+    /// How many messages the store holds.
+    pub fn len(&self) -> u64 {
+        self.read_committed().extent.count
+    }
+
+    /// Whether the store holds no messages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` while no append can commit, so that what it reads from the
+    /// store is exactly what the commit hooks so far have seen: for views
+    /// built from the store that live appends then keep up to date.
+    pub fn while_no_commit<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _appends = self.lock_append();
+        f()
+    }
+
+    /// Appends `msgs`, in order, as one atomic batch.
+    ///
+    /// Each message must extend its feed (`FeedTip::check_next`), counting
+    /// earlier messages of the same batch. The batch is all or nothing, and
+    /// checked whole before anything is rendered or written. `make` runs
+    /// under the append lock before anything is written, so a caller that
+    /// signs messages sees a consistent tip. `render` gives each message its
+    /// log line, if it has one. `on_commit` runs once the batch has
+    /// committed, still under the append lock: hooks see every committed
+    /// batch once, in commit order, and nothing that did not commit.
+    pub fn append_with(
+        &self,
+        make: impl FnOnce(&dyn Fn(&FeedId) -> Option<FeedTip>) -> Result<Vec<Message>, StoreError>,
+        mut render: impl FnMut(&Message) -> Option<Vec<u8>>,
+        received_ms: f64,
+        on_commit: impl FnOnce(&[Stored]),
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut state = self.lock_append();
+        let msgs = {
+            let committed = self.read_committed();
+            let lookup = |feed: &FeedId| committed.by_feed.get(feed).copied();
+            let msgs = make(&lookup)?;
+            let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
+            for msg in &msgs {
+                let tip = pending
+                    .get(&msg.author)
+                    .or_else(|| committed.by_feed.get(&msg.author))
+                    .copied();
+                FeedTip::check_next(tip.as_ref(), msg)?;
+                pending.insert(msg.author, msg.tip());
+            }
+            msgs
+        };
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = self.read_committed().extent.end;
+        let mut records = Vec::with_capacity(msgs.len() * 512);
+        let mut placed = Vec::with_capacity(msgs.len());
+        let mut offset = start;
+        for msg in msgs {
+            let json = msg.value_json();
+            log::encode_record(&mut records, &msg.key, received_ms, json.as_bytes());
+            placed.push(Placed {
+                offset,
+                received_ms,
+                line: render(&msg),
+                json_len: json.len(),
+                msg,
+            });
+            offset += log::record_len(json.len());
+        }
+        self.log.write_at(&records, start)?;
+        let indexer = Indexer {
+            tree: &self.tree,
+            log: &self.log,
+        };
+        let stored = match indexer.index(&mut state, &self.committed, placed) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // The caller is told the batch failed, so it must leave no
+                // trace: opening would otherwise index these whole records
+                // and a retry would store the lines twice.
+                if let Err(cut) = self.log.truncate(start) {
+                    tracing::error!("could not cut a failed batch from the message log: {cut}");
+                }
+                return Err(e);
+            }
+        };
+        on_commit(&stored);
+        Ok(stored)
+    }
+}
+
+/// Index maintenance, shared by opening (before a [`Store`] exists) and
+/// appends.
+struct Indexer<'a> {
+    tree: &'a sled::Tree,
+    log: &'a MessageLog,
+}
+
+impl Indexer<'_> {
     /// Brings the indexes and the log into agreement (see the invariants).
-    fn recover(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+    fn recover(
+        &self,
+        state: &mut AppendState,
+        committed: &mut Committed,
+        render: &mut Render<'_>,
+    ) -> Result<(), StoreError> {
         if self.tree.contains_key(codec::REBUILDING_KEY)? {
             tracing::warn!("an index rebuild was cut off; rebuilding again");
-            return self.rebuild(render);
+            return self.rebuild(state, committed, render);
         }
         let Some(extent) = self.tree.get(codec::EXTENT_KEY)? else {
             if self.tree.scan_prefix(b"r").next().is_some() {
-                return self.migrate_legacy(render);
+                return self.migrate_legacy(state, committed, render);
             }
             if self.log.file_len()? > 0 {
-                return self.rebuild(render);
+                return self.rebuild(state, committed, render);
             }
             return Ok(());
         };
         let Ok(extent) = codec::decode_extent(&extent) else {
             tracing::warn!("the log's indexed extent does not decode; rebuilding the indexes");
-            return self.rebuild(render);
+            return self.rebuild(state, committed, render);
         };
         let file_len = self.log.file_len()?;
         let last_whole = extent.count == 0
@@ -208,20 +405,20 @@ impl Store {
                     .is_ok_and(|r| extent.last + log::record_len(r.json.len()) == extent.end));
         if !last_whole {
             tracing::warn!("the message log is behind its indexes (power loss?); rebuilding them");
-            return self.rebuild(render);
+            return self.rebuild(state, committed, render);
         }
         Ok(())
     }
 
-    fn load_tips(&self) -> Result<(), StoreError> {
-        let mut tips = self.lock_tips();
-        tips.by_feed.clear();
+    /// Reads the tips, the extent and the id index's directory.
+    fn load(&self, state: &mut AppendState, committed: &mut Committed) -> Result<(), StoreError> {
+        committed.by_feed.clear();
         for item in self.tree.scan_prefix(b"f") {
             let (key, value) = item?;
             let (feed, tip) = codec::decode_tip(&key, &value)?;
-            tips.by_feed.insert(feed, tip);
+            committed.by_feed.insert(feed, tip);
         }
-        tips.extent = match self.tree.get(codec::EXTENT_KEY)? {
+        committed.extent = match self.tree.get(codec::EXTENT_KEY)? {
             Some(value) => codec::decode_extent(&value)?,
             None => LogExtent::default(),
         };
@@ -229,12 +426,66 @@ impl Store {
             Some(value) => id_index::decode_directory(&value),
             None => Some(Vec::new()),
         };
-        let end = tips.extent.end;
+        let end = committed.extent.end;
+        state.lines = match self.tree.get(codec::LINE_COUNT_KEY)? {
+            Some(value) => codec::decode_u64(&value)?,
+            // A store from before the count: count once.
+            None => self.tree.scan_prefix(b"t").keys().count() as u64,
+        };
         match runs.filter(|runs| id_index::covered(runs) == (0..end) || end == 0) {
-            Some(runs) => tips.id_runs = runs,
-            None => {
-                drop(tips);
-                self.rebuild_id_index()?;
+            Some(runs) => state.id_runs = runs,
+            None => self.rebuild_id_index(state, committed)?,
+        }
+        Ok(())
+    }
+
+    /// Reads every index entry but the timestamp index's lines (which the
+    /// views read at every start anyway), and checks that none is missing,
+    /// so that damage shows now, while the index can still be rebuilt,
+    /// rather than as errors or holes later. sled pages nodes in lazily,
+    /// and its recovery silently drops what follows a damaged spot of its
+    /// log, which can leave an older version of some nodes.
+    fn check_readable(&self, committed: &Committed) -> Result<(), StoreError> {
+        for prefix in [&b"i"[..], b"n", b"c", b"l"] {
+            for item in self.tree.scan_prefix(prefix) {
+                item?;
+            }
+        }
+        // Every feed's positions run from 1 to its tip without a hole, and
+        // together they count every indexed message.
+        let mut next: HashMap<FeedId, u64> = HashMap::new();
+        let mut total = 0;
+        for item in self.tree.scan_prefix(b"m") {
+            let (key, block) = item?;
+            let (first_seq, count) = codec::decode_position_block(&key, &block)?;
+            let feed = codec::decode_feed(&key[1..33])?;
+            let expected = next.entry(feed).or_insert(1);
+            if first_seq != *expected {
+                return Err(StoreError::Corrupt(format!(
+                    "{feed}'s positions jump from {expected} to {first_seq}"
+                )));
+            }
+            *expected += count;
+            total += count;
+        }
+        let tips_agree = next.len() == committed.by_feed.len()
+            && committed
+                .by_feed
+                .iter()
+                .all(|(feed, tip)| next.get(feed) == Some(&(tip.sequence + 1)));
+        if !tips_agree || total != committed.extent.count {
+            return Err(StoreError::Corrupt(
+                "the positions do not match the tips".into(),
+            ));
+        }
+        let mut lines = 0u64;
+        for item in self.tree.scan_prefix(b"t").keys() {
+            item?;
+            lines += 1;
+        }
+        if let Some(count) = self.tree.get(codec::LINE_COUNT_KEY)? {
+            if codec::decode_u64(&count)? != lines {
+                return Err(StoreError::Corrupt("timestamp entries are missing".into()));
             }
         }
         Ok(())
@@ -242,17 +493,20 @@ impl Store {
 
     /// Rebuilds every index from the log, keeping the longest prefix of it
     /// whose records are whole and extend their feeds; the rest is cut off.
-    fn rebuild(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+    fn rebuild(
+        &self,
+        state: &mut AppendState,
+        committed: &mut Committed,
+        render: &mut Render<'_>,
+    ) -> Result<(), StoreError> {
         self.tree.clear()?;
         self.tree.insert(codec::REBUILDING_KEY, &[][..])?;
-        let mut tips = self.lock_tips();
-        tips.by_feed.clear();
-        tips.extent = LogExtent::default();
-        tips.id_runs.clear();
-        self.index_log_tail(&mut tips, render)?;
+        *state = AppendState::default();
+        *committed = Committed::default();
+        self.index_log_tail(state, committed, render)?;
         self.tree.remove(codec::REBUILDING_KEY)?;
         self.tree.flush()?;
-        tracing::info!("rebuilt the indexes of {} messages", tips.extent.count);
+        tracing::info!("rebuilt the indexes of {} messages", committed.extent.count);
         Ok(())
     }
 
@@ -265,20 +519,27 @@ impl Store {
     /// sled). Keeping the whole ones matters for this machine's own feed:
     /// peers may already have them, and signing other messages at the same
     /// sequences would fork the feed.
-    fn index_log_tail(&self, tips: &mut Tips, render: &mut Render<'_>) -> Result<(), StoreError> {
+    fn index_log_tail(
+        &self,
+        state: &mut AppendState,
+        committed: &mut Committed,
+        render: &mut Render<'_>,
+    ) -> Result<(), StoreError> {
         let file_len = self.log.file_len()?;
         let mut group = Vec::with_capacity(REBUILD_BATCH);
         let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
-        let mut end = tips.extent.end;
+        let mut end = committed.extent.end;
+        // Indexed in groups, each committed as appends commit theirs.
+        let shared = RwLock::new(std::mem::take(committed));
         for item in self.log.scan(end, file_len) {
             let Ok((offset, record)) = item else { break };
             let Ok(msg) = Message::from_trusted_json(record.id, &record.json) else {
                 break;
             };
-            let tip = pending
-                .get(&msg.author)
-                .or_else(|| tips.by_feed.get(&msg.author))
-                .copied();
+            let tip = pending.get(&msg.author).copied().or_else(|| {
+                let committed = shared.read().unwrap_or_else(|e| e.into_inner());
+                committed.by_feed.get(&msg.author).copied()
+            });
             if FeedTip::check_next(tip.as_ref(), &msg).is_err() {
                 break;
             }
@@ -292,13 +553,14 @@ impl Store {
                 msg,
             });
             if group.len() == REBUILD_BATCH {
-                self.index(tips, std::mem::take(&mut group))?;
+                self.index(state, &shared, std::mem::take(&mut group))?;
                 pending.clear();
             }
         }
         if !group.is_empty() {
-            self.index(tips, group)?;
+            self.index(state, &shared, group)?;
         }
+        *committed = shared.into_inner().unwrap_or_else(|e| e.into_inner());
         if end < file_len {
             tracing::warn!(
                 "cut the message log at byte {end} of {file_len}: the rest is not whole"
@@ -310,7 +572,12 @@ impl Store {
 
     /// Moves a store of the legacy layout (message bodies in sled, one
     /// receive-log entry per batch) into the log, then rebuilds the indexes.
-    fn migrate_legacy(&self, render: &mut Render<'_>) -> Result<(), StoreError> {
+    fn migrate_legacy(
+        &self,
+        state: &mut AppendState,
+        committed: &mut Committed,
+        render: &mut Render<'_>,
+    ) -> Result<(), StoreError> {
         tracing::warn!("moving the store's messages into the message log");
         let mut records = Vec::new();
         for block in self.tree.scan_prefix(b"r") {
@@ -329,116 +596,57 @@ impl Store {
         self.log.truncate(0)?;
         self.log.write_at(&records, 0)?;
         self.log.sync()?;
-        self.rebuild(render)
+        self.rebuild(state, committed, render)
     }
 
     /// Rebuilds the id index alone from the log: for a directory that is
     /// lost or does not cover the log.
-    fn rebuild_id_index(&self) -> Result<(), StoreError> {
+    fn rebuild_id_index(
+        &self,
+        state: &mut AppendState,
+        committed: &Committed,
+    ) -> Result<(), StoreError> {
         tracing::warn!("rebuilding the message-id index");
-        let mut tips = self.lock_tips();
         let mut batch = sled::Batch::default();
         for item in self.tree.scan_prefix(b"i") {
             batch.remove(item?.0);
         }
-        let mut entries = Vec::with_capacity(tips.extent.count as usize);
-        for item in self.log.scan(0, tips.extent.end) {
+        let mut entries = Vec::with_capacity(committed.extent.count as usize);
+        for item in self.log.scan(0, committed.extent.end) {
             let (offset, record) = item?;
             entries.push((id_index::prefix_of(&record.id.0), offset));
         }
-        let runs = self.add_id_run(&mut batch, &[], 0, tips.extent.end, entries)?;
+        let runs = self.add_id_run(&mut batch, &[], 0, committed.extent.end, entries)?;
         self.tree.apply_batch(batch)?;
-        tips.id_runs = runs;
+        state.id_runs = runs;
         Ok(())
     }
 
-    /// The latest message of `feed`.
-    pub fn tip(&self, feed: &FeedId) -> Option<FeedTip> {
-        self.lock_tips().by_feed.get(feed).copied()
-    }
-
-    /// Every feed with at least one message, with its tip.
-    pub fn feeds(&self) -> Vec<(FeedId, FeedTip)> {
-        let mut all: Vec<_> = self
-            .lock_tips()
-            .by_feed
-            .iter()
-            .map(|(f, t)| (*f, *t))
-            .collect();
-        all.sort_by_key(|(f, _)| *f);
-        all
-    }
-
-    /// How many messages the store holds.
-    pub fn len(&self) -> u64 {
-        self.lock_tips().extent.count
-    }
-
-    /// Whether the store holds no messages.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Appends `msgs`, in order, as one atomic batch.
-    ///
-    /// Each message must extend its feed (`FeedTip::check_next`), counting
-    /// earlier messages of the same batch. The batch is all or nothing.
-    /// `make` runs under the append lock before anything is written, so
-    /// a caller that signs messages sees a consistent tip. `render` gives each
-    /// message its log line, if it has one.
-    pub fn append_with(
-        &self,
-        make: impl FnOnce(&dyn Fn(&FeedId) -> Option<FeedTip>) -> Result<Vec<Message>, StoreError>,
-        mut render: impl FnMut(&Message) -> Option<Vec<u8>>,
-        received_ms: f64,
-    ) -> Result<Vec<Stored>, StoreError> {
-        let mut tips = self.lock_tips();
-        let msgs = {
-            let lookup = |feed: &FeedId| tips.by_feed.get(feed).copied();
-            make(&lookup)?
-        };
-        let mut pending: HashMap<FeedId, FeedTip> = HashMap::new();
-        let mut records = Vec::with_capacity(msgs.len() * 512);
-        let mut placed = Vec::with_capacity(msgs.len());
-        let mut offset = tips.extent.end;
-        for msg in msgs {
-            let tip = pending
-                .get(&msg.author)
-                .or_else(|| tips.by_feed.get(&msg.author))
-                .copied();
-            FeedTip::check_next(tip.as_ref(), &msg)?;
-            pending.insert(msg.author, msg.tip());
-            let json = msg.value_json();
-            log::encode_record(&mut records, &msg.key, received_ms, json.as_bytes());
-            placed.push(Placed {
-                offset,
-                received_ms,
-                line: render(&msg),
-                json_len: json.len(),
-                msg,
-            });
-            offset += log::record_len(json.len());
-        }
-        if placed.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.log.write_at(&records, tips.extent.end)?;
-        self.index(&mut tips, placed)
-    }
-
     /// Commits the index entries of messages already in the log, which
-    /// extend their feeds, as one sled batch.
-    fn index(&self, tips: &mut Tips, placed: Vec<Placed>) -> Result<Vec<Stored>, StoreError> {
+    /// extend their feeds, as one sled batch, then publishes the new tips
+    /// and extent to readers.
+    fn index(
+        &self,
+        state: &mut AppendState,
+        committed: &RwLock<Committed>,
+        placed: Vec<Placed>,
+    ) -> Result<Vec<Stored>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut latest: HashMap<FeedId, FeedTip> = HashMap::new();
         let mut id_entries = Vec::with_capacity(placed.len());
-        let first = placed.first().map_or(tips.extent.end, |p| p.offset);
-        let mut extent = tips.extent;
+        let mut extent = committed.read().unwrap_or_else(|e| e.into_inner()).extent;
+        let first = placed.first().map_or(extent.end, |p| p.offset);
         // Positions go in blocks of a feed's consecutive messages, one sled
         // entry for many: sled's cost is per entry.
         let mut blocks: HashMap<FeedId, (u64, Vec<(u64, usize)>)> = HashMap::new();
         for entry in &placed {
-            codec::put_index_entries(&mut batch, entry.offset, &entry.msg, entry.line.as_deref());
+            codec::put_index_entries(
+                &mut batch,
+                entry.offset,
+                &entry.msg,
+                entry.line.as_deref(),
+                (INLINE_LINE, MAX_STORED_NAME),
+            );
             let msg = &entry.msg;
             let block = blocks
                 .entry(msg.author)
@@ -457,15 +665,23 @@ impl Store {
         for (feed, (first_seq, positions)) in &blocks {
             codec::put_positions(&mut batch, feed, *first_seq, positions);
         }
-        let id_runs = self.add_id_run(&mut batch, &tips.id_runs, first, extent.end, id_entries)?;
+        let id_runs = self.add_id_run(&mut batch, &state.id_runs, first, extent.end, id_entries)?;
         for (feed, tip) in &latest {
             codec::put_tip(&mut batch, feed, tip);
         }
         batch.insert(codec::EXTENT_KEY, &codec::encode_extent(&extent)[..]);
+        let new_lines = placed.iter().filter(|p| p.line.is_some()).count() as u64;
+        if new_lines > 0 {
+            state.lines += new_lines;
+            batch.insert(codec::LINE_COUNT_KEY, &state.lines.to_be_bytes()[..]);
+        }
         self.tree.apply_batch(batch)?;
-        tips.extent = extent;
-        tips.by_feed.extend(latest);
-        tips.id_runs = id_runs;
+        state.id_runs = id_runs;
+        {
+            let mut committed = committed.write().unwrap_or_else(|e| e.into_inner());
+            committed.extent = extent;
+            committed.by_feed.extend(latest);
+        }
         Ok(placed
             .into_iter()
             .map(|p| Stored {
@@ -524,7 +740,9 @@ impl Store {
         batch.insert(codec::ID_DIRECTORY_KEY, id_index::encode_directory(&runs));
         Ok(runs)
     }
+}
 
+impl Store {
     /// Appends already verified messages (from the network or a local signer).
     pub fn append(
         &self,
@@ -532,7 +750,7 @@ impl Store {
         render: impl FnMut(&Message) -> Option<Vec<u8>>,
         received_ms: f64,
     ) -> Result<Vec<Stored>, StoreError> {
-        self.append_with(|_| Ok(msgs), render, received_ms)
+        self.append_with(|_| Ok(msgs), render, received_ms, |_| {})
     }
 
     /// Makes every append so far durable: the log first, then the indexes
@@ -559,7 +777,7 @@ impl Store {
 
     /// The end of the indexed log.
     fn len_bytes(&self) -> u64 {
-        self.lock_tips().extent.end
+        self.read_committed().extent.end
     }
 
     /// The message at `seq` of `feed`.
@@ -603,8 +821,8 @@ impl Store {
     pub fn get_by_id(&self, key: &MsgId) -> Result<Option<Message>, StoreError> {
         let prefix = id_index::prefix_of(&key.0);
         // Hold the append lock so that no merge removes a run mid-lookup.
-        let tips = self.lock_tips();
-        for run in tips.id_runs.iter().rev() {
+        let state = self.lock_append();
+        for run in state.id_runs.iter().rev() {
             // The one chunk that can hold `prefix`: the last one starting
             // at or before it.
             let chunk = self
@@ -648,7 +866,7 @@ impl Store {
 
     /// Every message in receive order, with the time it was received.
     pub fn receive_log(&self) -> impl Iterator<Item = Result<RawMessage, StoreError>> + '_ {
-        let end = self.lock_tips().extent.end;
+        let end = self.read_committed().extent.end;
         self.log
             .scan(0, end)
             .map(|item| item.map(|(_, record)| RawMessage::from_record(record)))
@@ -656,9 +874,10 @@ impl Store {
 
     /// The log lines of every feed in timestamp order (ties by receive order).
     pub fn timestamp_index(&self) -> impl Iterator<Item = Result<TimestampEntry, StoreError>> {
+        let tree = self.tree.clone();
         self.tree
             .scan_prefix(b"t")
-            .map(|item| codec::decode_timestamp_entry(item?))
+            .map(move |item| codec::decode_timestamp_entry(item?, &tree))
     }
 
     /// The latest name each feed gave itself in an `about` message.
@@ -690,16 +909,20 @@ impl Store {
         Ok(edges)
     }
 
-    fn lock_tips(&self) -> std::sync::MutexGuard<'_, Tips> {
-        // A panic while holding the lock leaves the tips as they were before
+    fn lock_append(&self) -> std::sync::MutexGuard<'_, AppendState> {
+        // A panic while holding the lock leaves the state as it was before
         // the failed batch, which is still correct.
-        self.tips.lock().unwrap_or_else(|e| e.into_inner())
+        self.append.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_committed(&self) -> std::sync::RwLockReadGuard<'_, Committed> {
+        self.committed.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// Opens sled at `dir`. A store this process just closed can stay locked
-/// for a moment, while sled's background threads wind down, so a held
-/// lock is retried briefly before it is reported.
+/// Opens sled at `dir`. A database this process just closed can stay
+/// locked for a moment, while sled's background threads wind down, so a
+/// held lock is retried briefly before it is reported.
 fn open_sled(dir: &Path) -> Result<sled::Db, StoreError> {
     let mut tries = 0;
     loop {
@@ -792,6 +1015,16 @@ impl Iterator for History<'_> {
     }
 }
 
+/// The message a caught panic carried, for the log.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("panic: {text}")
+}
+
 /// The name a message gives its own author, if it is such an `about`.
 pub fn self_given_name(msg: &Message) -> Option<&str> {
     let content = msg.content();
@@ -810,7 +1043,7 @@ mod tests {
     use serde_json::json;
 
     fn open(dir: &Path) -> Store {
-        Store::open(dir, &mut |_| None).expect("opens")
+        Store::open(dir, || |_: &Message| None).expect("opens")
     }
 
     /// Appends batches of `sizes` to `store` from two interleaved feeds and
@@ -856,7 +1089,12 @@ mod tests {
         // 600 batches: runs merge up to level 3 (8^3 = 512 batches), and
         // the level-3 run spans several chunks.
         let ids = fill(&store, (0..600).map(|b| b % 5 + 1));
-        let levels: Vec<u8> = store.lock_tips().id_runs.iter().map(|r| r.level).collect();
+        let levels: Vec<u8> = store
+            .lock_append()
+            .id_runs
+            .iter()
+            .map(|r| r.level)
+            .collect();
         assert_eq!(levels.first(), Some(&3), "{levels:?}");
         all_found(&store, &ids);
         assert!(store.get_by_id(&MsgId([9; 32])).expect("reads").is_none());
@@ -871,8 +1109,8 @@ mod tests {
     fn history_and_get_cross_position_blocks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
-        // Feed 1 gets batches of 700 and 600 (blocks of 512 + 188 and
-        // 512 + 88), feed 2 batches of 3 and 5 in between.
+        // Feed 1 gets batches of 700 and 600 (blocks of 128 each and the
+        // rest), feed 2 batches of 3 and 5 in between.
         let ids = fill(&store, [700, 3, 600, 5].into_iter());
         let feed = Keypair::from_seed(&[1; 32]).id();
         let mine: Vec<MsgId> = ids[..700].iter().chain(&ids[703..1303]).copied().collect();
@@ -965,13 +1203,19 @@ mod tests {
             store.flush().expect("flushes");
             (extra, whole_end)
         };
-        let mut rendered = Vec::new();
-        let store = Store::open(dir.path(), &mut |msg| {
-            rendered.push(msg.sequence);
-            Some(b"line\n".to_vec())
+        let rendered = std::cell::RefCell::new(Vec::new());
+        let store = Store::open(dir.path(), || {
+            |msg: &Message| {
+                rendered.borrow_mut().push(msg.sequence);
+                Some(b"line\n".to_vec())
+            }
         })
         .expect("opens");
-        assert_eq!(rendered, vec![5, 6, 7], "the tail's lines are rendered");
+        assert_eq!(
+            rendered.take(),
+            vec![5, 6, 7],
+            "the tail's lines are rendered"
+        );
         assert_eq!(store.len(), 7);
         assert_eq!(store.tip(&keys.id()).map(|t| t.sequence), Some(7));
         assert_eq!(
@@ -1090,13 +1334,15 @@ mod tests {
             tree.insert(b"r\0\0\0\0\0\0\0\0", block).expect("inserts");
             db.flush().expect("flushes");
         }
-        let mut lines = 0;
-        let store = Store::open(dir.path(), &mut |msg| {
-            lines += 1;
-            Some(format!("{}\n", msg.sequence).into_bytes())
+        let lines = std::cell::Cell::new(0);
+        let store = Store::open(dir.path(), || {
+            |msg: &Message| {
+                lines.set(lines.get() + 1);
+                Some(format!("{}\n", msg.sequence).into_bytes())
+            }
         })
         .expect("migrates");
-        assert_eq!(lines, 5, "every message rendered once");
+        assert_eq!(lines.get(), 5, "every message rendered once");
         assert_eq!(store.len(), 5);
         assert!(store.tree.scan_prefix(b"r").next().is_none());
         let ids: Vec<MsgId> = msgs.iter().map(|m| m.key).collect();

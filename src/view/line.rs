@@ -102,9 +102,11 @@ fn escape_into(out: &mut String, s: &str) {
 
 /// A feed's label: its self-given name made safe, or its id made safe.
 pub fn label(feed: &FeedId, names: &HashMap<FeedId, String>) -> String {
-    names
-        .get(feed)
-        .and_then(|name| safe_name(name))
+    label_from(feed, names.get(feed))
+}
+
+fn label_from(feed: &FeedId, name: Option<&String>) -> String {
+    name.and_then(|name| safe_name(name))
         .unwrap_or_else(|| feed.file_safe())
 }
 
@@ -134,6 +136,10 @@ pub fn safe_name(name: &str) -> Option<String> {
 /// Holds the names it has seen and, for each feed, the last message it
 /// rendered and the unfinished parts of a split line, so messages must be
 /// fed in each feed's sequence order.
+///
+/// A batch is rendered before the store commits it, so what rendering
+/// learns goes first into a [`RenderOverlay`], which the renderer takes in
+/// only once the batch has committed: a refused batch teaches it nothing.
 #[derive(Default)]
 pub struct LineRenderer {
     names: HashMap<FeedId, String>,
@@ -141,10 +147,18 @@ pub struct LineRenderer {
 }
 
 /// The last message of a feed the renderer saw.
+#[derive(Clone)]
 struct LastSeen {
     sequence: u64,
     /// The text of the split line it left unfinished, if any.
     partial: Option<String>,
+}
+
+/// What rendering one batch learned, not yet committed.
+#[derive(Default)]
+pub struct RenderOverlay {
+    names: HashMap<FeedId, String>,
+    last: HashMap<FeedId, LastSeen>,
 }
 
 impl LineRenderer {
@@ -161,23 +175,41 @@ impl LineRenderer {
         &self.names
     }
 
-    /// The line `msg` completes, if any. `earlier` fetches an earlier message
-    /// of the same feed when a split line began before this renderer started.
+    /// Renders `msg` and learns from it at once: for messages known to be
+    /// stored (an index rebuild from the log).
     pub fn render(
         &mut self,
         msg: &Message,
         earlier: impl Fn(&FeedId, u64) -> Option<Message>,
     ) -> Option<Vec<u8>> {
+        let mut overlay = RenderOverlay::default();
+        let line = self.render_pending(&mut overlay, msg, earlier);
+        self.commit(overlay);
+        line
+    }
+
+    /// The line `msg` completes, if any, learning into `overlay` only.
+    /// `earlier` fetches an earlier message of the same feed when a split
+    /// line began before this renderer started.
+    pub fn render_pending(
+        &self,
+        overlay: &mut RenderOverlay,
+        msg: &Message,
+        earlier: impl Fn(&FeedId, u64) -> Option<Message>,
+    ) -> Option<Vec<u8>> {
         if let Some(name) = crate::store::self_given_name(msg) {
-            self.names.insert(msg.author, name.to_string());
+            overlay.names.insert(msg.author, name.to_string());
         }
-        let before = self.last.insert(
-            msg.author,
-            LastSeen {
-                sequence: msg.sequence,
-                partial: None,
-            },
-        );
+        let before = overlay
+            .last
+            .insert(
+                msg.author,
+                LastSeen {
+                    sequence: msg.sequence,
+                    partial: None,
+                },
+            )
+            .or_else(|| self.last.get(&msg.author).cloned());
         if !is_log(msg) {
             return None;
         }
@@ -185,37 +217,43 @@ impl LineRenderer {
         // after it) has to look for unfinished parts in the store.
         let mut text = match before {
             Some(last) if last.sequence + 1 == msg.sequence => last.partial.unwrap_or_default(),
-            _ => self.parts_before(msg, &earlier),
+            _ => parts_before(msg, &earlier),
         };
         text.push_str(text_of(msg));
         if continues(msg) {
-            if let Some(last) = self.last.get_mut(&msg.author) {
+            if let Some(last) = overlay.last.get_mut(&msg.author) {
                 last.partial = Some(text);
             }
             return None;
         }
-        Some(render(&label(&msg.author, &self.names), msg, &text))
+        let name = overlay
+            .names
+            .get(&msg.author)
+            .or_else(|| self.names.get(&msg.author));
+        Some(render(&label_from(&msg.author, name), msg, &text))
     }
 
-    /// The text of the unfinished parts just before `msg`, read back from the
-    /// store.
-    fn parts_before(
-        &self,
-        msg: &Message,
-        earlier: &impl Fn(&FeedId, u64) -> Option<Message>,
-    ) -> String {
-        let mut parts = Vec::new();
-        let mut seq = msg.sequence;
-        while seq > 1 {
-            seq -= 1;
-            match earlier(&msg.author, seq) {
-                Some(prev) if continues(&prev) => parts.push(text_of(&prev).to_string()),
-                _ => break,
-            }
-        }
-        parts.reverse();
-        parts.concat()
+    /// Takes in what a committed batch's rendering learned.
+    pub fn commit(&mut self, overlay: RenderOverlay) {
+        self.names.extend(overlay.names);
+        self.last.extend(overlay.last);
     }
+}
+
+/// The text of the unfinished parts just before `msg`, read back from the
+/// store.
+fn parts_before(msg: &Message, earlier: &impl Fn(&FeedId, u64) -> Option<Message>) -> String {
+    let mut parts = Vec::new();
+    let mut seq = msg.sequence;
+    while seq > 1 {
+        seq -= 1;
+        match earlier(&msg.author, seq) {
+            Some(prev) if continues(&prev) => parts.push(text_of(&prev).to_string()),
+            _ => break,
+        }
+    }
+    parts.reverse();
+    parts.concat()
 }
 
 #[cfg(test)]

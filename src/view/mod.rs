@@ -6,6 +6,12 @@
 //! file, so a read is a few `pread`s of contiguous bytes.
 //!
 //! Invariants:
+//! - Every view is a function of what the store committed: it is built
+//!   while no append can commit, then advanced by the store's commit hook,
+//!   once per committed batch, in commit order. Each view keeps a
+//!   high-water sequence per feed and ignores anything at or below it, so
+//!   a build (or a lazy index of one feed) and a live update can never
+//!   count a message twice.
 //! - The line file holds every log line exactly once; its length is the
 //!   size of `merged.log`, which therefore never shrinks.
 //! - A line is in the file before any index points at it, so readers can
@@ -22,7 +28,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use crate::feed::json::js_number;
-use crate::feed::FeedId;
+use crate::feed::{FeedId, MsgId};
 use crate::store::{RawMessage, Store, StoreError, Stored};
 use merged::{LineRef, MergedIndex};
 
@@ -75,12 +81,52 @@ impl FeedLines {
 }
 
 /// The cumulative line ends of a feed's `feed.jsonl`, built on first use.
+/// `ends[i]` is the end of sequence `i + 1`'s line, so its length is the
+/// index's high-water sequence.
 #[derive(Default, Clone)]
 struct JsonlIndex {
     ends: Vec<u64>,
 }
 
+/// What the views need of one committed message.
+#[derive(Clone, Debug)]
+pub struct ViewEntry {
+    /// Its feed.
+    pub author: FeedId,
+    /// Its sequence.
+    pub seq: u64,
+    /// Its id.
+    pub key: MsgId,
+    /// Its claimed timestamp.
+    pub timestamp: f64,
+    /// Its log offset, which orders lines of equal timestamps.
+    pub recv: u64,
+    /// When this store received it.
+    pub received_ms: f64,
+    /// Length of its stored JSON.
+    pub json_len: usize,
+    /// Its rendered line, if it shows in log views.
+    pub line: Option<Vec<u8>>,
+}
+
+impl From<&Stored> for ViewEntry {
+    fn from(stored: &Stored) -> Self {
+        ViewEntry {
+            author: stored.msg.author,
+            seq: stored.msg.sequence,
+            key: stored.msg.key,
+            timestamp: stored.msg.timestamp,
+            recv: stored.recv,
+            received_ms: stored.received_ms,
+            json_len: stored.json_len,
+            line: stored.line.clone(),
+        }
+    }
+}
+
 struct ViewState {
+    /// The latest sequence of each feed that the line views hold.
+    seen: HashMap<FeedId, u64>,
     merged: MergedIndex,
     /// Whether every line so far went to the end of the timestamp order, so
     /// that the line file itself reads as `merged.log`.
@@ -105,7 +151,9 @@ pub struct Views {
 
 impl Views {
     /// Rebuilds the line file at `line_file` from the store's timestamp
-    /// index and indexes it.
+    /// index and indexes it, while no append commits: call it before the
+    /// commit hook that feeds [`Views::add`] can run, or under
+    /// [`Store::while_no_commit`].
     pub fn build(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
         let file = OpenOptions::new()
             .read(true)
@@ -150,9 +198,15 @@ impl Views {
                 (feed, feed_lines)
             })
             .collect();
+        let seen = store
+            .feeds()
+            .into_iter()
+            .map(|(feed, tip)| (feed, tip.sequence))
+            .collect();
         Ok(Views {
             file,
             state: RwLock::new(ViewState {
+                seen,
                 merged,
                 in_file_order: true,
                 file_len: pos,
@@ -162,41 +216,45 @@ impl Views {
         })
     }
 
-    /// Adds newly stored messages to every view.
-    pub fn add(&self, stored: &[Stored]) -> io::Result<()> {
+    /// Adds committed messages, in commit order, to every view. Messages a
+    /// view already holds (at or below its high-water sequence for their
+    /// feed) are skipped, so adding twice changes nothing.
+    pub fn add(&self, entries: &[ViewEntry]) -> io::Result<()> {
         let mut state = self.write();
+        let fresh: Vec<&ViewEntry> = entries
+            .iter()
+            .filter(|e| state.seen.get(&e.author).is_none_or(|seen| e.seq > *seen))
+            .collect();
         // One write for the whole batch: lines land in the file before any
         // index points at them.
-        let bytes: Vec<u8> = stored
+        let bytes: Vec<u8> = fresh
             .iter()
             .filter_map(|e| e.line.as_deref())
             .flatten()
             .copied()
             .collect();
         self.file.write_all_at(&bytes, state.file_len)?;
-        for entry in stored {
-            if let Some(jsonl) = state.jsonl.get_mut(&entry.msg.author) {
-                let end = jsonl.ends.last().copied().unwrap_or(0);
-                let len = kvt_line_len(&entry.msg.key, entry.json_len, entry.received_ms);
-                jsonl.ends.push(end + len);
+        for entry in entries {
+            if let Some(jsonl) = state.jsonl.get_mut(&entry.author) {
+                if entry.seq == jsonl.ends.len() as u64 + 1 {
+                    let end = jsonl.ends.last().copied().unwrap_or(0);
+                    let len = kvt_line_len(&entry.key, entry.json_len, entry.received_ms);
+                    jsonl.ends.push(end + len);
+                }
             }
+        }
+        for entry in fresh {
+            state.seen.insert(entry.author, entry.seq);
             let Some(line) = &entry.line else { continue };
             let pos = state.file_len;
             let len = line.len() as u32;
             state.file_len += u64::from(len);
-            let key = (
-                crate::store::ordered_timestamp(entry.msg.timestamp),
-                entry.recv,
-            );
+            let key = (crate::store::ordered_timestamp(entry.timestamp), entry.recv);
             if state.merged.last_key().is_some_and(|last| key < last) {
                 state.in_file_order = false;
             }
             state.merged.insert(LineRef { key, pos, len });
-            state
-                .feeds
-                .entry(entry.msg.author)
-                .or_default()
-                .push(pos, len);
+            state.feeds.entry(entry.author).or_default().push(pos, len);
         }
         Ok(())
     }
@@ -311,8 +369,10 @@ impl Views {
         if self.read().jsonl.contains_key(feed) {
             return Ok(());
         }
-        // Hold the write lock while indexing so that no append slips between
-        // the scan and the insertion of the index.
+        // Hold the write lock while indexing so that no commit slips between
+        // the scan and the insertion of the index. A batch committed to the
+        // store whose hook has not yet reached the views may be in the scan
+        // already: `add` then skips it, by sequence.
         let mut state = self.write();
         if state.jsonl.contains_key(feed) {
             return Ok(());

@@ -294,8 +294,11 @@ fn status_command(
             .or_else(|| report["started_ms"].as_f64())
             .unwrap_or(0.0);
         let silent_s = (now_ms() - last) / 1000.0;
-        if silent_s > limit as f64 {
-            eprintln!("scuttlefs: no peer for {:.0} s (limit {limit} s)", silent_s);
+        if silent_s > limit.as_secs_f64() {
+            eprintln!(
+                "scuttlefs: no peer for {silent_s:.0} s (limit {})",
+                humantime::format_duration(limit)
+            );
             return Ok(ExitCode::from(2));
         }
     }

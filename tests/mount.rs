@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,22 @@ fn ok(out: std::process::Output) -> String {
 fn texts(log: &str) -> Vec<String> {
     log.lines()
         .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+        .collect()
+}
+
+/// The log lines' texts, from each message of `daemon`'s own feed: one per
+/// message, so that a line split in two shows as two.
+fn log_message_texts(daemon: &Daemon, machine: &str) -> Vec<String> {
+    read(daemon, &format!("{machine}/feed.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter(|v| v["value"]["content"]["type"] == "log")
+        .map(|v| {
+            v["value"]["content"]["text"]
+                .as_str()
+                .expect("text")
+                .to_string()
+        })
         .collect()
 }
 
@@ -338,3 +354,70 @@ fn a_stale_mount_from_a_killed_daemon_is_cleared_at_start() {
     )
     .ends_with(" survived\n")));
 }
+
+#[test]
+fn fsync_in_the_middle_of_a_line_keeps_it_whole() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(daemon.file("publish"))
+        .expect("open");
+    file.write_all(b"first\nhalf").expect("write");
+    file.sync_all().expect("fsync");
+    // The complete line is published and durable; the half waits.
+    assert_eq!(log_message_texts(&daemon, "laptop"), vec!["first"]);
+    file.write_all(b" line\n").expect("write");
+    file.sync_data().expect("fdatasync");
+    file.write_all(b"tail").expect("write");
+    file.sync_all().expect("fsync");
+    assert_eq!(
+        log_message_texts(&daemon, "laptop"),
+        vec!["first", "half line"]
+    );
+    // close() still publishes an unfinished last line.
+    drop(file);
+    assert_eq!(
+        log_message_texts(&daemon, "laptop"),
+        vec!["first", "half line", "tail"]
+    );
+    assert_eq!(
+        texts(&read(&daemon, "merged.log")),
+        vec!["first", "half line", "tail"]
+    );
+}
+
+#[test]
+fn a_failed_write_keeps_the_line_buffered_before_it() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(daemon.file("publish"))
+        .expect("open");
+    file.write_all(b"keep").expect("write");
+    // One write completing that line, then a line no message can hold:
+    // the store refuses the write whole.
+    let too_large = format!("{{\"type\":\"backup\",\"blob\":\"{}\"}}", "x".repeat(9000));
+    let err = file
+        .write_all(format!(" going\n{too_large}\n").as_bytes())
+        .expect_err("a message over the size limit");
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    // So is one that is not UTF-8 after a good line.
+    let err = file
+        .write_all(b" going\nbad \xff\n")
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    assert_eq!(log_message_texts(&daemon, "laptop"), Vec::<String>::new());
+    // What was buffered before the failed writes is still there, once.
+    file.write_all(b" going\n").expect("write");
+    drop(file);
+    assert_eq!(log_message_texts(&daemon, "laptop"), vec!["keep going"]);
+}
+

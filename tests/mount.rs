@@ -3,10 +3,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, wait_until, Daemon};
+use common::{bin, fuse_available, wait_until, Daemon};
 
 fn read(daemon: &Daemon, rel: &str) -> String {
     std::fs::read_to_string(daemon.file(rel)).expect("readable")
@@ -26,6 +27,11 @@ fn texts(log: &str) -> Vec<String> {
     log.lines()
         .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
         .collect()
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 /// The log lines' texts, from each message of `daemon`'s own feed: one per
@@ -421,3 +427,99 @@ fn a_failed_write_keeps_the_line_buffered_before_it() {
     assert_eq!(log_message_texts(&daemon, "laptop"), vec!["keep going"]);
 }
 
+#[test]
+fn a_second_daemon_refuses_a_mountpoint_in_use() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Daemon::start(&dir.path().join("first"), "laptop", &[]);
+    let mut second = Command::new(bin())
+        .arg("serve")
+        .arg("--path")
+        .arg(dir.path().join("second"))
+        .arg("--mount")
+        .arg(&first.mount)
+        .args(["--name", "intruder", "--no-discovery", "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let exited = wait_until(Duration::from_secs(20), || {
+        second.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        // It mounted on top: SIGTERM makes it unmount, uncovering the first.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+        let _ = second.wait();
+        panic!("a second daemon mounted over a live mount");
+    }
+    let out = second.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "refusing to mount on {}: another scuttlefs daemon is already mounted there",
+            first.mount.display()
+        )),
+        "{stderr}"
+    );
+    // The first mount is untouched and still works.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let here = first.mount.to_str().expect("utf8");
+    assert_eq!(
+        mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(here))
+            .count(),
+        1,
+        "{mounts}"
+    );
+    ok(first.sh("echo 'still the first' >> publish"));
+    assert_eq!(log_message_texts(&first, "laptop"), vec!["still the first"]);
+}
+
+#[test]
+fn a_user_who_may_not_open_dev_fuse_is_told_so() {
+    if !fuse_available() {
+        return;
+    }
+    let tools = ["unshare", "setpriv", "mount"]
+        .iter()
+        .all(|t| Command::new(t).arg("--version").output().is_ok());
+    if !common::system_available("unshare, setpriv and mount (util-linux)", tools) {
+        return;
+    }
+    // The situation, copied into a mount namespace of its own: a /dev/fuse
+    // that only root may open, and a daemon running as nobody.
+    let dir = tempfile::tempdir().expect("tempdir");
+    chmod(dir.path(), 0o777);
+    let fake = dir.path().join("dev-fuse");
+    std::fs::write(&fake, b"").expect("write");
+    chmod(&fake, 0o600);
+    let script = format!(
+        "mount --bind {fake} /dev/fuse && exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+         {bin} serve --path {dir}/node --mount {dir}/mnt --no-discovery --port 0",
+        fake = fake.display(),
+        bin = bin().display(),
+        dir = dir.path().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "/dev/fuse is not readable and writable by this user (uid 65534) (its mode is 0600)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fuse3"), "{stderr}");
+}

@@ -428,6 +428,39 @@ fn a_failed_write_keeps_the_line_buffered_before_it() {
 }
 
 #[test]
+fn a_json_log_line_with_a_huge_text_is_split_not_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let text = "y".repeat(20_000);
+    let line = format!("{{\"text\":\"{text}\",\"source\":\"nas\"}}\n");
+    std::fs::write(dir.path().join("json.txt"), line).expect("write");
+    ok(daemon.sh(&format!("cat {}/json.txt >> publish", dir.path().display())));
+    assert_eq!(
+        texts(&read(&daemon, "merged.log")),
+        vec![format!("source=nas {text}")]
+    );
+    let parts = log_message_texts(&daemon, "laptop");
+    assert!(parts.len() >= 3, "took {} messages", parts.len());
+    assert_eq!(parts.concat(), text);
+    // What cannot be split fails with EFBIG, as the docs say.
+    let blob = format!(
+        "{{\"type\":\"backup\",\"blob\":\"{}\"}}\n",
+        "x".repeat(9000)
+    );
+    std::fs::write(dir.path().join("blob.txt"), blob).expect("write");
+    let out = daemon.sh(&format!("cat {}/blob.txt >> publish", dir.path().display()));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_second_daemon_refuses_a_mountpoint_in_use() {
     if !fuse_available() {
         return;

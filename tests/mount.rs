@@ -29,6 +29,24 @@ fn texts(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// The file offset of process `pid`'s descriptor open on `path`, if it has
+/// one.
+fn offset_of(pid: u32, path: &Path) -> Option<u64> {
+    let path = std::fs::canonicalize(path).ok()?;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .and_then(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_str()?))
+                    .ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|pos| pos.trim().parse().ok())
+        })
+}
+
 fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -154,7 +172,18 @@ fn tail_f_sees_a_line_published_after_it_started() {
     let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("a line").expect("utf8");
     assert!(first.ends_with(" before"), "{first}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Publish only once tail has read to the end, so that it must notice
+    // the growth rather than read the line in its first pass.
+    let size = std::fs::metadata(daemon.file("merged.log"))
+        .expect("stat")
+        .len();
+    assert!(
+        wait_until(Duration::from_secs(5), || offset_of(
+            tail.id(),
+            &daemon.file("merged.log")
+        ) == Some(size)),
+        "tail never reached the end of merged.log"
+    );
     ok(daemon.sh("echo 'published later' >> publish"));
     let published = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -323,7 +352,14 @@ fn sigterm_unmounts_and_a_restart_keeps_everything() {
         .stdout(Stdio::null())
         .spawn()
         .expect("tail");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(Duration::from_secs(5), || offset_of(
+            reader.id(),
+            &daemon.file("merged.log")
+        )
+        .is_some()),
+        "tail never opened merged.log"
+    );
     assert_eq!(daemon.stop(), Some(0), "SIGTERM exits 0");
     let _ = reader.kill();
     let _ = reader.wait();

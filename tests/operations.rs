@@ -182,15 +182,32 @@ fn status_exit_codes_tell_a_monitor_what_is_wrong() {
     ])
     .status
     .success()));
-    std::thread::sleep(Duration::from_millis(2100));
-    // Up, never a peer, silent for over a second: 2.
-    let out = run(&["status", "--path", path_s, "--max-silence", "1s"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
+    // Up, never a peer, silent for over a second: 2, once a second passed.
+    assert!(
+        wait_until(Duration::from_secs(10), || run(&[
+            "status",
+            "--path",
+            path_s,
+            "--max-silence",
+            "1s"
+        ])
+        .status
+        .code()
+            == Some(2)),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&run(&["status", "--path", path_s, "--max-silence", "1s"]).stderr)
     );
+    // A limit too long to represent is refused, not wrapped around to 44 s.
+    let out = run(&[
+        "status",
+        "--path",
+        path_s,
+        "--max-silence",
+        "307445734561825861m",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad duration"), "{stderr}");
     // Within the allowed silence: 0.
     let out = run(&["status", "--path", path_s, "--max-silence", "1h"]);
     assert_eq!(out.status.code(), Some(0));

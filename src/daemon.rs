@@ -10,6 +10,7 @@ use crate::config::{Config, ConfigError};
 use crate::control;
 use crate::fs::ScuttleFs;
 use crate::fuse::Fuse;
+use crate::mountpoint::{self, MountFacts};
 use crate::net;
 use crate::node::{Node, NodeError};
 use crate::store::StoreError;
@@ -45,6 +46,28 @@ pub enum DaemonError {
     /// A bad `--peer`.
     #[error(transparent)]
     Peer(#[from] net::address::AddressError),
+    /// A live FUSE filesystem is already mounted at the mountpoint: mounting
+    /// over it would hide it, and its daemon would carry on unseen.
+    #[error(
+        "refusing to mount on {mountpoint}: {holder} is already mounted there (a live {fstype} mount); \
+         stop it, or choose another --mount"
+    )]
+    MountpointInUse {
+        /// The mountpoint.
+        mountpoint: String,
+        /// "another scuttlefs daemon", or "another FUSE filesystem".
+        holder: String,
+        /// Its filesystem type, e.g. `fuse.scuttlefs`.
+        fstype: String,
+    },
+    /// The mount failed; the diagnosis says what on this machine is wrong.
+    #[error("cannot mount {mountpoint}: {diagnosis}")]
+    Mount {
+        /// The mountpoint.
+        mountpoint: String,
+        /// What is wrong, from [`mountpoint::diagnose`].
+        diagnosis: String,
+    },
 }
 
 /// Runs the daemon until a signal stops it.
@@ -129,6 +152,7 @@ fn mount(
     mountpoint: &Path,
     allow_other: bool,
 ) -> Result<fuser::BackgroundSession, DaemonError> {
+    refuse_live_mount(mountpoint)?;
     clear_stale_mount(mountpoint);
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| DaemonError::Io(format!("creating {}", mountpoint.display()), e))?;
@@ -148,16 +172,53 @@ fn mount(
     config.n_threads = Some(2);
     let fs = Fuse::new(ScuttleFs::new(node));
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
-        DaemonError::Io(
-            format!(
-                "mounting {} (is /dev/fuse there, and fuse3 installed for non-root users?)",
-                mountpoint.display()
-            ),
-            e,
-        )
+        tracing::debug!("mount failed: {e}");
+        DaemonError::Mount {
+            mountpoint: mountpoint.display().to_string(),
+            diagnosis: mountpoint::diagnose(&MountFacts::gather(allow_other), &e),
+        }
     })?;
     tracing::info!("mounted at {}", mountpoint.display());
     Ok(session)
+}
+
+/// Refuses a mountpoint where a FUSE filesystem is mounted and answers:
+/// another daemon (most likely another scuttlefs with another `--path`)
+/// is serving it. A stale one (ENOTCONN) is left to [`clear_stale_mount`].
+fn refuse_live_mount(mountpoint: &Path) -> Result<(), DaemonError> {
+    let Some(absolute) = mountpoint::absolute(mountpoint) else {
+        return Ok(());
+    };
+    let mountinfo = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read /proc/self/mountinfo ({e}): not checking {} for another mount",
+                mountpoint.display()
+            );
+            return Ok(());
+        }
+    };
+    let Some(mounted) = mountpoint::mounted_at(&mountinfo, &absolute).filter(|m| m.is_fuse())
+    else {
+        return Ok(());
+    };
+    let stale = matches!(
+        std::fs::metadata(&absolute),
+        Err(ref e) if e.raw_os_error() == Some(libc::ENOTCONN)
+    );
+    if stale {
+        return Ok(());
+    }
+    Err(DaemonError::MountpointInUse {
+        mountpoint: mountpoint.display().to_string(),
+        holder: if mounted.is_scuttlefs() {
+            "another scuttlefs daemon".into()
+        } else {
+            "another FUSE filesystem".into()
+        },
+        fstype: mounted.fstype,
+    })
 }
 
 /// A daemon killed without unmounting leaves a mount whose every access

@@ -299,9 +299,14 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
+        // Not flush: that publishes the unfinished last line, and an fsync
+        // in the middle of a line must not split it in two messages.
+        match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                log_error("fsync", &e);
+                reply.error(errno(&e))
+            }
         }
     }
 

@@ -10,6 +10,7 @@ pub mod feed;
 pub mod fs;
 pub mod fuse;
 pub mod graph;
+pub mod mountpoint;
 pub mod net;
 pub mod node;
 pub mod publish;

@@ -1,6 +1,6 @@
 //! The `scuttlefs` command.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,6 +97,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are noise in files, pipes and the journal.
+        .with_ansi(colour_logs())
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(args) {
@@ -106,6 +108,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether log lines may carry terminal colour codes: only on a terminal,
+/// and not when NO_COLOR is set to anything but "" (no-color.org).
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(args: Vec<String>) -> Result<ExitCode, String> {
@@ -294,8 +302,11 @@ fn status_command(
             .or_else(|| report["started_ms"].as_f64())
             .unwrap_or(0.0);
         let silent_s = (now_ms() - last) / 1000.0;
-        if silent_s > limit as f64 {
-            eprintln!("scuttlefs: no peer for {:.0} s (limit {limit} s)", silent_s);
+        if silent_s > limit.as_secs_f64() {
+            eprintln!(
+                "scuttlefs: no peer for {silent_s:.0} s (limit {})",
+                humantime::format_duration(limit)
+            );
             return Ok(ExitCode::from(2));
         }
     }

@@ -211,7 +211,7 @@ fn a_store_locked_by_a_silent_process_is_reported() {
     let path = dir.path().to_str().expect("utf8");
     run_ok(&["whoami", "--path", path]);
     let mut holder = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "lock_holder_child", "--nocapture"])
+        .args(["--ignored", "--exact", "lock_holder_child", "--nocapture"])
         .env("SCUTTLEFS_LOCK_DIR", dir.path().join("db"))
         .stdout(Stdio::piped())
         .spawn()
@@ -229,12 +229,13 @@ fn a_store_locked_by_a_silent_process_is_reported() {
     assert!(stderr.contains("locked by another process"), "{stderr}");
 }
 
-/// Not a test on its own: holds a store open for `a_store_locked_by_a_silent_process_is_reported`.
+/// Not a test: holds a store open for
+/// `a_store_locked_by_a_silent_process_is_reported`, which runs it.
 #[test]
+#[ignore = "a helper process, run by a_store_locked_by_a_silent_process_is_reported"]
 fn lock_holder_child() {
-    let Ok(dir) = std::env::var("SCUTTLEFS_LOCK_DIR") else {
-        return;
-    };
+    let dir = std::env::var("SCUTTLEFS_LOCK_DIR")
+        .expect("SCUTTLEFS_LOCK_DIR: run only by a_store_locked_by_a_silent_process_is_reported");
     let opened = (0..200).find_map(|_| {
         scuttlefs::store::Store::open(std::path::Path::new(&dir), || {
             |_: &scuttlefs::feed::Message| None
@@ -285,4 +286,85 @@ fn commands_go_through_a_running_daemon_and_print_the_same() {
     assert!(code.success(), "SIGTERM exits 0, got {code:?}");
     // And with the daemon gone, the command line opens the store itself.
     assert_eq!(log_values(path_s).len(), log.len());
+}
+
+/// Runs `serve` on a port that is taken, so that it logs its start at
+/// info level and exits at once: `wrap` puts it under another program.
+fn serve_on_a_taken_port(wrap: &[&str], no_color: Option<&str>) -> std::process::Output {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_str().expect("utf8");
+    let bin = common::bin();
+    let bin = bin.to_str().expect("utf8");
+    let serve = [
+        bin,
+        "serve",
+        "--no-mount",
+        "--no-discovery",
+        "--port",
+        &port,
+        "--path",
+        path,
+    ];
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(serve.join(" "));
+            c
+        }
+        None => {
+            let mut c = Command::new(bin);
+            c.args(&serve[1..]);
+            c
+        }
+    };
+    command.env("RUST_LOG", "info").env_remove("NO_COLOR");
+    if let Some(value) = no_color {
+        command.env("NO_COLOR", value);
+    }
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    drop(taken);
+    out
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_codes() {
+    let out = serve_on_a_taken_port(&[], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the port was free: {stderr}");
+    assert!(stderr.contains("starting"), "nothing was logged: {stderr}");
+    assert!(stderr.contains("listening on port"), "{stderr}");
+    assert!(
+        !stderr.contains("\x1b["),
+        "colour codes in a pipe: {stderr:?}"
+    );
+}
+
+#[test]
+fn logs_on_a_terminal_are_coloured_unless_no_color_is_set() {
+    // script(1) runs the command on a pseudo-terminal and copies its output.
+    let have_script = Command::new("script").arg("--version").output().is_ok();
+    if !common::system_available("script (util-linux)", have_script) {
+        return;
+    }
+    let on_terminal = |no_color| {
+        let out = serve_on_a_taken_port(&["script", "-q", "-e", "/dev/null", "-c"], no_color);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("starting"), "nothing was logged: {text}");
+        text
+    };
+    assert!(
+        on_terminal(None).contains("\x1b["),
+        "no colour on a terminal"
+    );
+    assert!(
+        !on_terminal(Some("1")).contains("\x1b["),
+        "NO_COLOR=1 still coloured"
+    );
+    // An empty NO_COLOR does not count (no-color.org).
+    assert!(on_terminal(Some("")).contains("\x1b["));
 }

@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, wait_until, Daemon};
+use common::{bin, fuse_available, wait_until, Daemon};
 
 fn read(daemon: &Daemon, rel: &str) -> String {
     std::fs::read_to_string(daemon.file(rel)).expect("readable")
@@ -25,6 +26,45 @@ fn ok(out: std::process::Output) -> String {
 fn texts(log: &str) -> Vec<String> {
     log.lines()
         .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
+        .collect()
+}
+
+/// The file offset of process `pid`'s descriptor open on `path`, if it has
+/// one.
+fn offset_of(pid: u32, path: &Path) -> Option<u64> {
+    let path = std::fs::canonicalize(path).ok()?;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        .and_then(|fd| {
+            let info =
+                std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_str()?))
+                    .ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("pos:"))
+                .and_then(|pos| pos.trim().parse().ok())
+        })
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// The log lines' texts, from each message of `daemon`'s own feed: one per
+/// message, so that a line split in two shows as two.
+fn log_message_texts(daemon: &Daemon, machine: &str) -> Vec<String> {
+    read(daemon, &format!("{machine}/feed.jsonl"))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+        .filter(|v| v["value"]["content"]["type"] == "log")
+        .map(|v| {
+            v["value"]["content"]["text"]
+                .as_str()
+                .expect("text")
+                .to_string()
+        })
         .collect()
 }
 
@@ -132,7 +172,18 @@ fn tail_f_sees_a_line_published_after_it_started() {
     let mut lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("a line").expect("utf8");
     assert!(first.ends_with(" before"), "{first}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Publish only once tail has read to the end, so that it must notice
+    // the growth rather than read the line in its first pass.
+    let size = std::fs::metadata(daemon.file("merged.log"))
+        .expect("stat")
+        .len();
+    assert!(
+        wait_until(Duration::from_secs(5), || offset_of(
+            tail.id(),
+            &daemon.file("merged.log")
+        ) == Some(size)),
+        "tail never reached the end of merged.log"
+    );
     ok(daemon.sh("echo 'published later' >> publish"));
     let published = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -301,7 +352,14 @@ fn sigterm_unmounts_and_a_restart_keeps_everything() {
         .stdout(Stdio::null())
         .spawn()
         .expect("tail");
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_until(Duration::from_secs(5), || offset_of(
+            reader.id(),
+            &daemon.file("merged.log")
+        )
+        .is_some()),
+        "tail never opened merged.log"
+    );
     assert_eq!(daemon.stop(), Some(0), "SIGTERM exits 0");
     let _ = reader.kill();
     let _ = reader.wait();
@@ -337,4 +395,200 @@ fn a_stale_mount_from_a_killed_daemon_is_cleared_at_start() {
         "merged.log"
     )
     .ends_with(" survived\n")));
+}
+
+#[test]
+fn fsync_in_the_middle_of_a_line_keeps_it_whole() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(daemon.file("publish"))
+        .expect("open");
+    file.write_all(b"first\nhalf").expect("write");
+    file.sync_all().expect("fsync");
+    // The complete line is published and durable; the half waits.
+    assert_eq!(log_message_texts(&daemon, "laptop"), vec!["first"]);
+    file.write_all(b" line\n").expect("write");
+    file.sync_data().expect("fdatasync");
+    file.write_all(b"tail").expect("write");
+    file.sync_all().expect("fsync");
+    assert_eq!(
+        log_message_texts(&daemon, "laptop"),
+        vec!["first", "half line"]
+    );
+    // close() still publishes an unfinished last line.
+    drop(file);
+    assert_eq!(
+        log_message_texts(&daemon, "laptop"),
+        vec!["first", "half line", "tail"]
+    );
+    assert_eq!(
+        texts(&read(&daemon, "merged.log")),
+        vec!["first", "half line", "tail"]
+    );
+}
+
+#[test]
+fn a_failed_write_keeps_the_line_buffered_before_it() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(daemon.file("publish"))
+        .expect("open");
+    file.write_all(b"keep").expect("write");
+    // One write completing that line, then a line no message can hold:
+    // the store refuses the write whole.
+    let too_large = format!("{{\"type\":\"backup\",\"blob\":\"{}\"}}", "x".repeat(9000));
+    let err = file
+        .write_all(format!(" going\n{too_large}\n").as_bytes())
+        .expect_err("a message over the size limit");
+    assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+    // So is one that is not UTF-8 after a good line.
+    let err = file
+        .write_all(b" going\nbad \xff\n")
+        .expect_err("invalid UTF-8");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    assert_eq!(log_message_texts(&daemon, "laptop"), Vec::<String>::new());
+    // What was buffered before the failed writes is still there, once.
+    file.write_all(b" going\n").expect("write");
+    drop(file);
+    assert_eq!(log_message_texts(&daemon, "laptop"), vec!["keep going"]);
+}
+
+#[test]
+fn a_json_log_line_with_a_huge_text_is_split_not_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
+    let text = "y".repeat(20_000);
+    let line = format!("{{\"text\":\"{text}\",\"source\":\"nas\"}}\n");
+    std::fs::write(dir.path().join("json.txt"), line).expect("write");
+    ok(daemon.sh(&format!("cat {}/json.txt >> publish", dir.path().display())));
+    assert_eq!(
+        texts(&read(&daemon, "merged.log")),
+        vec![format!("source=nas {text}")]
+    );
+    let parts = log_message_texts(&daemon, "laptop");
+    assert!(parts.len() >= 3, "took {} messages", parts.len());
+    assert_eq!(parts.concat(), text);
+    // What cannot be split fails with EFBIG, as the docs say.
+    let blob = format!(
+        "{{\"type\":\"backup\",\"blob\":\"{}\"}}\n",
+        "x".repeat(9000)
+    );
+    std::fs::write(dir.path().join("blob.txt"), blob).expect("write");
+    let out = daemon.sh(&format!("cat {}/blob.txt >> publish", dir.path().display()));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File too large"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_second_daemon_refuses_a_mountpoint_in_use() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Daemon::start(&dir.path().join("first"), "laptop", &[]);
+    let mut second = Command::new(bin())
+        .arg("serve")
+        .arg("--path")
+        .arg(dir.path().join("second"))
+        .arg("--mount")
+        .arg(&first.mount)
+        .args(["--name", "intruder", "--no-discovery", "--port", "0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let exited = wait_until(Duration::from_secs(20), || {
+        second.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        // It mounted on top: SIGTERM makes it unmount, uncovering the first.
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+        let _ = second.wait();
+        panic!("a second daemon mounted over a live mount");
+    }
+    let out = second.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "refusing to mount on {}: another scuttlefs daemon is already mounted there",
+            first.mount.display()
+        )),
+        "{stderr}"
+    );
+    // The first mount is untouched and still works.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let here = first.mount.to_str().expect("utf8");
+    assert_eq!(
+        mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(here))
+            .count(),
+        1,
+        "{mounts}"
+    );
+    ok(first.sh("echo 'still the first' >> publish"));
+    assert_eq!(log_message_texts(&first, "laptop"), vec!["still the first"]);
+}
+
+#[test]
+fn a_user_who_may_not_open_dev_fuse_is_told_so() {
+    if !fuse_available() {
+        return;
+    }
+    let tools = ["unshare", "setpriv", "mount"]
+        .iter()
+        .all(|t| Command::new(t).arg("--version").output().is_ok());
+    if !common::system_available("unshare, setpriv and mount (util-linux)", tools) {
+        return;
+    }
+    // The situation, copied into a mount namespace of its own: a /dev/fuse
+    // that only root may open, and a daemon running as nobody.
+    let dir = tempfile::tempdir().expect("tempdir");
+    chmod(dir.path(), 0o777);
+    let fake = dir.path().join("dev-fuse");
+    std::fs::write(&fake, b"").expect("write");
+    chmod(&fake, 0o600);
+    let script = format!(
+        "mount --bind {fake} /dev/fuse && exec setpriv --reuid=65534 --regid=65534 --clear-groups \
+         {bin} serve --path {dir}/node --mount {dir}/mnt --no-discovery --port 0",
+        fake = fake.display(),
+        bin = bin().display(),
+        dir = dir.path().display(),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "bash", "-c", &script])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "/dev/fuse is not readable and writable by this user (uid 65534) (its mode is 0600)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("fuse3"), "{stderr}");
 }

@@ -68,6 +68,15 @@ fn publish_stdin_publishes_every_line_once_in_order_and_valid() {
         .filter(|m| m["value"]["content"]["type"] == "log")
         .collect();
     assert_eq!(lines.len(), 10_000);
+    // It prints a JSON summary, as the README says: how many, which feed,
+    // and the first and last message (after the machine's name, at 1).
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert_eq!(summary["published"], 10_000);
+    assert_eq!(summary["feed"], log[0]["value"]["author"]);
+    assert_eq!(summary["first"]["sequence"], 2);
+    assert_eq!(summary["first"]["key"], lines[0]["key"]);
+    assert_eq!(summary["last"]["sequence"], 10_001);
+    assert_eq!(summary["last"]["key"], lines[9_999]["key"]);
     for (i, m) in lines.iter().enumerate() {
         let content = &m["value"]["content"];
         assert_eq!(content["text"], format!("backup chunk {} ok", i + 1));
@@ -173,15 +182,32 @@ fn status_exit_codes_tell_a_monitor_what_is_wrong() {
     ])
     .status
     .success()));
-    std::thread::sleep(Duration::from_millis(2100));
-    // Up, never a peer, silent for over a second: 2.
-    let out = run(&["status", "--path", path_s, "--max-silence", "1s"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
+    // Up, never a peer, silent for over a second: 2, once a second passed.
+    assert!(
+        wait_until(Duration::from_secs(10), || run(&[
+            "status",
+            "--path",
+            path_s,
+            "--max-silence",
+            "1s"
+        ])
+        .status
+        .code()
+            == Some(2)),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&run(&["status", "--path", path_s, "--max-silence", "1s"]).stderr)
     );
+    // A limit too long to represent is refused, not wrapped around to 44 s.
+    let out = run(&[
+        "status",
+        "--path",
+        path_s,
+        "--max-silence",
+        "307445734561825861m",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad duration"), "{stderr}");
     // Within the allowed silence: 0.
     let out = run(&["status", "--path", path_s, "--max-silence", "1h"]);
     assert_eq!(out.status.code(), Some(0));
@@ -192,58 +218,81 @@ fn status_exit_codes_tell_a_monitor_what_is_wrong() {
 }
 
 #[test]
-fn service_files_parse() {
+fn systemd_units_say_what_they_must_and_verify() {
     let service_dir = common::repo().join("docs/service");
+    let units = [
+        ("scuttlefs.service", "%h/.cargo/bin/scuttlefs"),
+        ("scuttlefs-system.service", "/usr/local/bin/scuttlefs"),
+    ];
+    for (file, binary) in units {
+        let text = std::fs::read_to_string(service_dir.join(file)).expect("unit");
+        assert!(text.contains("Restart=on-failure"), "{file}");
+        assert!(
+            text.contains("ExecStopPost="),
+            "{file} should unmount on stop"
+        );
+        assert!(
+            text.contains(&format!("ExecStart={binary} serve")),
+            "{file}"
+        );
+        // Neither cargo install nor the steps in the unit install any
+        // documentation, so a Documentation= link would point at nothing.
+        assert!(
+            !text.lines().any(|l| l.starts_with("Documentation=")),
+            "{file} links documentation nothing installs"
+        );
+    }
     let have_systemd = Command::new("systemd-analyze")
         .arg("--version")
         .output()
         .is_ok();
-    if system_available("systemd-analyze", have_systemd) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for (file, binary) in [
-            ("scuttlefs.service", "%h/.cargo/bin/scuttlefs"),
-            ("scuttlefs-system.service", "/usr/local/bin/scuttlefs"),
-        ] {
-            let text = std::fs::read_to_string(service_dir.join(file)).expect("unit");
-            assert!(text.contains("Restart=on-failure"), "{file}");
-            assert!(
-                text.contains("ExecStopPost="),
-                "{file} should unmount on stop"
-            );
-            // verify checks that ExecStart's program exists: point it at ours.
-            let unit = dir.path().join("scuttlefs.service");
-            std::fs::write(
-                &unit,
-                text.replace(binary, common::bin().to_str().expect("utf8")),
-            )
-            .expect("write");
-            let out = Command::new("systemd-analyze")
-                .arg("verify")
-                .arg(&unit)
-                .output()
-                .expect("runs");
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(
-                out.status.success() && stderr.trim().is_empty(),
-                "{file}: {stderr}"
-            );
-        }
+    if !system_available("systemd-analyze", have_systemd) {
+        return;
     }
-    let have_python = Command::new("python3").arg("--version").output().is_ok();
-    if system_available("python3 (plistlib)", have_python) {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg("import plistlib,sys; p=plistlib.load(open(sys.argv[1],'rb')); assert p['Label']=='com.scuttlefs'; assert p['ProgramArguments'][1]=='serve'; assert p['KeepAlive']['SuccessfulExit'] is False; print('ok')")
-            .arg(service_dir.join("com.scuttlefs.plist"))
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (file, binary) in units {
+        let text = std::fs::read_to_string(service_dir.join(file)).expect("unit");
+        // verify checks that ExecStart's program exists: point it at ours.
+        let unit = dir.path().join("scuttlefs.service");
+        std::fs::write(
+            &unit,
+            text.replace(binary, common::bin().to_str().expect("utf8")),
+        )
+        .expect("write");
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
             .output()
             .expect("runs");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "ok",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{file}: {stderr}"
         );
     }
+}
+
+#[test]
+fn the_launchd_plist_parses() {
+    let plist = common::repo().join("docs/service/com.scuttlefs.plist");
+    let text = std::fs::read_to_string(&plist).expect("plist");
+    assert!(text.contains("<string>com.scuttlefs</string>"), "{text}");
+    let have_python = Command::new("python3").arg("--version").output().is_ok();
+    if !system_available("python3 (plistlib)", have_python) {
+        return;
+    }
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import plistlib,sys; p=plistlib.load(open(sys.argv[1],'rb')); assert p['Label']=='com.scuttlefs'; assert p['ProgramArguments'][1]=='serve'; assert p['KeepAlive']['SuccessfulExit'] is False; print('ok')")
+        .arg(&plist)
+        .output()
+        .expect("runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

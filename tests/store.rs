@@ -86,13 +86,14 @@ fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
     assert_eq!(by_id.value, msgs[2].value);
 }
 
-/// Not a test on its own: the child that `acknowledged_messages_survive_sigkill`
-/// kills. It appends and flushes forever, printing each acknowledged sequence.
+/// Not a test: the child that `acknowledged_messages_survive_sigkill` runs
+/// and kills. It appends and flushes forever, printing each acknowledged
+/// sequence.
 #[test]
+#[ignore = "a helper process, run by acknowledged_messages_survive_sigkill"]
 fn crash_child() {
-    let Ok(dir) = std::env::var("SCUTTLEFS_CRASH_CHILD_DIR") else {
-        return;
-    };
+    let dir = std::env::var("SCUTTLEFS_CRASH_CHILD_DIR")
+        .expect("SCUTTLEFS_CRASH_CHILD_DIR: run only by acknowledged_messages_survive_sigkill");
     let store = Store::open(std::path::Path::new(&dir), || no_line).expect("opens");
     let keys = Keypair::from_seed(&[3; 32]);
     let mut tip: Option<FeedTip> = None;
@@ -122,7 +123,13 @@ fn crash_child() {
 fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SCUTTLEFS_CRASH_CHILD_DIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

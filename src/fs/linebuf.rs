@@ -25,14 +25,12 @@ pub struct LineBuffer {
 }
 
 impl LineBuffer {
-    /// Takes `data` and returns the lines it completes, without their
-    /// newlines (and without a `\r` before them). On error nothing is
-    /// taken: the buffer is as it was.
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<String>, LineError> {
-        let (complete, rest) = match data.iter().rposition(|b| *b == b'\n') {
-            Some(i) => (&data[..=i], &data[i + 1..]),
-            None => (&data[..0], data),
-        };
+    /// The lines `data` completes, without their newlines (and without a
+    /// `\r` before them), leaving the buffer as it is: the caller publishes
+    /// them and only then lets the buffer [`take`](Self::take) `data`, so
+    /// that a failed publish loses nothing buffered before it.
+    pub fn split(&self, data: &[u8]) -> Result<Vec<String>, LineError> {
+        let (complete, rest) = split_at_last_newline(data);
         let rest_line = lines_in(complete) + 1;
         // The unfinished tail may end inside a character, which the next
         // write completes; anything else invalid fails now, not at close.
@@ -64,36 +62,64 @@ impl LineBuffer {
                 } else {
                     std::str::from_utf8(raw).ok().map(str::to_string)
                 };
-                let Some(mut text) = text else {
+                let Some(text) = text else {
                     return Err(LineError::NotUtf8 { line: n + 1 });
                 };
-                if text.ends_with('\r') {
-                    text.pop();
-                }
-                lines.push(text);
+                lines.push(without_cr(text));
             }
-            self.pending.clear();
         }
-        self.pending.extend_from_slice(rest);
         Ok(lines)
     }
 
-    /// The unfinished last line, if any, at close.
-    pub fn finish(&mut self) -> Result<Option<String>, LineError> {
+    /// Takes `data`, whose lines [`split`](Self::split) returned and the
+    /// caller used: keeps what it leaves unfinished.
+    pub fn take(&mut self, data: &[u8]) {
+        let (complete, rest) = split_at_last_newline(data);
+        if !complete.is_empty() {
+            self.pending.clear();
+        }
+        self.pending.extend_from_slice(rest);
+    }
+
+    /// [`split`](Self::split) and [`take`](Self::take) at once, for a
+    /// caller that cannot fail after splitting. On error nothing is taken.
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<String>, LineError> {
+        let lines = self.split(data)?;
+        self.take(data);
+        Ok(lines)
+    }
+
+    /// The unfinished last line, if any, leaving it buffered: the caller
+    /// [`clear`](Self::clear)s it once published.
+    pub fn last_line(&self) -> Result<Option<String>, LineError> {
         if self.pending.is_empty() {
             return Ok(None);
         }
-        let pending = std::mem::take(&mut self.pending);
-        match String::from_utf8(pending) {
-            Ok(mut s) => {
-                if s.ends_with('\r') {
-                    s.pop();
-                }
-                Ok(Some(s))
-            }
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => Ok(Some(without_cr(s.to_string()))),
             Err(_) => Err(LineError::NotUtf8 { line: 1 }),
         }
     }
+
+    /// Forgets the unfinished last line.
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
+/// `data` up to and including its last newline, and what follows it.
+fn split_at_last_newline(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().rposition(|b| *b == b'\n') {
+        Some(i) => (&data[..=i], &data[i + 1..]),
+        None => (&data[..0], data),
+    }
+}
+
+fn without_cr(mut line: String) -> String {
+    if line.ends_with('\r') {
+        line.pop();
+    }
+    line
 }
 
 fn lines_in(data: &[u8]) -> usize {
@@ -126,8 +152,9 @@ mod tests {
         let mut buf = LineBuffer::default();
         assert_eq!(buf.push(b"ab").expect("ok"), Vec::<String>::new());
         assert_eq!(buf.push(b"c\nde\r\nf").expect("ok"), vec!["abc", "de"]);
-        assert_eq!(buf.finish().expect("ok"), Some("f".to_string()));
-        assert_eq!(buf.finish().expect("ok"), None);
+        assert_eq!(buf.last_line().expect("ok"), Some("f".to_string()));
+        buf.clear();
+        assert_eq!(buf.last_line().expect("ok"), None);
     }
 
     #[test]
@@ -151,5 +178,23 @@ mod tests {
         );
         assert_eq!(buf.push(b"\n").expect("ok"), vec!["keep"]);
         assert_eq!(buf.push(b"x\xffy"), Err(LineError::NotUtf8 { line: 1 }));
+    }
+
+    #[test]
+    fn split_leaves_the_buffer_alone_until_take() {
+        let mut buf = LineBuffer::default();
+        buf.push(b"half").expect("ok");
+        // A publish that fails after split: the caller does not take.
+        assert_eq!(buf.split(b" line\nnext").expect("ok"), vec!["half line"]);
+        assert_eq!(buf.last_line().expect("ok"), Some("half".to_string()));
+        // Retried, it gives the same line once, and keeps the new tail.
+        let data = b" line\nnext";
+        assert_eq!(buf.split(data).expect("ok"), vec!["half line"]);
+        buf.take(data);
+        assert_eq!(buf.last_line().expect("ok"), Some("next".to_string()));
+        // Reading the last line does not consume it.
+        assert_eq!(buf.last_line().expect("ok"), Some("next".to_string()));
+        assert_eq!(buf.push(b"\r\n").expect("ok"), vec!["next"]);
+        assert_eq!(buf.last_line().expect("ok"), None);
     }
 }

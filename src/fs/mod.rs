@@ -289,22 +289,41 @@ impl ScuttleFs {
     }
 
     /// Writes `data` through handle `fh`: complete lines are published now.
-    /// On error nothing from `data` is published.
+    /// On error nothing from `data` is published, and the handle keeps the
+    /// unfinished line it had, so that nothing written before is lost.
     pub fn write(&self, fh: u64, data: &[u8]) -> Result<usize, FsError> {
         let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
         let mut handle = handle.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *handle {
-            Handle::Publish(buf) => {
-                let lines = buf.push(data)?;
-                self.publish_lines(lines)?;
-            }
-            Handle::Follow(_, buf) => {
-                let lines = buf.push(data)?;
-                self.follow_lines(lines)?;
-            }
+        let (buf, kind) = match &mut *handle {
+            Handle::Publish(buf) => (buf, LineKind::Publish),
+            Handle::Follow(_, buf) => (buf, LineKind::Follow),
             _ => return Err(FsError::Access),
+        };
+        let lines = buf.split(data)?;
+        match self.publish_lines(kind, &lines) {
+            Ok(()) => buf.take(data),
+            Err(failure) => {
+                // Had the store taken some of the lines, the first one (with
+                // what was buffered) is among them: keeping it buffered
+                // would publish it twice.
+                if failure.stored_some {
+                    buf.take(data);
+                }
+                return Err(failure.error);
+            }
         }
         Ok(data.len())
+    }
+
+    /// `fsync`: makes every complete line written through `fh` durable. An
+    /// unfinished last line stays buffered, for the next write to complete.
+    pub fn fsync(&self, fh: u64) -> Result<(), FsError> {
+        let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
+        let handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*handle, Handle::Publish(_) | Handle::Follow(..)) {
+            self.node.flush()?;
+        }
+        Ok(())
     }
 
     /// Called at every `close()`: publishes an unfinished last line and makes
@@ -312,19 +331,24 @@ impl ScuttleFs {
     pub fn flush(&self, fh: u64) -> Result<(), FsError> {
         let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
         let mut handle = handle.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *handle {
-            Handle::Publish(buf) => {
-                let last = buf.finish()?;
-                self.publish_lines(last.into_iter().collect())?;
-                self.node.flush()?;
+        let (buf, kind) = match &mut *handle {
+            Handle::Publish(buf) => (buf, LineKind::Publish),
+            Handle::Follow(_, buf) => (buf, LineKind::Follow),
+            _ => return Ok(()),
+        };
+        let last: Vec<String> = buf.last_line()?.into_iter().collect();
+        match self.publish_lines(kind, &last) {
+            Ok(()) => buf.clear(),
+            Err(failure) => {
+                // Kept unless stored, so that release (which flushes again)
+                // retries it.
+                if failure.stored_some {
+                    buf.clear();
+                }
+                return Err(failure.error);
             }
-            Handle::Follow(_, buf) => {
-                let last = buf.finish()?;
-                self.follow_lines(last.into_iter().collect())?;
-                self.node.flush()?;
-            }
-            _ => {}
         }
+        self.node.flush()?;
         Ok(())
     }
 
@@ -345,39 +369,53 @@ impl ScuttleFs {
         }
     }
 
-    fn publish_lines(&self, lines: Vec<String>) -> Result<(), FsError> {
-        let none = Map::new();
-        let contents = lines
-            .iter()
-            .filter_map(|line| content_for_line(line, &none));
-        self.node.publish_with(contents, |_| {}).map_err(|e| {
-            tracing::warn!("publish: refused a write of {} line(s): {e}", lines.len());
-            FsError::from(e)
-        })?;
-        Ok(())
+    /// Publishes what `lines`, written to a `kind` file, mean.
+    fn publish_lines(&self, kind: LineKind, lines: &[String]) -> Result<(), PublishFailure> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        match kind {
+            LineKind::Publish => {
+                let none = Map::new();
+                let contents = lines
+                    .iter()
+                    .filter_map(|line| content_for_line(line, &none));
+                self.publish_contents(contents, "publish", lines.len())
+            }
+            LineKind::Follow => {
+                let contents = follow_contents(lines).map_err(|error| PublishFailure {
+                    error,
+                    stored_some: false,
+                })?;
+                self.publish_contents(contents, "follow", lines.len())
+            }
+        }
     }
 
-    fn follow_lines(&self, lines: Vec<String>) -> Result<(), FsError> {
-        let mut contents = Vec::new();
-        for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
-            let (following, id) = match line.strip_prefix('-') {
-                Some(rest) => (false, rest.trim()),
-                None => (true, line),
-            };
-            let feed = FeedId::parse(id).map_err(|e| {
-                tracing::warn!("follow: refused {line:?}: {e}");
-                FsError::Invalid(e.to_string())
-            })?;
-            let mut content = Map::new();
-            content.insert("type".into(), "contact".into());
-            content.insert("contact".into(), feed.to_string().into());
-            content.insert("following".into(), following.into());
-            contents.push(Value::Object(content));
-        }
-        if !contents.is_empty() {
-            self.node.publish(contents)?;
-        }
-        Ok(())
+    fn publish_contents<C>(
+        &self,
+        contents: C,
+        file: &str,
+        lines: usize,
+    ) -> Result<(), PublishFailure>
+    where
+        C: IntoIterator<Item = Value>,
+        C::IntoIter: Clone,
+    {
+        let mut handed_over = false;
+        self.node
+            .publish_with(contents, |stored| handed_over |= !stored.is_empty())
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::warn!("{file}: refused a write of {lines} line(s): {e}");
+                // The node hands over whatever it stored, even when a later
+                // chunk fails, except when its views fail after storing.
+                let stored_some = handed_over || matches!(e, NodeError::View(_));
+                PublishFailure {
+                    error: FsError::from(e),
+                    stored_some,
+                }
+            })
     }
 
     /// Every stored feed's directory name.
@@ -419,6 +457,41 @@ impl ScuttleFs {
     fn mtime(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.node.last_change_ms().max(0.0) as u64)
     }
+}
+
+/// Which writable file lines were written to.
+#[derive(Clone, Copy)]
+enum LineKind {
+    Publish,
+    Follow,
+}
+
+/// A publish that failed, and whether the store took some of it anyway.
+struct PublishFailure {
+    error: FsError,
+    stored_some: bool,
+}
+
+/// The contact messages that lines written to `follow` ask for: `@ID`
+/// follows, `-@ID` unfollows, blank lines are skipped.
+fn follow_contents(lines: &[String]) -> Result<Vec<Value>, FsError> {
+    let mut contents = Vec::new();
+    for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        let (following, id) = match line.strip_prefix('-') {
+            Some(rest) => (false, rest.trim()),
+            None => (true, line),
+        };
+        let feed = FeedId::parse(id).map_err(|e| {
+            tracing::warn!("follow: refused {line:?}: {e}");
+            FsError::Invalid(e.to_string())
+        })?;
+        let mut content = Map::new();
+        content.insert("type".into(), "contact".into());
+        content.insert("contact".into(), feed.to_string().into());
+        content.insert("following".into(), following.into());
+        contents.push(Value::Object(content));
+    }
+    Ok(contents)
 }
 
 /// The root inode number.

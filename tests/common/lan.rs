@@ -82,6 +82,19 @@ impl Lan {
         ip(&["-n", ns, "link", "set", "eth0", "down"]);
     }
 
+    /// Whether a TCP connection from namespace `ns` to `addr:port` opens
+    /// within a few seconds.
+    pub fn can_connect(&self, ns: &str, addr: &str, port: u16) -> bool {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{ns}"))
+            .args(["timeout", "3", "bash", "-c"])
+            .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("nsenter runs")
+            .success()
+    }
+
     pub fn restore(&self, ns: &str) {
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
         let _ = Command::new("ip")

@@ -165,7 +165,8 @@ impl Daemon {
         daemon
     }
 
-    /// The daemon's log so far.
+    /// The daemon's log so far ("" if unreadable: it only adds detail to
+    /// failure messages).
     pub fn log(&self) -> String {
         let name = self
             .mount
@@ -176,9 +177,18 @@ impl Daemon {
         std::fs::read_to_string(self.path.with_file_name(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// The contents of a file in the mount, or "" if it cannot be read.
+    /// The contents of a file in the mount. Panics, naming the file, if it
+    /// cannot be read: a missing file must not pass for an empty one, or
+    /// every "not there" assertion would pass on a dead mount.
     pub fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.mount.join(rel)).unwrap_or_default()
+        let path = self.mount.join(rel);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    /// The contents of a file in the mount, for a file that may be absent.
+    pub fn try_read(&self, rel: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(self.mount.join(rel))
     }
 
     /// This node's feed id.

@@ -241,3 +241,53 @@ fn a_refused_batch_teaches_the_renderer_nothing() {
     assert!(!text.contains("impostor"), "{text}");
     assert!(text.contains(&other.id().file_safe()), "{text}");
 }
+
+#[test]
+fn a_feed_jsonl_first_read_during_replication_counts_each_message_once() {
+    // The first read of a feed's feed.jsonl indexes the feed from the store
+    // while its replication goes on: batches committed during that scan
+    // must be counted once, not again when the views take them.
+    let keys = Keypair::from_seed(&[21; 32]);
+    let msgs = feed_messages(&keys, "busy", 30_000, 1e12);
+    for round in 0..3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Arc::new(
+            Node::open(config(dir.path()), Keypair::from_seed(&[1; 32]), true).expect("opens"),
+        );
+        node.ingest(msgs[..20_000].to_vec()).expect("ingests");
+        let started = Arc::new(AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            let ingester = Arc::clone(&node);
+            let flag = Arc::clone(&started);
+            let rest = &msgs[20_000..];
+            scope.spawn(move || {
+                for batch in rest.chunks(250) {
+                    ingester.ingest(batch.to_vec()).expect("ingests");
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+            while !started.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
+            let views = node.views().expect("views");
+            views
+                .jsonl_len(&node.store, &keys.id())
+                .expect("first read");
+        });
+        let views = node.views().expect("views");
+        let live = views.jsonl_len(&node.store, &keys.id()).expect("size");
+        let rebuilt = Views::build(&dir.path().join("rebuilt.cache"), &node.store)
+            .expect("rebuilds")
+            .jsonl_len(&node.store, &keys.id())
+            .expect("size");
+        assert_eq!(
+            live, rebuilt,
+            "round {round}: feed.jsonl's size equals a rebuild's"
+        );
+        let all = views
+            .read_jsonl(&node.store, &keys.id(), 0, live as usize)
+            .expect("reads");
+        let lines = all.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
+        assert_eq!(lines, msgs.len(), "round {round}: one line per message");
+    }
+}

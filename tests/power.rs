@@ -12,19 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use scuttlefs::config::Config;
 use scuttlefs::feed::{Keypair, Message};
 use scuttlefs::node::Node;
 
-fn config(path: &Path) -> Config {
-    Config {
-        path: path.to_path_buf(),
-        port: 0,
-        network_key: [7; 32],
-        hops: 2,
-        name: "here".into(),
-    }
-}
+use common::node_config as config;
 
 fn index_dir(path: &Path) -> PathBuf {
     config(path).store_dir().join("index")
@@ -102,16 +93,7 @@ fn assert_comes_back(path: &Path, durable: &[String]) {
         .expect("reads")
         .expect("stored");
     assert_eq!(after.previous, Some(before.key), "chains onto the kept tip");
-    // The whole feed verifies as a peer would check it.
-    let mut previous = None;
-    for item in node.store.history(&keys.id(), 1) {
-        let (seq, raw) = item.expect("reads");
-        let value: Value = serde_json::from_slice(raw.json()).expect("json");
-        let msg = Message::verify(value).expect("verifies");
-        assert_eq!(msg.sequence, seq);
-        assert_eq!(msg.previous, previous);
-        previous = Some(msg.key);
-    }
+    common::assert_feed_verifies(&node.store, &keys.id());
 }
 
 fn sled_files(path: &Path) -> Vec<PathBuf> {
@@ -403,17 +385,9 @@ fn lines_acknowledged_to_three_concurrent_writers_survive_sigkill() {
     }
     let id = daemon.id();
     drop(daemon);
-    // The feed verifies whole, as a peer would check it.
     let node = Node::open(config(&path), load_keys(&path), false).expect("opens");
     assert_eq!(node.id().to_string(), id);
-    let mut previous = None;
-    for item in node.store.history(&node.id(), 1) {
-        let (seq, raw) = item.expect("reads");
-        let value: Value = serde_json::from_slice(raw.json()).expect("json");
-        let msg = Message::verify(value).expect("verifies");
-        assert_eq!((msg.sequence, msg.previous), (seq, previous));
-        previous = Some(msg.key);
-    }
+    common::assert_feed_verifies(&node.store, &node.id());
 }
 
 /// The key pair of the daemon at `path`.

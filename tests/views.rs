@@ -1,27 +1,19 @@
 //! Views are a pure function of what the store committed: however appends
 //! and readers interleave, every view ends equal to a fresh rebuild.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use scuttlefs::config::Config;
 use scuttlefs::feed::{FeedId, Keypair, Message};
 use scuttlefs::node::Node;
 use scuttlefs::view::Views;
 
-fn config(path: &Path) -> Config {
-    Config {
-        path: path.to_path_buf(),
-        port: 0,
-        network_key: [7; 32],
-        hops: 2,
-        name: "here".into(),
-    }
-}
+use common::node_config as config;
 
 /// `n` messages of a feed from sequence 1, with a name first and, now and
 /// then, a line too long for one message (split, then rejoined).

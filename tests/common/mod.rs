@@ -239,3 +239,32 @@ impl Drop for Daemon {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
     }
 }
+
+/// The configuration of an in-process test node at `path` (no network).
+pub fn node_config(path: &Path) -> scuttlefs::config::Config {
+    scuttlefs::config::Config {
+        path: path.to_path_buf(),
+        port: 0,
+        network_key: [7; 32],
+        hops: 2,
+        name: "here".into(),
+    }
+}
+
+/// Checks that `feed` verifies whole in `store`, as a peer would check it:
+/// every message from 1 to the tip, signed and chained.
+pub fn assert_feed_verifies(store: &scuttlefs::store::Store, feed: &scuttlefs::feed::FeedId) {
+    let mut previous = None;
+    for item in store.history(feed, 1) {
+        let (seq, raw) = item.expect("reads");
+        let value: serde_json::Value = serde_json::from_slice(raw.json()).expect("json");
+        let msg = scuttlefs::feed::Message::verify(value).expect("verifies");
+        assert_eq!((msg.sequence, msg.previous), (seq, previous), "{feed}");
+        previous = Some(msg.key);
+    }
+    assert_eq!(
+        store.tip(feed).map(|t| t.key),
+        previous,
+        "{feed} verifies up to its tip"
+    );
+}

@@ -201,10 +201,15 @@ impl Checked {
     fn new(value: Value) -> Result<Checked, FeedError> {
         let map = value.as_object().ok_or(FeedError::NotAnObject)?;
         check_key_order(map)?;
-        let author = map["author"]
+        let author_text = map["author"]
             .as_str()
-            .ok_or_else(|| FeedError::Invalid("author is not a string".into()))
-            .and_then(FeedId::parse)?;
+            .ok_or_else(|| FeedError::Invalid("author is not a string".into()))?;
+        let author = FeedId::parse(author_text)?;
+        // FeedId::parse forgives surrounding whitespace (user input); a
+        // signed author must be exactly the id, as ssb-validate requires.
+        if author.to_string() != author_text {
+            return Err(FeedError::BadFeedId(author_text.to_string()));
+        }
         let sequence = as_positive_integer(&map["sequence"])
             .ok_or_else(|| FeedError::Invalid("sequence is not a positive integer".into()))?;
         let timestamp = map["timestamp"]

@@ -474,7 +474,8 @@ struct PublishFailure {
 
 /// The contact messages that lines written to `follow` ask for: `@ID`
 /// follows, `-@ID` unfollows, blank lines are skipped.
-fn follow_contents(lines: &[String]) -> Result<Vec<Value>, FsError> {
+/// Public for the `follow_line` fuzz target.
+pub fn follow_contents(lines: &[String]) -> Result<Vec<Value>, FsError> {
     let mut contents = Vec::new();
     for line in lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
         let (following, id) = match line.strip_prefix('-') {

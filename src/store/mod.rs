@@ -203,44 +203,41 @@ impl Store {
         let first = catch_unwind(AssertUnwindSafe(|| {
             Store::open_index(dir, &log, &mut new_renderer())
         }));
-        let (parts, failure) = match first {
-            Ok(Ok(parts)) => (Some(parts), None),
+        let failure = match first {
+            Ok(Ok(index)) => return Ok(Store::assemble(lock, log, index)),
             Ok(Err(StoreError::Locked(path))) => return Err(StoreError::Locked(path)),
-            Ok(Err(e)) => (None, Some(e.to_string())),
-            Err(panic) => (None, Some(panic_message(&panic))),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic_message(&panic),
         };
-        let (db, tree, append, committed) = match parts {
-            Some(parts) => parts,
-            None => {
-                let aside = dir::set_aside(dir)?;
-                tracing::error!(
-                    "the index database could not be opened ({}); moved it to {} and rebuilding it from the message log",
-                    failure.unwrap_or_default(),
-                    aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
-                );
-                Store::open_index(dir, &log, &mut new_renderer())?
-            }
-        };
-        let end = committed.extent.end;
-        Ok(Store {
-            db,
-            tree,
+        let aside = dir::set_aside(dir)?;
+        tracing::error!(
+            "the index database could not be opened ({failure}); moved it to {} and rebuilding it from the message log",
+            aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
+        );
+        let index = Store::open_index(dir, &log, &mut new_renderer())?;
+        Ok(Store::assemble(lock, log, index))
+    }
+
+    fn assemble(lock: dir::DirLock, log: MessageLog, index: OpenIndex) -> Store {
+        let end = index.committed.extent.end;
+        Store {
+            db: index.db,
+            tree: index.tree,
             log,
-            append: Mutex::new(append),
-            committed: RwLock::new(committed),
-            // The log was synced above.
+            append: Mutex::new(index.state),
+            committed: RwLock::new(index.committed),
+            // Opening synced the log.
             synced_end: Mutex::new(end),
             _lock: lock,
-        })
+        }
     }
 
     /// Opens sled, brings it into agreement with the log and reads it back.
-    #[allow(clippy::type_complexity)]
     fn open_index(
         dir: &Path,
         log: &MessageLog,
         render: &mut Render<'_>,
-    ) -> Result<(sled::Db, sled::Tree, AppendState, Committed), StoreError> {
+    ) -> Result<OpenIndex, StoreError> {
         let db = open_sled(&dir::index_dir(dir))?;
         let tree = db.open_tree("messages")?;
         let indexer = Indexer { tree: &tree, log };
@@ -252,7 +249,12 @@ impl Store {
             indexer.index_log_tail(&mut state, &mut committed, render)?;
         }
         indexer.check_readable(&committed)?;
-        Ok((db, tree, state, committed))
+        Ok(OpenIndex {
+            db,
+            tree,
+            state,
+            committed,
+        })
     }
 
     /// The latest message of `feed`.
@@ -362,6 +364,14 @@ impl Store {
         on_commit(&stored);
         Ok(stored)
     }
+}
+
+/// An index opened and checked against the log.
+struct OpenIndex {
+    db: sled::Db,
+    tree: sled::Tree,
+    state: AppendState,
+    committed: Committed,
 }
 
 /// Index maintenance, shared by opening (before a [`Store`] exists) and

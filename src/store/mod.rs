@@ -284,14 +284,6 @@ impl Store {
         self.len() == 0
     }
 
-    /// Runs `f` while no append can commit, so that what it reads from the
-    /// store is exactly what the commit hooks so far have seen: for views
-    /// built from the store that live appends then keep up to date.
-    pub fn while_no_commit<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _appends = self.lock_append();
-        f()
-    }
-
     /// Appends `msgs`, in order, as one atomic batch.
     ///
     /// Each message must extend its feed (`FeedTip::check_next`), counting

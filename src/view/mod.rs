@@ -151,9 +151,8 @@ pub struct Views {
 
 impl Views {
     /// Rebuilds the line file at `line_file` from the store's timestamp
-    /// index and indexes it, while no append commits: call it before the
-    /// commit hook that feeds [`Views::add`] can run, or under
-    /// [`Store::while_no_commit`].
+    /// index and indexes it. Call it while no append commits (before the
+    /// node that feeds [`Views::add`] from its commit hook is shared).
     pub fn build(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
         let file = OpenOptions::new()
             .read(true)

@@ -165,8 +165,10 @@ impl Views {
         let mut merged = MergedIndex::default();
         let mut by_feed: HashMap<FeedId, Vec<(u64, u64, u32)>> = HashMap::new();
         let mut pos = 0u64;
+        let mut lines = 0u64;
         for entry in store.timestamp_index() {
             let entry = entry?;
+            lines += 1;
             let len = entry.line.len() as u32;
             writer
                 .write_all(&entry.line)
@@ -186,6 +188,13 @@ impl Views {
             .flush()
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
         drop(writer);
+        if lines != store.line_count() {
+            // sled's recovery can silently keep an older version of a node.
+            return Err(StoreError::Corrupt(format!(
+                "the timestamp index holds {lines} lines, not {}",
+                store.line_count()
+            )));
+        }
         let feeds = by_feed
             .into_iter()
             .map(|(feed, mut lines)| {

@@ -150,6 +150,25 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
             assert!(String::from_utf8_lossy(&reply.body).contains("not in list of allowed methods"));
         }
 
+        // gossip.ping as JS peers (pull-ping) call it: each timestamp gets
+        // one answer, and none comes unasked, which pull-ping would answer
+        // with a new timestamp, and so on forever. The whoami reply after
+        // it bounds what the daemon sent for the ping.
+        send(
+            &mut conn,
+            &[
+                Frame::json(9003, true, false, &json!({"name": ["gossip", "ping"], "type": "duplex", "args": [{"timeout": 300000}]})),
+                Frame::json(9003, true, false, &json!(1.7e12)),
+                Frame::json(9004, false, false, &json!({"name": ["whoami"], "type": "async", "args": []})),
+            ],
+        )
+        .await;
+        find_frame(&mut conn, &mut seen, |f| f.req == -9004)
+            .await
+            .expect("a whoami reply");
+        let pongs = seen.iter().filter(|f| f.req == -9003).count();
+        assert_eq!(pongs, 1, "one answer to one ping timestamp");
+
         // 2. A forged message: the daemon asks for our feed; we send one
         // good message and one whose content was changed after signing.
         let feed = forger.id().to_string();

@@ -393,10 +393,12 @@ impl State {
                 ));
             }
             // ssb-gossip's keepalive: a duplex stream of timestamps, each
-            // answered with ours. Peers drop connections whose ping fails.
+            // answered once with ours. Peers drop connections whose ping
+            // fails. Nothing is sent unprompted: pull-ping (the JS side)
+            // answers a timestamp it did not ask for with a new one, so an
+            // extra one would start an endless exchange.
             ["gossip", "ping"] if is_stream && self.pings.len() < 16 => {
                 self.pings.insert(frame.req);
-                let _ = out.send(pong(frame.req)).await;
             }
             ["ebt", "replicate"] if self.ebt.is_none() && is_ebt_v3_classic(&request["args"]) => {
                 self.ebt = Some(Ebt {

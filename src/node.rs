@@ -471,8 +471,8 @@ impl Node {
 fn open_store(dir: &std::path::Path) -> Result<Store, StoreError> {
     // Should the indexes be rebuilt from the log, lines are rendered as
     // they were on arrival: each feed in order, names as known then.
-    Store::open(dir, || {
-        let mut renderer = LineRenderer::default();
+    Store::open(dir, |names| {
+        let mut renderer = LineRenderer::new(names);
         move |msg: &Message| renderer.render(msg, |_, _| None)
     })
 }

@@ -237,7 +237,7 @@ fn lock_holder_child() {
     let dir = std::env::var("SCUTTLEFS_LOCK_DIR")
         .expect("SCUTTLEFS_LOCK_DIR: run only by a_store_locked_by_a_silent_process_is_reported");
     let opened = (0..200).find_map(|_| {
-        scuttlefs::store::Store::open(std::path::Path::new(&dir), || {
+        scuttlefs::store::Store::open(std::path::Path::new(&dir), |_| {
             |_: &scuttlefs::feed::Message| None
         })
         .ok()

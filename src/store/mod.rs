@@ -180,16 +180,22 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in directory `dir`.
     ///
-    /// `new_renderer` makes the line renderer for an index rebuild from the
-    /// log, which sees every message, each feed in sequence order; a fresh
-    /// one for each attempt, so that an attempt cut short leaves no trace.
+    /// `new_renderer` makes the line renderer for messages indexed from the
+    /// log while opening (a rebuild, or records past the indexed extent),
+    /// which sees them each feed in sequence order. It is given the names
+    /// the index already knows (none for a rebuild, which learns them in
+    /// log order), and a fresh one is made for each attempt, so that an
+    /// attempt cut short leaves no trace.
     ///
     /// The log is the truth and sled a cache of it, so an index that fails
     /// to open, to recover, or to read back (an error or a panic inside
     /// sled, as power loss can leave it) is moved aside and rebuilt from the
     /// log. Only a log that cannot be read, or a store held by another
     /// process, keeps the store from opening.
-    pub fn open<R>(dir: &Path, new_renderer: impl Fn() -> R) -> Result<Store, StoreError>
+    pub fn open<R>(
+        dir: &Path,
+        new_renderer: impl Fn(HashMap<FeedId, String>) -> R,
+    ) -> Result<Store, StoreError>
     where
         R: FnMut(&Message) -> Option<Vec<u8>>,
     {
@@ -201,7 +207,7 @@ impl Store {
         // can take back a message a peer has (its successor would fork).
         log.sync()?;
         let first = catch_unwind(AssertUnwindSafe(|| {
-            Store::open_index(dir, &log, &mut new_renderer())
+            Store::open_index(dir, &log, &new_renderer)
         }));
         let failure = match first {
             Ok(Ok(index)) => return Ok(Store::assemble(lock, log, index)),
@@ -214,7 +220,7 @@ impl Store {
             "the index database could not be opened ({failure}); moved it to {} and rebuilding it from the message log",
             aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
         );
-        let index = Store::open_index(dir, &log, &mut new_renderer())?;
+        let index = Store::open_index(dir, &log, &new_renderer)?;
         Ok(Store::assemble(lock, log, index))
     }
 
@@ -233,20 +239,29 @@ impl Store {
     }
 
     /// Opens sled, brings it into agreement with the log and reads it back.
-    fn open_index(
+    fn open_index<R>(
         dir: &Path,
         log: &MessageLog,
-        render: &mut Render<'_>,
-    ) -> Result<OpenIndex, StoreError> {
+        new_renderer: &impl Fn(HashMap<FeedId, String>) -> R,
+    ) -> Result<OpenIndex, StoreError>
+    where
+        R: FnMut(&Message) -> Option<Vec<u8>>,
+    {
         let db = open_sled(&dir::index_dir(dir))?;
         let tree = db.open_tree("messages")?;
         let indexer = Indexer { tree: &tree, log };
         let mut state = AppendState::default();
         let mut committed = Committed::default();
-        indexer.recover(&mut state, &mut committed, render)?;
+        indexer.recover(
+            &mut state,
+            &mut committed,
+            &mut new_renderer(HashMap::new()),
+        )?;
         indexer.load(&mut state, &mut committed)?;
         if log.file_len()? > committed.extent.end {
-            indexer.index_log_tail(&mut state, &mut committed, render)?;
+            // The tail's lines carry the names the index already knows.
+            let mut render = new_renderer(names_in(&tree)?);
+            indexer.index_log_tail(&mut state, &mut committed, &mut render)?;
         }
         indexer.check_readable(&committed)?;
         Ok(OpenIndex {
@@ -880,13 +895,7 @@ impl Store {
 
     /// The latest name each feed gave itself in an `about` message.
     pub fn names(&self) -> Result<HashMap<FeedId, String>, StoreError> {
-        let mut names = HashMap::new();
-        for item in self.tree.scan_prefix(b"n") {
-            let (key, value) = item?;
-            let feed = codec::decode_feed(&key[1..])?;
-            names.insert(feed, String::from_utf8_lossy(&value).into_owned());
-        }
-        Ok(names)
+        names_in(&self.tree)
     }
 
     /// Every follow edge: `(author, contact, following)`, from the latest
@@ -916,6 +925,17 @@ impl Store {
     fn read_committed(&self) -> std::sync::RwLockReadGuard<'_, Committed> {
         self.committed.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The latest self-given name of each feed, as `tree` indexes them.
+fn names_in(tree: &sled::Tree) -> Result<HashMap<FeedId, String>, StoreError> {
+    let mut names = HashMap::new();
+    for item in tree.scan_prefix(b"n") {
+        let (key, value) = item?;
+        let feed = codec::decode_feed(&key[1..])?;
+        names.insert(feed, String::from_utf8_lossy(&value).into_owned());
+    }
+    Ok(names)
 }
 
 /// Opens sled at `dir`. A database this process just closed can stay
@@ -1041,7 +1061,7 @@ mod tests {
     use serde_json::json;
 
     fn open(dir: &Path) -> Store {
-        Store::open(dir, || |_: &Message| None).expect("opens")
+        Store::open(dir, |_| |_: &Message| None).expect("opens")
     }
 
     /// Appends batches of `sizes` to `store` from two interleaved feeds and
@@ -1202,7 +1222,7 @@ mod tests {
             (extra, whole_end)
         };
         let rendered = std::cell::RefCell::new(Vec::new());
-        let store = Store::open(dir.path(), || {
+        let store = Store::open(dir.path(), |_| {
             |msg: &Message| {
                 rendered.borrow_mut().push(msg.sequence);
                 Some(b"line\n".to_vec())
@@ -1333,7 +1353,7 @@ mod tests {
             db.flush().expect("flushes");
         }
         let lines = std::cell::Cell::new(0);
-        let store = Store::open(dir.path(), || {
+        let store = Store::open(dir.path(), |_| {
             |msg: &Message| {
                 lines.set(lines.get() + 1);
                 Some(format!("{}\n", msg.sequence).into_bytes())

@@ -3,7 +3,9 @@
 //! Invariants:
 //! - At most one session per peer. When both sides dial at once, each side
 //!   keeps the connection dialled by the smaller key and closes the other,
-//!   so both keep the same one.
+//!   so both keep the same one. A peer that connects again later replaces
+//!   its old connection: it would not redial a live one, so the old one is
+//!   most likely dead (it lost power, or its network, without closing).
 //! - At most [`MAX_CONNECTIONS`] sessions at a time.
 //! - A failing address is retried with exponential backoff (1 s to 60 s);
 //!   an address whose peer sent an invalid message waits the maximum.
@@ -234,7 +236,8 @@ impl Peers {
     ) -> Option<(u64, CancellationToken, Arc<Counters>)> {
         let mut inner = self.lock();
         if let Some(existing) = inner.connected.get(&peer) {
-            if keeps_existing(&existing.dialer, &dialer) {
+            let age = Duration::from_secs_f64((now_ms() - existing.since_ms).max(0.0) / 1000.0);
+            if keeps_existing(&existing.dialer, &dialer, age) {
                 return None;
             }
             existing.close.cancel();
@@ -332,28 +335,59 @@ impl Peers {
     }
 }
 
-/// With a session already open to a peer, whether a second connection to it
-/// is dropped (rather than replacing the first). Both machines apply this
-/// to the same two connections, identified by who dialled each, and so keep
-/// the same one: the one dialled by the smaller key.
-pub fn keeps_existing(existing_dialer: &FeedId, new_dialer: &FeedId) -> bool {
-    existing_dialer <= new_dialer
+/// Connections this close in time are taken for a simultaneous dial.
+pub const SIMULTANEOUS_DIAL: Duration = Duration::from_secs(10);
+
+/// With a session already open to a peer for `existing_age`, whether a
+/// second connection to it is dropped (rather than replacing the first).
+///
+/// For a simultaneous dial both machines apply this to the same two
+/// connections, identified by who dialled each, and so keep the same one:
+/// the one dialled by the smaller key. A connection that comes later
+/// replaces the old one, whoever dialled: the peer came back after losing
+/// the old one without a word, which the old one may not notice for
+/// minutes (and a survivor that kept it would lock the peer out).
+pub fn keeps_existing(
+    existing_dialer: &FeedId,
+    new_dialer: &FeedId,
+    existing_age: Duration,
+) -> bool {
+    existing_age < SIMULTANEOUS_DIAL && existing_dialer <= new_dialer
 }
 
 #[cfg(test)]
 mod tests {
-    use super::keeps_existing;
+    use std::time::Duration;
+
+    use super::{keeps_existing, SIMULTANEOUS_DIAL};
     use crate::feed::FeedId;
 
     #[test]
     fn both_sides_keep_the_same_connection_when_both_dial() {
         let (a, b) = (FeedId([1; 32]), FeedId([2; 32]));
+        let just = Duration::from_millis(30);
         // Connection 1 was dialled by a, connection 2 by b. Whichever each
         // side registered first, both end with connection 1.
         // Side a registers 1 then 2, side b registers 2 then 1:
-        assert!(keeps_existing(&a, &b), "a keeps 1 and drops 2");
-        assert!(!keeps_existing(&b, &a), "b replaces 2 with 1");
-        // A second dial by the same side does not replace the first.
-        assert!(keeps_existing(&a, &a));
+        assert!(keeps_existing(&a, &b, just), "a keeps 1 and drops 2");
+        assert!(!keeps_existing(&b, &a, just), "b replaces 2 with 1");
+        // A second dial by the same side at once does not replace the first.
+        assert!(keeps_existing(&a, &a, just));
+    }
+
+    #[test]
+    fn a_peer_that_connects_again_later_replaces_its_old_connection() {
+        let (small, large) = (FeedId([1; 32]), FeedId([2; 32]));
+        let later = SIMULTANEOUS_DIAL + Duration::from_secs(1);
+        // Whichever key is larger and whoever dialled the old connection,
+        // the survivor takes the new one.
+        for (old_dialer, new_dialer) in [
+            (small, large),
+            (large, small),
+            (small, small),
+            (large, large),
+        ] {
+            assert!(!keeps_existing(&old_dialer, &new_dialer, later));
+        }
     }
 }

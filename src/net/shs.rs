@@ -85,7 +85,7 @@ pub async fn connect(
     let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| ShsError::Timeout)??;
-    tcp.set_nodelay(true)?;
+    prepare(&tcp)?;
     let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = tcp.compat();
     let done = tokio::time::timeout(
@@ -105,7 +105,7 @@ pub async fn accept(
     network_key: &[u8; 32],
 ) -> Result<Connection, ShsError> {
     let k = sodium_keys(keys, network_key)?;
-    tcp.set_nodelay(true)?;
+    prepare(&tcp)?;
     let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = tcp.compat();
     let done = tokio::time::timeout(
@@ -122,6 +122,24 @@ pub async fn accept(
             .map_err(|_| ShsError::Handshake("peer key length".into()))?,
     );
     Ok(split(stream.into_inner(), done, peer, false, address))
+}
+
+/// Idle time before the kernel probes a silent peer, the time between
+/// probes, and how many go unanswered before the connection is dropped: a
+/// peer that lost power without closing is noticed in about two minutes,
+/// even when neither side has anything to send.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Low latency for small frames, and TCP keepalive.
+fn prepare(tcp: &TcpStream) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
 }
 
 fn split(

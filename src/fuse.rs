@@ -201,7 +201,7 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = match flags.acc_mode() {
             OpenAccMode::O_RDONLY => OpenMode {
                 read: true,
@@ -216,7 +216,7 @@ impl Filesystem for Fuse {
                 write: true,
             },
         };
-        match self.fs.open(ino.0, mode) {
+        match self.fs.open_for(ino.0, mode, thread_group(req.pid())) {
             Ok(fh) => {
                 if let Some(reply) = self.try_passthrough(ino.0, fh, reply) {
                     // direct_io: sizes change under open handles and each
@@ -276,13 +276,13 @@ impl Filesystem for Fuse {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0) {
+        match self.fs.flush_from(fh.0, thread_group(req.pid())) {
             Ok(()) => reply.ok(),
             Err(e) => {
                 tracing::warn!("close refused: {e}");
@@ -398,4 +398,19 @@ impl Filesystem for Fuse {
         }
         reply.ok()
     }
+}
+
+/// The thread group (process) of the thread `pid` that made a request: a
+/// file opened on one thread of a process may be closed on another. A
+/// thread that is already gone counts as its own process.
+fn thread_group(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Tgid:"))
+                .and_then(|tgid| tgid.trim().parse().ok())
+        })
+        .unwrap_or(pid)
 }

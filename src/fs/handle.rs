@@ -30,6 +30,8 @@ pub enum Handle {
 pub struct Handles {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Mutex<Handle>>>>,
+    /// The process (thread group) that opened each handle, where known.
+    openers: Mutex<HashMap<u64, u32>>,
 }
 
 impl Handles {
@@ -47,7 +49,22 @@ impl Handles {
 
     /// Forgets handle `fh`, returning it.
     pub fn remove(&self, fh: u64) -> Option<Arc<Mutex<Handle>>> {
+        self.lock_openers().remove(&fh);
         self.lock().remove(&fh)
+    }
+
+    /// Records that process `opener` opened handle `fh`.
+    pub fn set_opener(&self, fh: u64, opener: u32) {
+        self.lock_openers().insert(fh, opener);
+    }
+
+    /// The process that opened handle `fh`, if recorded.
+    pub fn opener(&self, fh: u64) -> Option<u32> {
+        self.lock_openers().get(&fh).copied()
+    }
+
+    fn lock_openers(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        self.openers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Mutex<Handle>>>> {

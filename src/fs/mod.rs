@@ -260,6 +260,15 @@ impl ScuttleFs {
         Ok(self.handles.insert(handle))
     }
 
+    /// [`ScuttleFs::open`] for process `opener` (its thread group id),
+    /// whose own closes of the handle then publish its unfinished last line
+    /// (see [`ScuttleFs::flush_from`]).
+    pub fn open_for(&self, ino: u64, mode: OpenMode, opener: u32) -> Result<u64, FsError> {
+        let fh = self.open(ino, mode)?;
+        self.handles.set_opener(fh, opener);
+        Ok(fh)
+    }
+
     /// A file whose bytes are exactly what a handle of `ino` opened now
     /// would read, for the kernel to read directly (FUSE passthrough).
     pub fn backing_file(&self, ino: u64) -> Option<&std::fs::File> {
@@ -350,6 +359,19 @@ impl ScuttleFs {
         }
         self.node.flush()?;
         Ok(())
+    }
+
+    /// Called at every `close()` of a descriptor of `fh`, by process
+    /// `closer`. The kernel also flushes when a process that merely
+    /// inherited the descriptor closes it: a child at `exec` (even of a
+    /// close-on-exec descriptor) or at exit. Such a close must not cut the
+    /// writer's line in two, so it only makes complete lines durable; the
+    /// unfinished line waits for the opener's own close, or the release.
+    pub fn flush_from(&self, fh: u64, closer: u32) -> Result<(), FsError> {
+        match self.handles.opener(fh) {
+            Some(opener) if opener != closer => self.fsync(fh),
+            _ => self.flush(fh),
+        }
     }
 
     /// Called once the last descriptor of `fh` is closed.

@@ -604,9 +604,12 @@ fn a_child_closing_an_inherited_descriptor_does_not_split_the_line() {
     // write to it: each inherits the descriptor and closes it at exit,
     // which the kernel reports as a flush of the same open file. Only the
     // shell's own close ends the unfinished line.
-    ok(daemon.sh(
-        "exec 3>>publish; /usr/bin/printf 'half' >&3; /bin/true; \
-         /usr/bin/printf ' line\\n' >&3; /usr/bin/printf 'tail' >&3; exec 3>&-",
-    ));
-    assert_eq!(log_message_texts(&daemon, "laptop"), vec!["half line", "tail"]);
+    ok(
+        daemon.sh("exec 3>>publish; /usr/bin/printf 'half' >&3; /bin/true; \
+         /usr/bin/printf ' line\\n' >&3; /usr/bin/printf 'tail' >&3; exec 3>&-"),
+    );
+    assert_eq!(
+        log_message_texts(&daemon, "laptop"),
+        vec!["half line", "tail"]
+    );
 }

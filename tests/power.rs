@@ -68,11 +68,7 @@ fn assert_comes_back(path: &Path, durable: &[String]) {
     let keys = Keypair::from_seed(&[1; 32]);
     let node = Node::open(config(path), keys.clone(), true).expect("the node comes back");
     let views = node.views().expect("views");
-    let snap = views.merged_snapshot();
-    let merged = views
-        .read_merged(&snap, 0, views.merged_len() as usize)
-        .expect("reads merged.log");
-    let merged = String::from_utf8(merged).expect("utf8");
+    let merged = common::merged_text(views);
     let shown: std::collections::HashSet<&str> = merged
         .lines()
         .map(|l| l.splitn(3, ' ').nth(2).expect("timestamp label text"))
@@ -472,10 +468,7 @@ fn lines_indexed_again_after_a_cut_keep_the_machine_name() {
     fs::rename(&older, index_dir(dir.path())).expect("restores");
     let node = Node::open(config(dir.path()), keys, true).expect("comes back");
     let views = node.views().expect("views");
-    let merged = views
-        .read_merged(&views.merged_snapshot(), 0, views.merged_len() as usize)
-        .expect("reads");
-    let merged = String::from_utf8(merged).expect("utf8");
+    let merged = common::merged_text(views);
     assert_eq!(merged.lines().count(), 2, "{merged}");
     assert!(merged.lines().all(|l| l.contains(" nas ")), "{merged}");
 }

@@ -224,11 +224,7 @@ fn a_refused_batch_teaches_the_renderer_nothing() {
     }
     node.ingest(plain).expect("ingests");
     let views = node.views().expect("views");
-    let snap = views.merged_snapshot();
-    let text = views
-        .read_merged(&snap, 0, views.merged_len() as usize)
-        .expect("reads");
-    let text = String::from_utf8(text).expect("utf8");
+    let text = common::merged_text(views);
     assert_eq!(text.lines().count(), 3);
     assert!(!text.contains("impostor"), "{text}");
     assert!(text.contains(&other.id().file_safe()), "{text}");

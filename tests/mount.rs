@@ -54,6 +54,14 @@ fn chmod(path: &Path, mode: u32) {
 
 /// The log lines' texts, from each message of `daemon`'s own feed: one per
 /// message, so that a line split in two shows as two.
+/// `publish`, opened for appending as `>>` does.
+fn open_publish(daemon: &Daemon) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(daemon.file("publish"))
+        .expect("opens publish")
+}
+
 fn log_message_texts(daemon: &Daemon, machine: &str) -> Vec<String> {
     read(daemon, &format!("{machine}/feed.jsonl"))
         .lines()
@@ -404,10 +412,7 @@ fn fsync_in_the_middle_of_a_line_keeps_it_whole() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(daemon.file("publish"))
-        .expect("open");
+    let mut file = open_publish(&daemon);
     file.write_all(b"first\nhalf").expect("write");
     file.sync_all().expect("fsync");
     // The complete line is published and durable; the half waits.
@@ -439,10 +444,7 @@ fn a_failed_write_keeps_the_line_buffered_before_it() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(&dir.path().join("node"), "laptop", &[]);
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(daemon.file("publish"))
-        .expect("open");
+    let mut file = open_publish(&daemon);
     file.write_all(b"keep").expect("write");
     // One write completing that line, then a line no message can hold:
     // the store refuses the write whole.

@@ -26,15 +26,21 @@ fn peer_arg(port: u16, keys: &Keypair) -> String {
     format!("net:127.0.0.1:{port}~shs:{}", &id[1..id.len() - 8])
 }
 
-/// Waits for the daemon to dial in, and returns the connection.
+/// Waits for the daemon to dial in, and returns the connection. A dial
+/// that waited in the backlog past the daemon's handshake timeout fails its
+/// handshake; the daemon dials again.
 async fn accept(listener: &tokio::net::TcpListener, keys: &Keypair) -> shs::Connection {
-    let (tcp, _) = tokio::time::timeout(Duration::from_secs(20), listener.accept())
-        .await
-        .expect("the daemon dials us")
-        .expect("accept");
-    shs::accept(tcp, keys, &network_key())
-        .await
-        .expect("handshake")
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (tcp, _) = tokio::time::timeout_at(deadline, listener.accept())
+            .await
+            .expect("the daemon dials us")
+            .expect("accept");
+        match shs::accept(tcp, keys, &network_key()).await {
+            Ok(conn) => return conn,
+            Err(e) => eprintln!("a stale dial failed its handshake ({e}); waiting for the next"),
+        }
+    }
 }
 
 /// The first frame matching `wanted`, from those already read (`seen`) or
@@ -169,8 +175,20 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
         let pongs = seen.iter().filter(|f| f.req == -9003).count();
         assert_eq!(pongs, 1, "one answer to one ping timestamp");
 
-        // 2. A forged message: the daemon asks for our feed; we send one
-        // good message and one whose content was changed after signing.
+        // 2. A forged message. The daemon dialled, so it opens EBT; we
+        // refuse it as a peer without EBT does, and the daemon asks for our
+        // feed with createHistoryStream instead. We send one good message
+        // and one whose content was changed after signing.
+        let ebt = find_frame(&mut conn, &mut seen, |f| {
+            f.req > 0 && f.body_json().is_some_and(|b| b["name"] == json!(["ebt", "replicate"]))
+        })
+        .await
+        .expect("the daemon opens EBT");
+        send(
+            &mut conn,
+            &[Frame::error(-ebt.req, true, "method:ebt,replicate is not in list of allowed methods")],
+        )
+        .await;
         let feed = forger.id().to_string();
         let req = find_frame(&mut conn, &mut seen, |f| is_history_request(f, &feed))
             .await

@@ -8,7 +8,10 @@
 //! (u32, big-endian) and the request number (i32, big-endian).
 
 use futures::{AsyncReadExt, AsyncWriteExt};
+use kuska_ssb::api::dto::ErrorOut;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 const STREAM: u8 = 0b1000;
 const END: u8 = 0b0100;
@@ -102,12 +105,49 @@ impl Frame {
 
     /// An error reply, as muxrpc peers expect it.
     pub fn error(req: i32, stream: bool, message: &str) -> Frame {
+        let error = ErrorOut {
+            name: "Error".into(),
+            message: message.into(),
+            stack: String::new(),
+        };
+        Frame {
+            req,
+            stream,
+            end: true,
+            json: true,
+            body: serde_json::to_vec(&error).unwrap_or_default(),
+        }
+    }
+
+    /// A request: `{"name": [...], "type": kind, "args": args}`.
+    pub fn request(req: i32, name: &[&str], kind: &str, args: Value) -> Frame {
+        let stream = kind != "async" && kind != "sync";
         Frame::json(
             req,
             stream,
-            true,
-            &json!({"name": "Error", "message": message, "stack": ""}),
+            false,
+            &json!({"name": name, "type": kind, "args": args}),
         )
+    }
+
+    /// Raw bytes on a duplex stream (a tunnel carries a whole connection).
+    pub fn binary(req: i32, body: Vec<u8>) -> Frame {
+        Frame {
+            req,
+            stream: true,
+            end: false,
+            json: false,
+            body,
+        }
+    }
+
+    /// The error text of an end frame that carries one.
+    pub fn error_message(&self) -> Option<String> {
+        if !self.end {
+            return None;
+        }
+        let body = self.body_json()?;
+        body.get("message")?.as_str().map(str::to_string)
     }
 
     /// The body as JSON, if it is.
@@ -161,6 +201,74 @@ pub async fn goodbye(writer: &mut Writer) {
     let _ = writer.write_all(&[0u8; 9]).await;
     let _ = writer.flush().await;
     let _ = writer.goodbye().await;
+}
+
+/// A connection's frames: a reader task and a writer task around its box
+/// stream, so that a slow write never holds up reading.
+pub struct Wire {
+    /// Frames to send; the writer batches them and flushes.
+    pub out: mpsc::Sender<Frame>,
+    /// Frames received, then the error that ended the connection, if any.
+    pub frames: mpsc::Receiver<Result<Frame, String>>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Wire {
+    /// Starts both tasks.
+    pub fn start(reader: Reader, writer: Writer) -> Wire {
+        let (out, out_rx) = mpsc::channel::<Frame>(1024);
+        let (frames_tx, frames) = mpsc::channel(256);
+        Wire {
+            out,
+            frames,
+            reader: tokio::spawn(read_loop(reader, frames_tx)),
+            writer: tokio::spawn(write_loop(writer, out_rx)),
+        }
+    }
+
+    /// Stops reading, and gives the writer up to 2 s to send what is queued
+    /// and say goodbye. Every other sender of frames must be gone by then.
+    pub async fn close(self) {
+        drop(self.out);
+        self.reader.abort();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.writer).await;
+    }
+}
+
+async fn read_loop(mut reader: Reader, frames: mpsc::Sender<Result<Frame, String>>) {
+    loop {
+        let next = match read_frame(&mut reader).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        let stop = next.is_err();
+        if frames.send(next).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+async fn write_loop(mut writer: Writer, mut frames: mpsc::Receiver<Frame>) {
+    while let Some(frame) = frames.recv().await {
+        let mut batch = vec![frame];
+        while batch.len() < 256 {
+            match frames.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        for frame in &batch {
+            if write_frame(&mut writer, frame).await.is_err() {
+                return;
+            }
+        }
+        if flush(&mut writer).await.is_err() {
+            return;
+        }
+    }
+    goodbye(&mut writer).await;
 }
 
 #[cfg(test)]

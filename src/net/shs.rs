@@ -8,10 +8,10 @@ use std::time::Duration;
 use kuska_handshake::async_std::{
     handshake_client, handshake_server, BoxStream, BoxStreamRead, BoxStreamWrite,
 };
+use kuska_handshake::HandshakeComplete;
 use kuska_sodiumoxide::crypto::{auth, sign::ed25519};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::feed::{FeedId, Keypair};
 
@@ -22,10 +22,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// decrypted header may claim up to 64 KiB, which must not overrun it.
 const BOX_CAPACITY: usize = 0x10000 + 64;
 
+/// Bytes from a peer: a TCP socket, or a tunnel through a room.
+pub type RawRead = Box<dyn futures::AsyncRead + Send + Unpin>;
+/// Bytes to a peer.
+pub type RawWrite = Box<dyn futures::AsyncWrite + Send + Unpin>;
 /// The reading half of an authenticated connection.
-pub type Reader = BoxStreamRead<Compat<OwnedReadHalf>>;
+pub type Reader = BoxStreamRead<RawRead>;
 /// The writing half of an authenticated connection.
-pub type Writer = BoxStreamWrite<Compat<OwnedWriteHalf>>;
+pub type Writer = BoxStreamWrite<RawWrite>;
 
 /// An authenticated, encrypted connection.
 pub struct Connection {
@@ -88,14 +92,96 @@ pub async fn connect(
     prepare(&tcp)?;
     let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = tcp.compat();
-    let done = tokio::time::timeout(
+    let done = client_handshake(&mut stream, &k, server).await?;
+    let (read, write) = split_tcp(stream.into_inner());
+    Ok(Connection::new(read, write, done, peer, true, address))
+}
+
+/// Authenticates as the client over any byte stream (a tunnel), expecting
+/// `peer` at the far end.
+pub async fn connect_over<S>(
+    mut stream: S,
+    peer: FeedId,
+    keys: &Keypair,
+    network_key: &[u8; 32],
+    address: String,
+) -> Result<Connection, ShsError>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
+    let k = sodium_keys(keys, network_key)?;
+    let server = ed25519::PublicKey::from_slice(&peer.0)
+        .ok_or_else(|| ShsError::Handshake("peer key".into()))?;
+    let done = client_handshake(&mut stream, &k, server).await?;
+    let (read, write) = futures::AsyncReadExt::split(stream);
+    Ok(Connection::new(
+        Box::new(read),
+        Box::new(write),
+        done,
+        peer,
+        true,
+        address,
+    ))
+}
+
+/// Authenticates as the server over any byte stream (a tunnel).
+pub async fn accept_over<S>(
+    mut stream: S,
+    keys: &Keypair,
+    network_key: &[u8; 32],
+    address: String,
+) -> Result<Connection, ShsError>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
+    let k = sodium_keys(keys, network_key)?;
+    let done = server_handshake(&mut stream, &k).await?;
+    let peer = handshake_peer(&done)?;
+    let (read, write) = futures::AsyncReadExt::split(stream);
+    Ok(Connection::new(
+        Box::new(read),
+        Box::new(write),
+        done,
+        peer,
+        false,
+        address,
+    ))
+}
+
+async fn client_handshake<S>(
+    stream: &mut S,
+    k: &SodiumKeys,
+    server: ed25519::PublicKey,
+) -> Result<HandshakeComplete, ShsError>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake_client(&mut stream, k.net, k.public, k.secret, server),
+        handshake_client(stream, k.net.clone(), k.public, k.secret.clone(), server),
     )
     .await
     .map_err(|_| ShsError::Timeout)?
-    .map_err(|e| ShsError::Handshake(format!("{e:?}")))?;
-    Ok(split(stream.into_inner(), done, peer, true, address))
+    .map_err(|e| ShsError::Handshake(format!("{e:?}")))
+}
+
+async fn server_handshake<S>(stream: &mut S, k: &SodiumKeys) -> Result<HandshakeComplete, ShsError>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake_server(stream, k.net.clone(), k.public, k.secret.clone()),
+    )
+    .await
+    .map_err(|_| ShsError::Timeout)?
+    .map_err(|e| ShsError::Handshake(format!("{e:?}")))
+}
+
+fn handshake_peer(done: &HandshakeComplete) -> Result<FeedId, ShsError> {
+    Ok(FeedId(done.peer_pk.as_ref().try_into().map_err(|_| {
+        ShsError::Handshake("peer key length".into())
+    })?))
 }
 
 /// Authenticates an accepted TCP connection as the server side.
@@ -108,20 +194,10 @@ pub async fn accept(
     prepare(&tcp)?;
     let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = tcp.compat();
-    let done = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake_server(&mut stream, k.net, k.public, k.secret),
-    )
-    .await
-    .map_err(|_| ShsError::Timeout)?
-    .map_err(|e| ShsError::Handshake(format!("{e:?}")))?;
-    let peer = FeedId(
-        done.peer_pk
-            .as_ref()
-            .try_into()
-            .map_err(|_| ShsError::Handshake("peer key length".into()))?,
-    );
-    Ok(split(stream.into_inner(), done, peer, false, address))
+    let done = server_handshake(&mut stream, &k).await?;
+    let peer = handshake_peer(&done)?;
+    let (read, write) = split_tcp(stream.into_inner());
+    Ok(Connection::new(read, write, done, peer, false, address))
 }
 
 /// Idle time before the kernel probes a silent peer, the time between
@@ -142,21 +218,29 @@ fn prepare(tcp: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
 }
 
-fn split(
-    tcp: TcpStream,
-    done: kuska_handshake::HandshakeComplete,
-    peer: FeedId,
-    dialled: bool,
-    address: String,
-) -> Connection {
+/// The two halves of a socket, each owned by its own task.
+fn split_tcp(tcp: TcpStream) -> (RawRead, RawWrite) {
     let (read, write) = tcp.into_split();
-    let boxed = BoxStream::from_handshake(read.compat(), write.compat_write(), done, BOX_CAPACITY);
-    let (reader, writer) = boxed.split_read_write();
-    Connection {
-        peer,
-        reader,
-        writer,
-        dialled,
-        address,
+    (Box::new(read.compat()), Box::new(write.compat_write()))
+}
+
+impl Connection {
+    fn new(
+        read: RawRead,
+        write: RawWrite,
+        done: HandshakeComplete,
+        peer: FeedId,
+        dialled: bool,
+        address: String,
+    ) -> Connection {
+        let boxed = BoxStream::from_handshake(read, write, done, BOX_CAPACITY);
+        let (reader, writer) = boxed.split_read_write();
+        Connection {
+            peer,
+            reader,
+            writer,
+            dialled,
+            address,
+        }
     }
 }

@@ -35,6 +35,7 @@ fn node_in(dir: &std::path::Path, keys: Keypair) -> Node {
         network_key: [0; 32],
         hops: 3,
         name: "bench".into(),
+        host: None,
     };
     Node::open(config, keys, false).expect("node")
 }

@@ -64,6 +64,10 @@ pub struct ConfigFile {
     /// This machine's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The name or address other machines reach this one at, for invites
+    /// (ssb-server's `host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// ssb-server's spelling of hops, read for compatibility.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub friends: Option<Friends>,
@@ -96,6 +100,8 @@ pub struct Overrides {
     pub hops: Option<u32>,
     /// `--name`.
     pub name: Option<String>,
+    /// `--host`.
+    pub host: Option<String>,
 }
 
 /// Everything a node needs to know about itself.
@@ -111,6 +117,8 @@ pub struct Config {
     pub hops: u32,
     /// This machine's name.
     pub name: String,
+    /// Where other machines reach this one, for invites.
+    pub host: Option<String>,
 }
 
 impl Config {
@@ -164,6 +172,9 @@ impl Config {
         if overrides.name.is_some() {
             file.name.clone_from(&overrides.name);
         }
+        if overrides.host.is_some() {
+            file.host.clone_from(&overrides.host);
+        }
         let config = Config {
             port: file.port.unwrap_or(DEFAULT_PORT),
             network_key,
@@ -172,6 +183,7 @@ impl Config {
                 .or_else(|| file.friends.as_ref().and_then(|f| f.hops))
                 .unwrap_or(DEFAULT_HOPS),
             name: file.name.clone().unwrap_or_else(hostname),
+            host: file.host.clone(),
             path,
         };
         if save {
@@ -251,7 +263,7 @@ fn ensure_dir(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     let io_err = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::feed::FeedError;
+use crate::net::invite::InviteError;
+use crate::net::Net;
 use crate::node::{Node, NodeError};
 use crate::publish::content_for_stdin_line;
 use crate::status;
@@ -44,6 +46,16 @@ pub enum Request {
     Log,
     /// Peers, feeds and replication progress.
     Status,
+    /// Redeem a pub's or a room's invite code.
+    InviteAccept {
+        /// The code.
+        code: String,
+    },
+    /// Make an invite to this machine for `uses` redemptions.
+    InviteCreate {
+        /// How many machines may redeem it.
+        uses: u32,
+    },
 }
 
 /// Why a request failed, in a form that survives the socket.
@@ -73,7 +85,8 @@ impl From<NodeError> for RequestError {
 
 /// Runs `request` on `node`, handing each result item to `emit`.
 pub fn handle(
-    node: &Node,
+    node: &Arc<Node>,
+    net: &Arc<Net>,
     request: Request,
     emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
 ) -> Result<(), RequestError> {
@@ -123,6 +136,51 @@ pub fn handle(
             Ok(())
         }
         Request::Status => emit(status::report(node)).map_err(io_err),
+        Request::InviteAccept { code } => {
+            let answer = block_on(net.accept_invite(node, &code))?.map_err(invite_err)?;
+            emit(answer).map_err(io_err)
+        }
+        Request::InviteCreate { uses } => {
+            let port = listening_port(node).unwrap_or(node.config.port);
+            let code = net.create_invite(node, uses, port).map_err(invite_err)?;
+            emit(Value::String(code)).map_err(io_err)
+        }
+    }
+}
+
+fn invite_err(e: InviteError) -> RequestError {
+    let kind = match e {
+        InviteError::Malformed { .. } => "invalid",
+        InviteError::Refused { .. } => "refused",
+        InviteError::Unreachable { .. } | InviteError::NoAnswer(_) => "unreachable",
+        _ => "internal",
+    };
+    RequestError {
+        kind: kind.into(),
+        message: e.to_string(),
+    }
+}
+
+/// The port the daemon listens on (the configured one may be 0: any).
+fn listening_port(node: &Node) -> Option<u16> {
+    let net = node.net.read().ok()?;
+    net.listening.as_ref()?.rsplit(':').next()?.parse().ok()
+}
+
+/// Runs network work from a control request: on the daemon's runtime when
+/// there is one (requests run on its blocking threads), else on a runtime
+/// of its own.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, RequestError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(handle.block_on(future)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(future))
+            .map_err(|e| RequestError {
+                kind: "internal".into(),
+                message: format!("cannot start a runtime: {e}"),
+            }),
     }
 }
 
@@ -170,7 +228,7 @@ pub fn call(
 }
 
 /// Serves the control socket at `socket` until the process ends.
-pub async fn serve(node: Arc<Node>, socket: &Path) -> std::io::Result<()> {
+pub async fn serve(node: Arc<Node>, net: Arc<Net>, socket: &Path) -> std::io::Result<()> {
     // A socket file left by a killed daemon would make bind fail.
     if UnixStream::connect(socket).is_err() {
         let _ = std::fs::remove_file(socket);
@@ -179,6 +237,7 @@ pub async fn serve(node: Arc<Node>, socket: &Path) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let node = node.clone();
+        let net = net.clone();
         tokio::spawn(async move {
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
@@ -189,7 +248,8 @@ pub async fn serve(node: Arc<Node>, socket: &Path) -> std::io::Result<()> {
             };
             // Requests touch sled and may stream a whole store: keep them
             // off the async workers.
-            let result = tokio::task::spawn_blocking(move || serve_one(&node, std_stream)).await;
+            let result =
+                tokio::task::spawn_blocking(move || serve_one(&node, &net, std_stream)).await;
             if let Ok(Err(e)) = result {
                 tracing::debug!("control client went away: {e}");
             }
@@ -197,14 +257,14 @@ pub async fn serve(node: Arc<Node>, socket: &Path) -> std::io::Result<()> {
     }
 }
 
-fn serve_one(node: &Node, stream: UnixStream) -> std::io::Result<()> {
+fn serve_one(node: &Arc<Node>, net: &Arc<Net>, stream: UnixStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = std::io::BufWriter::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let outcome = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(node, request, &mut |item| {
+        Ok(request) => handle(node, net, request, &mut |item| {
             serde_json::to_writer(&mut writer, &json!({ "item": item }))?;
             writer.write_all(b"\n")
         }),

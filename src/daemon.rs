@@ -103,17 +103,24 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     };
 
     let socket = config.socket_path();
+    let net_state = net::Net::open(&node);
     let result = runtime.block_on(async {
         let control_node = node.clone();
+        let control_net = net_state.clone();
         let control_socket = socket.clone();
         tokio::spawn(async move {
-            if let Err(e) = control::serve(control_node, &control_socket).await {
+            if let Err(e) = control::serve(control_node, control_net, &control_socket).await {
                 tracing::error!("control socket {}: {e}", control_socket.display());
             }
         });
-        net::start(node.clone(), peers, !options.no_discovery)
-            .await
-            .map_err(|e| DaemonError::Io(format!("listening on port {}", config.port), e))?;
+        net::start(
+            node.clone(),
+            net_state.clone(),
+            peers,
+            !options.no_discovery,
+        )
+        .await
+        .map_err(|e| DaemonError::Io(format!("listening on port {}", config.port), e))?;
         wait_for_signal().await
     });
 

@@ -55,6 +55,15 @@ enum Command {
         /// Do not broadcast or listen for LAN peers.
         #[arg(long)]
         no_discovery: bool,
+        /// The name or address other machines reach this one at, printed
+        /// in the invites it makes (saved in the config).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Pub invites: join a pub or room, or let others join this machine.
+    Invite {
+        #[command(subcommand)]
+        action: InviteAction,
     },
     /// Print this machine's id.
     Whoami,
@@ -86,6 +95,24 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteAction {
+    /// Redeem an invite from a pub (ssb-server, or a scuttlefs with --host)
+    /// or a room: HOST:PORT:@KEY.ed25519~SEED or net:HOST:PORT~shs:KEY:SEED.
+    /// The pub then follows this machine, this machine follows the pub, and
+    /// the daemon keeps dialling it.
+    Accept {
+        /// The invite code.
+        code: String,
+    },
+    /// Print an invite code for other machines to redeem here.
+    Create {
+        /// How many machines may redeem it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
     },
 }
 
@@ -138,9 +165,11 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             peers,
             allow_other,
             no_discovery,
+            host,
         } => {
             overrides.name = name;
             overrides.hops = hops;
+            overrides.host = host;
             let config = Config::load(&overrides, true).map_err(|e| e.to_string())?;
             let options = ServeOptions {
                 mount: (!no_mount).then_some(mount),
@@ -172,6 +201,12 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         Command::Follow { id } => follow(&overrides, &id, true),
         Command::Unfollow { id } => follow(&overrides, &id, false),
         Command::Status { max_silence, json } => status_command(&overrides, max_silence, json),
+        Command::Invite {
+            action: InviteAction::Accept { code },
+        } => request(&overrides, Request::InviteAccept { code }),
+        Command::Invite {
+            action: InviteAction::Create { uses },
+        } => request(&overrides, Request::InviteCreate { uses }),
     }
 }
 
@@ -258,11 +293,16 @@ fn run_locally(
         }
         Err(e) => return Err(e.to_string()),
     };
-    if matches!(req, Request::Publish { .. } | Request::PublishLines { .. }) {
+    if matches!(
+        req,
+        Request::Publish { .. } | Request::PublishLines { .. } | Request::InviteAccept { .. }
+    ) {
         // Name the machine before its first line, as the daemon does at start.
         node.ensure_name(&config.name).map_err(|e| e.to_string())?;
     }
-    Ok(control::handle(&node, req, emit))
+    let node = std::sync::Arc::new(node);
+    let net = scuttlefs::net::Net::open(&node);
+    Ok(control::handle(&node, &net, req, emit))
 }
 
 fn status_command(

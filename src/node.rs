@@ -56,6 +56,8 @@ pub struct NetStatus {
     pub last_peer_ms: Option<f64>,
     /// The address the node listens on.
     pub listening: Option<String>,
+    /// Peers dialled again after a restart.
+    pub remembered: Vec<crate::net::remembered::Remembered>,
 }
 
 /// A running node.

@@ -39,6 +39,23 @@ pub fn report(node: &Node) -> Value {
             })
         })
         .collect();
+    let remembered: Vec<Value> = net
+        .remembered
+        .iter()
+        .map(|r| {
+            let key = crate::net::address::PeerAddress::parse(&r.address)
+                .ok()
+                .map(|a| a.key);
+            json!({
+                "address": r.address,
+                "name": key.map(|k| label(&k, &names)),
+                "source": r.source,
+                "last_success": r.last_success_ms.map(format_timestamp),
+                "last_failure": r.last_failure_ms.map(format_timestamp),
+                "failures": r.failures,
+            })
+        })
+        .collect();
     let last_peer_ms = if net.peers.is_empty() {
         net.last_peer_ms
     } else {
@@ -55,6 +72,7 @@ pub fn report(node: &Node) -> Value {
         "hops": node.config.hops,
         "following": node.following().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "peers": peers,
+        "remembered": remembered,
         "feeds": feeds,
     })
 }
@@ -84,6 +102,29 @@ pub fn render(report: &Value) -> String {
             p["received"],
             p["sent"]
         ));
+    }
+    let remembered = report["remembered"].as_array().unwrap_or(&empty);
+    if !remembered.is_empty() {
+        out.push_str(&format!("remembered: {}\n", remembered.len()));
+        for r in remembered {
+            let failures = r["failures"].as_u64().unwrap_or(0);
+            let failing = if failures > 0 {
+                format!(
+                    ", last failure {} ({failures} since)",
+                    s(&r["last_failure"])
+                )
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "  {} {} ({}) last worked {}{}\n",
+                s(&r["name"]),
+                s(&r["address"]),
+                s(&r["source"]),
+                s(&r["last_success"]),
+                failing
+            ));
+        }
     }
     let feeds = report["feeds"].as_array().unwrap_or(&empty);
     out.push_str(&format!("feeds:     {}\n", feeds.len()));

@@ -62,7 +62,7 @@ async fn listen(socket: UdpSocket, peers: Arc<Peers>) {
         };
         for address in PeerAddress::parse_many(text) {
             tracing::trace!("discovered {address} from {from}");
-            peers.add_candidate(address, false);
+            peers.add_candidate(address, super::remembered::Source::Lan);
         }
     }
 }

@@ -20,8 +20,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::address::PeerAddress;
+use super::invite;
+use super::remembered::Source;
 use super::session::{self, Counters, SessionError};
 use super::shs::{self, Connection};
+use super::Net;
 use crate::feed::FeedId;
 use crate::node::{now_ms, Node, PeerStatus};
 
@@ -43,7 +46,10 @@ struct Active {
 
 struct Candidate {
     last_seen: Instant,
-    is_static: bool,
+    /// How it was found.
+    source: Source,
+    /// Kept without being seen again: named, or remembered.
+    keep: bool,
     next_try: Instant,
     delay: Duration,
     warned: bool,
@@ -61,39 +67,60 @@ struct Inner {
 /// The peer table.
 pub struct Peers {
     node: Arc<Node>,
+    net: Arc<Net>,
     inner: Mutex<Inner>,
     wake: Notify,
 }
 
 impl Peers {
     /// An empty table for `node`.
-    pub fn new(node: Arc<Node>) -> Arc<Peers> {
+    pub fn new(node: Arc<Node>, net: Arc<Net>) -> Arc<Peers> {
         Arc::new(Peers {
             node,
+            net,
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
         })
     }
 
-    /// Adds or refreshes an address to dial. Static peers (`--peer`) never
-    /// expire; broadcast ones do when they fall silent.
-    pub fn add_candidate(&self, address: PeerAddress, is_static: bool) {
+    /// Adds or refreshes an address to dial. Peers found by broadcast are
+    /// dropped when they fall silent; all others are kept.
+    pub fn add_candidate(&self, address: PeerAddress, source: Source) {
+        self.add(address, source, source != Source::Lan);
+    }
+
+    /// Adds a remembered peer: kept, and dialled with backoff, whatever its
+    /// source.
+    pub fn add_remembered(&self, address: PeerAddress, source: Source) {
+        self.add(address, source, true);
+    }
+
+    fn add(&self, address: PeerAddress, source: Source, keep: bool) {
         if address.key == self.node.id() {
             return;
         }
         let mut inner = self.lock();
         let now = Instant::now();
         let new = !inner.candidates.contains_key(&address);
-        let candidate = inner.candidates.entry(address).or_insert(Candidate {
-            last_seen: now,
-            is_static,
-            next_try: now,
-            delay: MIN_BACKOFF,
-            warned: false,
-        });
+        // A LAN peer that dialled us first is remembered from its packets.
+        let connected = inner.connected.contains_key(&address.key);
+        let candidate = inner
+            .candidates
+            .entry(address.clone())
+            .or_insert(Candidate {
+                last_seen: now,
+                source,
+                keep,
+                next_try: now,
+                delay: MIN_BACKOFF,
+                warned: false,
+            });
         candidate.last_seen = now;
-        candidate.is_static |= is_static;
+        candidate.keep |= keep;
         drop(inner);
+        if connected && !self.net.memory.knows(&address) {
+            self.net.memory.succeeded(&address, source);
+        }
         if new {
             self.wake.notify_one();
         }
@@ -133,6 +160,10 @@ impl Peers {
             tokio::spawn(async move {
                 let node = peers.node.clone();
                 match shs::accept(tcp, &node.keys, &node.config.network_key).await {
+                    Ok(conn) if peers.net.invites.is_guest(&conn.peer) => {
+                        tracing::info!("a guest at {from} is redeeming an invite");
+                        invite::serve_guest(node, peers.net.invites.clone(), conn).await;
+                    }
                     Ok(conn) => peers.run(conn, None).await,
                     Err(e) => {
                         // Log once per address, then quietly.
@@ -154,7 +185,7 @@ impl Peers {
         let now = Instant::now();
         inner
             .candidates
-            .retain(|_, c| c.is_static || now.duration_since(c.last_seen) < DISCOVERY_TTL);
+            .retain(|_, c| c.keep || now.duration_since(c.last_seen) < DISCOVERY_TTL);
         let room = MAX_CONNECTIONS.saturating_sub(inner.connected.len() + inner.dialing.len());
         let mut due: Vec<PeerAddress> = inner
             .candidates
@@ -186,14 +217,23 @@ impl Peers {
             &node.config.network_key,
         )
         .await;
-        self.lock().dialing.remove(&address.key);
+        let source = {
+            let mut inner = self.lock();
+            inner.dialing.remove(&address.key);
+            inner
+                .candidates
+                .get(&address)
+                .map_or(Source::Peer, |c| c.source)
+        };
         match result {
             Ok(conn) => {
                 tracing::debug!("connected to {address}");
                 self.reset_backoff(&address);
+                self.net.memory.succeeded(&address, source);
                 self.run(conn, Some(&address)).await;
             }
             Err(e) => {
+                self.net.memory.failed(&address);
                 let first = self.back_off(&address, false);
                 if first {
                     tracing::info!("cannot reach {address}: {e}");
@@ -322,11 +362,13 @@ impl Peers {
                 since_ms: a.since_ms,
             })
             .collect();
+        let remembered = self.net.memory.list();
         if let Ok(mut net) = self.node.net.write() {
             if !peers.is_empty() {
                 net.last_peer_ms = Some(now_ms());
             }
             net.peers = peers;
+            net.remembered = remembered;
         }
     }
 

@@ -248,6 +248,7 @@ pub fn node_config(path: &Path) -> scuttlefs::config::Config {
         network_key: [7; 32],
         hops: 2,
         name: "here".into(),
+        host: None,
     }
 }
 

@@ -6,6 +6,8 @@
 //   node sbot.js PATH PORT CAPS history @ID          (the stored feed, as JSON lines of values)
 //   node sbot.js PATH PORT CAPS latest @ID           (the latest sequence stored, or 0)
 //   node sbot.js PATH PORT CAPS connect net:HOST:PORT~shs:KEY
+//   node sbot.js PATH PORT CAPS invite-create USES   (HOST:PORT:@KEY.ed25519~SEED;
+//                                                     the server needs allowPrivate for a 10.x/127 host)
 // Content is passed as JSON, never as CLI flags, so no connection flag can
 // leak into a message.
 const ssbClient = require('ssb-client')
@@ -50,6 +52,7 @@ ssbClient(keys, { remote, caps: { shs: caps }, manifest: require(path + '/manife
     }))
     case 'latest': return sbot.latestSequence(arg, (e, seq) => done(null, String(e ? 0 : seq)))
     case 'connect': return sbot.gossip.connect(arg, (e) => done(e, 'connected'))
+    case 'invite-create': return sbot.invite.create({ uses: +arg }, (e, code) => done(e, code))
     default: fail('unknown command ' + cmd)
   }
 })

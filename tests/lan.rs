@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::lan::Lan;
 use common::{wait_until, Daemon};
+use scuttlefs::feed::{FeedId, Keypair};
 
 const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
 const OTHER_KEY: &str = "aW8vDdVQWRmFzChI2eUjgvuvkB05WB4CTGgxJb7Nf4U=";
@@ -226,4 +227,82 @@ fn a_node_on_another_network_key_learns_nothing() {
         "{}",
         e.read("status")
     );
+}
+
+/// A machine loses power while connected and boots again. The survivor
+/// still holds the old connection, half open: nothing told it the far end
+/// is gone. The rebooted machine's lines must arrive within 30 s without
+/// the survivor publishing anything, whichever machine has the larger key.
+fn half_open_connection_is_replaced(survivor_key_is_smaller: bool, tag: &str) {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Keys made in advance, to choose which side has the larger one.
+    let mut keys = [Keypair::generate(), Keypair::generate()];
+    keys.sort_by_key(|k| k.id());
+    if !survivor_key_is_smaller {
+        keys.reverse();
+    }
+    for (name, key) in ["survivor", "rebooter"].iter().zip(&keys) {
+        std::fs::create_dir_all(dir.path().join(name)).expect("mkdir");
+        std::fs::write(
+            dir.path().join(name).join("secret"),
+            key.to_secret_file_text(),
+        )
+        .expect("secret");
+    }
+    let mut lan = Lan::new(tag);
+    let (ns, nr) = (lan.host(1), lan.host(2));
+    let survivor = node(&ns, dir.path(), "survivor", &[]);
+    let mut rebooter = node(&nr, dir.path(), "rebooter", &[]);
+    let key = |d: &Daemon| FeedId::parse(&d.id()).expect("an id");
+    assert_eq!(
+        key(&survivor) < key(&rebooter),
+        survivor_key_is_smaller,
+        "the keys are ordered as the case asks"
+    );
+    follow(&survivor, &rebooter);
+    follow(&rebooter, &survivor);
+    publish(&rebooter, "before the power cut");
+    assert!(
+        wait_until(Duration::from_secs(30), || has_line(
+            &survivor,
+            "before the power cut"
+        )),
+        "{}",
+        survivor.log()
+    );
+
+    // The link goes first, so that not even the kernel's FIN gets out.
+    lan.cut(&nr);
+    rebooter.kill();
+    let nr = lan.reboot(2);
+    let rebooter = node(&nr, dir.path(), "rebooter", &[]);
+    publish(&rebooter, "back after the power cut");
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || has_line(
+            &survivor,
+            "back after the power cut"
+        )),
+        "the rebooted machine's line did not arrive in 30 s:\n{}\n{}",
+        survivor.log(),
+        rebooter.log()
+    );
+    eprintln!(
+        "the line arrived {:.1} s after the reboot",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(count_line(&survivor, "before the power cut"), 1);
+}
+
+#[test]
+fn a_half_open_connection_is_replaced_when_the_survivor_has_the_smaller_key() {
+    half_open_connection_is_replaced(true, "d");
+}
+
+#[test]
+fn a_half_open_connection_is_replaced_when_the_survivor_has_the_larger_key() {
+    half_open_connection_is_replaced(false, "e");
 }

@@ -78,6 +78,21 @@ impl Lan {
         ns
     }
 
+    /// Host `n` loses power and boots again: its namespace, with every
+    /// socket in it, is destroyed while its link is down (so no FIN or RST
+    /// leaves), then made anew with the same address. The daemon in it must
+    /// have been killed first.
+    pub fn reboot(&mut self, n: u8) -> String {
+        let ns = format!("{}h{n}", self.prefix);
+        ip(&["-n", &ns, "link", "set", "eth0", "down"]);
+        // Deleting a namespace frees its devices later, in the background:
+        // remove the link now, so that it can be made again at once.
+        ip(&["-n", &self.switch(), "link", "del", &format!("p{n}")]);
+        ip(&["netns", "del", &ns]);
+        self.hosts.retain(|h| h != &ns);
+        self.host(n)
+    }
+
     pub fn cut(&self, ns: &str) {
         ip(&["-n", ns, "link", "set", "eth0", "down"]);
     }

@@ -212,6 +212,15 @@ impl Daemon {
             .expect("sh runs")
     }
 
+    /// Kills the daemon with SIGKILL, as a power cut would, and waits for
+    /// it; its mount is left stale (the next start clears it).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;

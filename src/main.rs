@@ -261,7 +261,11 @@ fn request(overrides: &Overrides, req: Request) -> Result<ExitCode, String> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let outcome = {
         let mut emit = |item: Value| -> std::io::Result<()> {
-            out.write_all(to_js_pretty(&item).as_bytes())?;
+            match &item {
+                // An invite code: bare, to paste or pass on as it is.
+                Value::String(text) => out.write_all(text.as_bytes())?,
+                _ => out.write_all(to_js_pretty(&item).as_bytes())?,
+            }
             // `sbot log` separates messages with a blank line; scripts split on it.
             out.write_all(if blank_line { b"\n\n" } else { b"\n" })
         };

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::lan::Lan;
+use common::ssb_server::{SsbServer, KEY};
 use common::{fuse_available, node_modules_available, wait_until, Daemon};
 use scuttlefs::feed::Message;
-
-const KEY: &str = "D9ZJ0MfrQ/mCwaP8kCDVZ3Sz1YqYkTiXAzyHbdXw3Wc=";
 
 /// ssb-server is heavy on two cores, and ssb-client gives up after a few
 /// seconds: the tests here run one at a time.
@@ -18,139 +16,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A running ssb-server on loopback, driven through tests/js/sbot.js.
-struct SsbServer {
-    child: Child,
-    path: std::path::PathBuf,
-    port: u16,
-    netns: Option<String>,
-    /// Where sbot.js connects: loopback, or the host's LAN address.
-    host: String,
-}
-
-/// `node`, inside network namespace `netns` when given.
-fn node_command(netns: Option<&str>) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}")).arg("node");
-            c
-        }
-        None => Command::new("node"),
-    }
-}
-
-impl SsbServer {
-    /// ssb-server on loopback, on free ports.
-    fn start(dir: &std::path::Path) -> SsbServer {
-        // No LAN broadcasts from a loopback test: only the namespace test
-        // below lets ssb-server announce itself.
-        SsbServer::start_in(
-            dir,
-            None,
-            free_port(),
-            &["--host", "127.0.0.1", "--no-gossip.local"],
-        )
-    }
-
-    fn start_in(
-        dir: &std::path::Path,
-        netns: Option<&str>,
-        port: u16,
-        extra: &[&str],
-    ) -> SsbServer {
-        let path = dir.join("ssb-server");
-        let ws_port = free_port();
-        let js = common::repo().join("tests/js");
-        let log = std::fs::File::create(dir.join("ssb-server.log")).expect("log");
-        let child = node_command(netns)
-            .arg(js.join("node_modules/ssb-server/bin.js"))
-            .args(["start", "--path"])
-            .arg(&path)
-            .args(["--port", &port.to_string()])
-            .args(["--ws.port", &ws_port.to_string()])
-            .args(["--caps.shs", KEY])
-            .args(extra)
-            .current_dir(&js)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("ssb-server starts");
-        let host = extra
-            .windows(2)
-            .find(|w| w[0] == "--host")
-            .map_or("127.0.0.1", |w| w[1])
-            .to_string();
-        let server = SsbServer {
-            child,
-            path,
-            port,
-            netns: netns.map(str::to_string),
-            host,
-        };
-        assert!(
-            wait_until(Duration::from_secs(30), || server
-                .try_sbot(&["whoami"])
-                .is_some()),
-            "ssb-server did not come up"
-        );
-        server
-    }
-
-    fn try_sbot(&self, args: &[&str]) -> Option<String> {
-        let out = node_command(self.netns.as_deref())
-            .arg(common::repo().join("tests/js/sbot.js"))
-            .arg(&self.path)
-            .arg(self.port.to_string())
-            .arg(KEY)
-            .args(args)
-            .env("SBOT_HOST", &self.host)
-            .current_dir(common::repo().join("tests/js"))
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// Runs sbot.js, retrying a few times: a busy ssb-server can miss
-    /// ssb-client's connection timeout.
-    fn sbot(&self, args: &[&str]) -> String {
-        for _ in 0..4 {
-            if let Some(out) = self.try_sbot(args) {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!("sbot.js {args:?} failed")
-    }
-
-    fn id(&self) -> String {
-        self.sbot(&["whoami"])
-    }
-
-    /// `net:127.0.0.1:PORT~shs:KEY`, for `--peer`.
-    fn address(&self) -> String {
-        let id = self.id();
-        format!("net:127.0.0.1:{}~shs:{}", self.port, &id[1..id.len() - 8])
-    }
-}
-
-impl Drop for SsbServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn listening_port(daemon: &Daemon) -> u16 {

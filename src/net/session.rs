@@ -203,9 +203,9 @@ impl Session {
     /// `createHistoryStream` for every wanted feed not yet requested (and
     /// an end for each feed no longer wanted: unfollowing stops it).
     async fn sync(&mut self) {
-        let me = self.node.id();
-        let wanted = self.node.wanted_feeds();
-        self.wanted = wanted.keys().copied().filter(|f| *f != me).collect();
+        // Our own feed is in the EBT clock (peers learn from it what we
+        // have), but never asked for with createHistoryStream.
+        self.wanted = self.node.wanted_feeds().keys().copied().collect();
         let frames = match self.mode {
             Mode::Deciding(_) => Vec::new(),
             Mode::Ebt => match &self.ebt {
@@ -238,10 +238,11 @@ impl Session {
                 frames.push(Frame::end(req));
             }
         }
+        let me = self.node.id();
         let mut new: Vec<FeedId> = self
             .wanted
             .iter()
-            .filter(|f| !self.requested.contains_key(f))
+            .filter(|f| **f != me && !self.requested.contains_key(f))
             .copied()
             .collect();
         new.sort();

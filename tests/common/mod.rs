@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod lan;
+pub mod sites;
+pub mod ssb_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

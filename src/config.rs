@@ -242,6 +242,17 @@ pub fn parse_network_key(text: &str) -> Result<[u8; 32], ConfigError> {
         .ok_or_else(|| ConfigError::BadNetworkKey(text.to_string()))
 }
 
+/// Decodes a `--room-caps` value: a network key, or `main` for the main
+/// SSB network's (public rooms run on it).
+pub fn parse_room_caps(text: &str) -> Result<[u8; 32], ConfigError> {
+    if text.trim() == "main" {
+        let key = kuska_ssb::discovery::ssb_net_id();
+        return <[u8; 32]>::try_from(&key[..])
+            .map_err(|_| ConfigError::BadNetworkKey(text.to_string()));
+    }
+    parse_network_key(text)
+}
+
 fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length, and gethostname

@@ -50,6 +50,9 @@ pub enum Request {
     InviteAccept {
         /// The code.
         code: String,
+        /// A room's network key, when it is not ours (base64, or `main`).
+        #[serde(default)]
+        room_caps: Option<String>,
     },
     /// Make an invite to this machine for `uses` redemptions.
     InviteCreate {
@@ -136,8 +139,16 @@ pub fn handle(
             Ok(())
         }
         Request::Status => emit(status::report(node)).map_err(io_err),
-        Request::InviteAccept { code } => {
-            let answer = block_on(net.accept_invite(node, &code))?.map_err(invite_err)?;
+        Request::InviteAccept { code, room_caps } => {
+            let room_caps = room_caps
+                .map(|c| crate::config::parse_room_caps(&c))
+                .transpose()
+                .map_err(|e| RequestError {
+                    kind: "invalid".into(),
+                    message: e.to_string(),
+                })?;
+            let answer =
+                block_on(net.accept_invite(node, &code, room_caps))?.map_err(invite_err)?;
             emit(answer).map_err(io_err)
         }
         Request::InviteCreate { uses } => {

@@ -26,6 +26,10 @@ pub struct ServeOptions {
     pub peers: Vec<String>,
     /// Skip LAN discovery.
     pub no_discovery: bool,
+    /// Rooms to join (`net:host:port~shs:key`).
+    pub rooms: Vec<String>,
+    /// The rooms' network key when it is not ours (base64, or `main`).
+    pub room_caps: Option<String>,
 }
 
 /// Why the daemon could not run.
@@ -78,6 +82,16 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
         .iter()
         .map(|p| net::address::PeerAddress::parse(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let room_caps = options
+        .room_caps
+        .as_deref()
+        .map(crate::config::parse_room_caps)
+        .transpose()?;
+    let rooms = options
+        .rooms
+        .iter()
+        .map(|r| net::address::PeerAddress::parse(r).map(|a| (a, room_caps)))
+        .collect::<Result<Vec<_>, _>>()?;
     let node = match Node::open(config.clone(), keys, true) {
         Ok(node) => Arc::new(node),
         Err(NodeError::Store(StoreError::Locked(_))) => {
@@ -117,6 +131,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
             node.clone(),
             net_state.clone(),
             peers,
+            rooms,
             !options.no_discovery,
         )
         .await

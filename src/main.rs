@@ -59,6 +59,13 @@ enum Command {
         /// in the invites it makes (saved in the config).
         #[arg(long)]
         host: Option<String>,
+        /// Join this room: net:HOST:PORT~shs:KEY (repeatable; remembered).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        /// The rooms' network key, when not this network's: base64, or
+        /// `main` for the main SSB network (public rooms).
+        #[arg(long)]
+        room_caps: Option<String>,
     },
     /// Pub invites: join a pub or room, or let others join this machine.
     Invite {
@@ -107,6 +114,10 @@ enum InviteAction {
     Accept {
         /// The invite code.
         code: String,
+        /// A room's network key, when not this network's: base64, or
+        /// `main` for the main SSB network (public rooms).
+        #[arg(long)]
+        room_caps: Option<String>,
     },
     /// Print an invite code for other machines to redeem here.
     Create {
@@ -166,6 +177,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             allow_other,
             no_discovery,
             host,
+            rooms,
+            room_caps,
         } => {
             overrides.name = name;
             overrides.hops = hops;
@@ -176,6 +189,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
                 allow_other,
                 peers,
                 no_discovery,
+                rooms,
+                room_caps,
             };
             daemon::serve(config, options).map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -202,8 +217,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         Command::Unfollow { id } => follow(&overrides, &id, false),
         Command::Status { max_silence, json } => status_command(&overrides, max_silence, json),
         Command::Invite {
-            action: InviteAction::Accept { code },
-        } => request(&overrides, Request::InviteAccept { code }),
+            action: InviteAction::Accept { code, room_caps },
+        } => request(&overrides, Request::InviteAccept { code, room_caps }),
         Command::Invite {
             action: InviteAction::Create { uses },
         } => request(&overrides, Request::InviteCreate { uses }),

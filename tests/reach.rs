@@ -1,6 +1,7 @@
 //! Machines at two sites that cannot reach each other meet through a host
 //! in the middle: a pub (ssb-server 16 from npm, or scuttlefs itself) joined
-//! with an invite. Each daemon runs in its own network namespace.
+//! with an invite, or a room (ssb-room 1.3.0 from npm) that tunnels them
+//! together. Each daemon runs in its own network namespace.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::lan::Lan;
+use common::room::{self, RoomServer};
 use common::sites::{Sites, MIDDLE};
 use common::ssb_server::{SsbServer, KEY};
 use common::{node_modules_available, run, run_ok, wait_until, Daemon};
@@ -57,6 +59,7 @@ fn follow(follower: &Daemon, followed: &Daemon) {
 }
 
 fn publish(daemon: &Daemon, line: &str) {
+    assert!(!line.contains('\''), "quote-free lines only: {line}");
     let out = daemon.sh(&format!("echo '{line}' >> publish"));
     assert!(out.status.success());
 }
@@ -276,4 +279,132 @@ fn bad_and_used_invites_are_refused_and_change_nothing() {
         "the pub does not follow carol after her invite"
     );
     assert!(follows(&carol, &pub_id), "carol does not follow the pub");
+}
+
+/// Joins `daemon` to the room with `extra` options, and checks the answer.
+fn join_room(daemon: &Daemon, room: &RoomServer, extra: &[&str]) {
+    let mut args = vec!["--path", path_of(daemon), "invite", "accept"];
+    let invite = room.invite();
+    args.push(&invite);
+    args.extend_from_slice(extra);
+    let out = run_ok(&args);
+    assert!(out.contains(&room.id), "{out}");
+}
+
+#[test]
+fn two_sites_meet_live_through_a_room_that_sees_only_ciphertext() {
+    if !Lan::available() || !room::available() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sites = Sites::new("s");
+    let room = RoomServer::start(dir.path(), &sites.middle, MIDDLE, 8008, Some(KEY), &sites.a);
+    let alice = site_node(&sites.a, dir.path(), "alice");
+    let bob = site_node(&sites.b, dir.path(), "bob");
+    // Mallory follows alice, but alice follows nobody who follows her.
+    let mallory = Daemon::start_in(
+        Some(&sites.b),
+        &dir.path().join("mallory"),
+        "mallory",
+        &["--caps.shs", KEY, "--port", "8009", "--no-discovery"],
+    );
+    sites.assert_isolated(8008);
+    for daemon in [&alice, &bob, &mallory] {
+        join_room(daemon, &room, &[]);
+    }
+    follow(&alice, &bob);
+    follow(&bob, &alice);
+    follow(&mallory, &alice);
+    let secret = format!("alice secret {}", rand_token());
+    publish(&alice, &secret);
+    publish(&bob, "bob through the room");
+    assert!(
+        wait_until(Duration::from_secs(60), || has_line(&bob, &secret)
+            && has_line(&alice, "bob through the room")),
+        "no exchange through the room:\n{}\n{}",
+        alice.log(),
+        bob.log()
+    );
+    let status = alice.read("status");
+    assert!(
+        status.contains(&format!("tunnel:{}:{}", room.id, bob.id())),
+        "{status}"
+    );
+    assert!(
+        status.contains("(room)"),
+        "the room is not remembered:\n{status}"
+    );
+
+    // Live: a line published now arrives through the open tunnel.
+    publish(&alice, "live through the room");
+    assert!(
+        wait_until(Duration::from_secs(10), || has_line(
+            &bob,
+            "live through the room"
+        )),
+        "{}",
+        bob.log()
+    );
+
+    // A feed alice does not follow cannot open a tunnel to her.
+    let mallory_id = mallory.id();
+    assert!(
+        wait_until(Duration::from_secs(30), || alice
+            .log()
+            .contains(&format!("refused a tunnel from {mallory_id}"))),
+        "mallory's tunnel was not refused:\n{}\n{}",
+        alice.log(),
+        mallory.log()
+    );
+    assert!(!has_line(&mallory, &secret), "mallory got alice's line");
+
+    // The room relayed the lines, but never held one in the clear. The
+    // search itself works: the ids the room routes by are found.
+    assert!(room::memory_contains(room.pid(), &bob.id()));
+    assert!(
+        !room::memory_contains(room.pid(), &secret),
+        "the room's memory holds the plaintext line"
+    );
+}
+
+#[test]
+fn a_public_room_carries_a_private_networks_logs() {
+    if !Lan::available() || !room::available() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sites = Sites::new("t");
+    // The room runs on the main SSB network's key; the machines on theirs.
+    let room = RoomServer::start(dir.path(), &sites.middle, MIDDLE, 8008, None, &sites.a);
+    let alice = site_node(&sites.a, dir.path(), "alice");
+    let bob = site_node(&sites.b, dir.path(), "bob");
+    for daemon in [&alice, &bob] {
+        join_room(daemon, &room, &["--room-caps", "main"]);
+    }
+    follow(&alice, &bob);
+    follow(&bob, &alice);
+    publish(&alice, "private line via a public room");
+    publish(&bob, "and back");
+    assert!(
+        wait_until(Duration::from_secs(60), || has_line(
+            &bob,
+            "private line via a public room"
+        ) && has_line(
+            &alice, "and back"
+        )),
+        "no exchange through the public room:\n{}\n{}",
+        alice.log(),
+        bob.log()
+    );
+}
+
+/// A token no earlier run left anywhere.
+fn rand_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{}", std::process::id())
 }

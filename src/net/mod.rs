@@ -6,6 +6,7 @@
 //!   `history` (createHistoryStream), `ebt` (epidemic broadcast trees),
 //!   `ping` (keepalive) and `ingest` (verify and store);
 //! - `invite`: pub invites, redeemed and served;
+//! - `room`: membership of rooms, and `tunnel`: connections through them;
 //! - `peers`: whom to dial and which connections to keep;
 //! - `remembered`: peers dialled again after a restart;
 //! - `discovery`: LAN broadcast;
@@ -21,11 +22,14 @@ pub mod muxrpc;
 pub mod peers;
 pub mod ping;
 pub mod remembered;
+pub mod room;
 pub mod session;
 pub mod shs;
+pub mod tunnel;
 
 use std::sync::{Arc, OnceLock};
 
+use base64::Engine;
 use tokio::net::TcpListener;
 
 use crate::node::Node;
@@ -63,6 +67,16 @@ impl Net {
         }
     }
 
+    /// Remembers a room and, when the network runs, joins it. `caps` is
+    /// the room's network key when it is not ours.
+    pub fn add_room(&self, address: PeerAddress, caps: Option<[u8; 32]>) {
+        let caps_text = caps.map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        self.memory.remember(&address, Source::Room, caps_text);
+        if let Some(peers) = self.peers.get() {
+            peers.add_room(address, caps);
+        }
+    }
+
     /// Redeems an invite code: a pub's (with its guest key, then follows
     /// the pub) or a room's. Either way the pub or room is remembered and,
     /// when the network runs, dialled with our own key. Returns what to
@@ -71,6 +85,7 @@ impl Net {
         &self,
         node: &Arc<Node>,
         code: &str,
+        room_caps: Option<[u8; 32]>,
     ) -> Result<serde_json::Value, InviteError> {
         if kuska_sodiumoxide::init().is_err() {
             return Err(InviteError::CannotCreate(
@@ -89,7 +104,7 @@ impl Net {
                 }))
             }
             Invite::Room { address } => {
-                self.add_peer(address.clone(), Source::Room);
+                self.add_room(address.clone(), room_caps);
                 Ok(serde_json::json!({
                     "room": address.key.to_string(),
                     "address": address.to_string(),
@@ -120,6 +135,7 @@ pub async fn start(
     node: Arc<Node>,
     net: Arc<Net>,
     static_peers: Vec<PeerAddress>,
+    rooms: Vec<(PeerAddress, Option<[u8; 32]>)>,
     discovery: bool,
 ) -> std::io::Result<()> {
     if kuska_sodiumoxide::init().is_err() {
@@ -136,8 +152,20 @@ pub async fn start(
     for address in static_peers {
         peers.add_candidate(address, Source::Peer);
     }
+    for (address, caps) in rooms {
+        net.add_room(address, caps);
+    }
     for remembered in net.memory.list() {
-        if let Ok(address) = PeerAddress::parse(&remembered.address) {
+        let Ok(address) = PeerAddress::parse(&remembered.address) else {
+            continue;
+        };
+        if remembered.source == Source::Room {
+            let caps = remembered
+                .caps
+                .as_deref()
+                .and_then(|c| crate::config::parse_network_key(c).ok());
+            peers.add_room(address, caps);
+        } else {
             peers.add_remembered(address, remembered.source);
         }
     }

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::address::PeerAddress;
 use super::invite;
 use super::remembered::Source;
+use super::room;
 use super::session::{self, Counters, SessionError};
 use super::shs::{self, Connection};
 use super::Net;
@@ -50,6 +51,8 @@ struct Candidate {
     source: Source,
     /// Kept without being seen again: named, or remembered.
     keep: bool,
+    /// For a room: the network key to reach it with, when not ours.
+    room_caps: Option<[u8; 32]>,
     next_try: Instant,
     delay: Duration,
     warned: bool,
@@ -95,6 +98,36 @@ impl Peers {
         self.add(address, source, true);
     }
 
+    /// Adds a room to keep a connection to, reached with `caps` (the
+    /// room's network key) when given, else with ours.
+    pub fn add_room(&self, address: PeerAddress, caps: Option<[u8; 32]>) {
+        self.add(address.clone(), Source::Room, true);
+        if let Some(candidate) = self.lock().candidates.get_mut(&address) {
+            candidate.source = Source::Room;
+            candidate.room_caps = caps;
+        }
+    }
+
+    /// Claims `peer` for a dial by other means (a tunnel): false when it is
+    /// connected or already being dialled.
+    pub fn try_begin_dial(&self, peer: &FeedId) -> bool {
+        let mut inner = self.lock();
+        if inner.connected.contains_key(peer) || inner.dialing.contains(peer) {
+            return false;
+        }
+        inner.dialing.insert(*peer)
+    }
+
+    /// Ends a claim made with [`Peers::try_begin_dial`].
+    pub fn end_dial(&self, peer: &FeedId) {
+        self.lock().dialing.remove(peer);
+    }
+
+    /// Whether a session with `peer` is open.
+    pub fn is_connected(&self, peer: &FeedId) -> bool {
+        self.lock().connected.contains_key(peer)
+    }
+
     fn add(&self, address: PeerAddress, source: Source, keep: bool) {
         if address.key == self.node.id() {
             return;
@@ -111,6 +144,7 @@ impl Peers {
                 last_seen: now,
                 source,
                 keep,
+                room_caps: None,
                 next_try: now,
                 delay: MIN_BACKOFF,
                 warned: false,
@@ -209,28 +243,31 @@ impl Peers {
 
     async fn dial(self: Arc<Self>, address: PeerAddress) {
         let node = self.node.clone();
+        let (source, room_caps) = self
+            .lock()
+            .candidates
+            .get(&address)
+            .map_or((Source::Peer, None), |c| (c.source, c.room_caps));
+        let network_key = room_caps.unwrap_or(node.config.network_key);
         let result = shs::connect(
             &address.host,
             address.port,
             address.key,
             &node.keys,
-            &node.config.network_key,
+            &network_key,
         )
         .await;
-        let source = {
-            let mut inner = self.lock();
-            inner.dialing.remove(&address.key);
-            inner
-                .candidates
-                .get(&address)
-                .map_or(Source::Peer, |c| c.source)
-        };
+        self.lock().dialing.remove(&address.key);
         match result {
             Ok(conn) => {
                 tracing::debug!("connected to {address}");
                 self.reset_backoff(&address);
                 self.net.memory.succeeded(&address, source);
-                self.run(conn, Some(&address)).await;
+                if source == Source::Room {
+                    self.run_room(conn, &address).await;
+                } else {
+                    self.run(conn, Some(&address)).await;
+                }
             }
             Err(e) => {
                 self.net.memory.failed(&address);
@@ -242,6 +279,27 @@ impl Peers {
                 }
             }
         }
+    }
+
+    /// Registers a connection to a room and keeps it until it ends.
+    async fn run_room(self: &Arc<Self>, conn: Connection, address: &PeerAddress) {
+        let room = conn.peer;
+        let Some((conn_id, close, _)) = self.register(room, self.node.id(), &conn.address) else {
+            return;
+        };
+        tracing::info!("joined the room {address}");
+        let result = room::run(self.node.clone(), self.clone(), conn, close).await;
+        self.unregister(&room, conn_id);
+        match result {
+            Ok(()) => tracing::info!("left the room {address}"),
+            Err(e) => tracing::info!("lost the room {address}: {e}"),
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs a session over a tunnel through a room, like any other.
+    pub async fn run_tunnel(self: &Arc<Self>, conn: Connection) {
+        self.run(conn, None).await;
     }
 
     /// Registers `conn` and runs its session to the end.

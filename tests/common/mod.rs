@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lan;
+pub mod room;
 pub mod sites;
 pub mod ssb_server;
 

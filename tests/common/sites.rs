@@ -86,14 +86,7 @@ impl Sites {
     /// Whether a TCP connection from namespace `ns` to `addr:port` opens
     /// within a few seconds.
     pub fn can_connect(&self, ns: &str, addr: &str, port: u16) -> bool {
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
-            .args(["timeout", "3", "bash", "-c"])
-            .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("nsenter runs")
-            .success()
+        port_open(ns, addr, port)
     }
 
     /// Asserts the topology: both sites reach the middle's `port`, and
@@ -116,6 +109,19 @@ impl Sites {
             "site B reaches site A directly"
         );
     }
+}
+
+/// Whether a TCP connection from namespace `ns` to `addr:port` opens within
+/// a few seconds.
+pub fn port_open(ns: &str, addr: &str, port: u16) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{ns}"))
+        .args(["timeout", "3", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("nsenter runs")
+        .success()
 }
 
 impl Drop for Sites {

@@ -49,13 +49,13 @@ seq 1 "$N" | sed 's/^/line through the middle /' \
   | $BIN publish --stdin --path $WORK/a --type log --source bench > /dev/null
 id_of() { $BIN whoami --path "$1" | grep -o '@[^"]*'; }
 A_ID=$(id_of $WORK/a); A_KEY=${A_ID#@}; A_KEY=${A_KEY%.ed25519}
-$BIN whoami --path $WORK/b-template > /dev/null
-B_ID=$(id_of $WORK/b-template)
 
 serve() { # NS PATH [ARGS...]: starts a daemon; its pid is left in PID
   local ns=$1 path=$2; shift 2
-  RUST_LOG=warn in_ns "$ns" $BIN serve --no-mount --no-discovery --path "$path" \
-    --port 8008 --caps.shs "$KEY" "$@" >> "$path.log" 2>&1 &
+  # nsenter itself (not a shell function) in the background: it becomes
+  # the daemon, so $! is the daemon's pid.
+  RUST_LOG=warn nsenter --net=/var/run/netns/$ns $BIN serve --no-mount --no-discovery \
+    --path "$path" --port 8008 --caps.shs "$KEY" "$@" >> "$path.log" 2>&1 &
   PID=$!
 }
 stop() { # PIDS...: SIGTERM, and wait until each is gone
@@ -74,7 +74,13 @@ wait_for() { # PATH FEED SEQ
     sleep $POLL
   done
 }
-fresh_b() { rm -rf $WORK/b; cp -r $WORK/b-template $WORK/b; $BIN follow "$A_ID" --path $WORK/b > /dev/null; }
+# A new machine B each run (a copy of an old one would fork its feed at
+# the peers that replicated it before).
+fresh_b() {
+  rm -rf $WORK/b
+  $BIN follow "$A_ID" --path $WORK/b > /dev/null
+  B_ID=$(id_of $WORK/b)
+}
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 wait_port() { # NS HOST PORT
   for _ in $(seq 100); do
@@ -144,11 +150,11 @@ wait_port $A $MID 8008
 ROOM_ID=$(grep -v '^#' $ROOM_HOME/.ssb/secret | tr -d '\n ' | grep -o '"id":"@[^"]*' | cut -d'"' -f4)
 ROOM_KEY=${ROOM_ID#@}; ROOM_KEY=${ROOM_KEY%.ed25519}
 ROOM="net:$MID:8008~shs:$ROOM_KEY"
-# A accepts tunnels only from feeds it follows.
-$BIN follow "$B_ID" --path $WORK/a > /dev/null
 through_room=()
 for run in $(seq "$RUNS"); do
   fresh_b
+  # A accepts tunnels only from feeds it follows.
+  $BIN follow "$B_ID" --path $WORK/a > /dev/null
   serve $A $WORK/a --room "$ROOM"; APID=$PID
   wait_port $M 10.71.1.2 8008
   TOTAL=$(seq_of $WORK/a "$A_ID")

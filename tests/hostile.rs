@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use common::{fuse_available, wait_until, Daemon};
 use scuttlefs::feed::{Keypair, Message};
+use scuttlefs::net::invite::Invite;
 use scuttlefs::net::muxrpc::{self, Frame};
 use scuttlefs::net::shs;
 
@@ -250,4 +251,131 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
     assert!(daemon.read("whoami").starts_with('@'), "the daemon died");
     let out = daemon.sh("echo 'still alive' >> publish && tail -n 1 merged.log");
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(" still alive\n"));
+}
+
+/// The port the daemon listens on, from its status file.
+fn listening_port(daemon: &Daemon) -> u16 {
+    daemon
+        .read("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|l| l.trim().rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("listening port in status")
+}
+
+/// The next frame answering request `req`.
+async fn answer(conn: &mut shs::Connection, req: i32) -> Frame {
+    let mut seen = Vec::new();
+    find_frame(conn, &mut seen, |f| f.req == -req)
+        .await
+        .expect("an answer")
+}
+
+#[test]
+fn an_invite_guest_may_only_redeem_its_invite() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(
+        &dir.path().join("pub"),
+        "pub",
+        &["--caps.shs", KEY, "--host", "127.0.0.1"],
+    );
+    let path = dir.path().join("pub");
+    let code = common::run_ok(&["--path", path.to_str().expect("utf-8"), "invite", "create"]);
+    // The invite names the configured host, and the port the daemon took.
+    let code = code
+        .trim()
+        .replace(":0:", &format!(":{}:", listening_port(&daemon)));
+    let Ok(Invite::Pub { address, seed }) = Invite::parse(&code) else {
+        panic!("not a pub invite: {code}")
+    };
+    assert_eq!(address.port, listening_port(&daemon), "{code}");
+    let guest = Keypair::from_seed(&seed);
+    let redeemer = Keypair::generate();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        assert!(kuska_sodiumoxide::init().is_ok());
+        let mut conn = shs::connect(
+            &address.host,
+            address.port,
+            address.key,
+            &guest,
+            &network_key(),
+        )
+        .await
+        .expect("the guest key is let in");
+        let calls = [
+            Frame::request(1, &["whoami"], "async", json!([])),
+            Frame::request(
+                2,
+                &["createHistoryStream"],
+                "source",
+                json!([{"id": daemon.id()}]),
+            ),
+            Frame::request(3, &["ebt", "replicate"], "duplex", json!([{"version": 3}])),
+            Frame::request(
+                4,
+                &["invite", "use"],
+                "async",
+                json!([{"feed": "@not a feed"}]),
+            ),
+        ];
+        send(&mut conn, &calls).await;
+        for req in 1..=3 {
+            let reply = answer(&mut conn, req).await;
+            assert!(reply.end, "request {req} was served to a guest");
+            assert!(
+                reply
+                    .error_message()
+                    .is_some_and(|m| m.contains("not in list of allowed methods")),
+                "{req}: {:?}",
+                reply.body_json()
+            );
+        }
+        assert!(
+            answer(&mut conn, 4).await.error_message().is_some(),
+            "a bad feed was accepted"
+        );
+        send(
+            &mut conn,
+            &[Frame::request(
+                5,
+                &["invite", "use"],
+                "async",
+                json!([{"feed": redeemer.id().to_string()}]),
+            )],
+        )
+        .await;
+        let reply = answer(&mut conn, 5).await;
+        let body = reply.body_json().expect("json");
+        assert_eq!(
+            body["value"]["content"]["contact"],
+            json!(redeemer.id().to_string()),
+            "{body}"
+        );
+        assert_eq!(body["value"]["content"]["following"], json!(true));
+        // Used up: the same guest is refused the way ssb-server refuses it.
+        send(
+            &mut conn,
+            &[Frame::request(
+                6,
+                &["invite", "use"],
+                "async",
+                json!([{"feed": Keypair::generate().id().to_string()}]),
+            )],
+        )
+        .await;
+        let reply = answer(&mut conn, 6).await;
+        assert_eq!(
+            reply.error_message().as_deref(),
+            Some("method:invite,use is not in list of allowed methods")
+        );
+    });
+    assert!(daemon.read("status").contains("messages:"));
 }

@@ -87,7 +87,9 @@ impl Ebt {
                 .as_str()
                 .and_then(|a| FeedId::parse(a).ok())
                 .ok_or_else(|| SessionError::BadMessage("EBT message with a bad author".into()))?;
-            if wanted.contains(&author) {
+            // Our own feed is written here only: a copy from a peer is at
+            // best old news, at worst a fork from a restored backup.
+            if wanted.contains(&author) && author != node.id() {
                 forward(ingest, author, value).await?;
             }
             return Ok(());
@@ -128,12 +130,15 @@ impl Ebt {
     }
 }
 
-/// Our clock: every feed in `wanted`, with what we have of it.
+/// Our clock: every feed in `wanted`, with what we have of it. Our own
+/// feed is in it (peers learn from it how far we are), marked as not to be
+/// sent to us.
 pub fn clock(node: &Node, wanted: &HashSet<FeedId>) -> Value {
+    let me = node.id();
     let mut clock = serde_json::Map::new();
     for feed in wanted {
         let seq = node.store.tip(feed).map_or(0, |t| t.sequence);
-        clock.insert(feed.to_string(), json!(note(seq, true)));
+        clock.insert(feed.to_string(), json!(note(seq, *feed != me)));
     }
     Value::Object(clock)
 }

@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
 RUNS=${2:-3}
-cargo build --release --quiet
-BIN=$PWD/target/release/scuttlefs
+# BIN=path/to/scuttlefs compares another build (an A/B run).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/scuttlefs
+fi
 KEY=$(head -c 32 /dev/urandom | base64)
 WORK=$(mktemp -d)
 trap 'pkill -f "$WORK" 2>/dev/null; rm -rf $WORK' EXIT

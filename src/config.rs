@@ -227,6 +227,11 @@ impl Config {
         self.path.join("lines.cache")
     }
 
+    /// The job table behind `health` (a cache).
+    pub fn jobs_cache(&self) -> PathBuf {
+        self.path.join("jobs.cache")
+    }
+
     /// The daemon's control socket.
     pub fn socket_path(&self) -> PathBuf {
         self.path.join("scuttlefs.sock")

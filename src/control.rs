@@ -46,6 +46,11 @@ pub enum Request {
     Log,
     /// Peers, feeds and replication progress.
     Status,
+    /// Every job's and machine's health.
+    Health {
+        /// How long a machine may be silent before it counts as quiet (ms).
+        max_silence_ms: Option<f64>,
+    },
     /// Redeem a pub's or a room's invite code.
     InviteAccept {
         /// The code.
@@ -139,6 +144,16 @@ pub fn handle(
             Ok(())
         }
         Request::Status => emit(status::report(node)).map_err(io_err),
+        Request::Health { max_silence_ms } => {
+            let max_silence = max_silence_ms.unwrap_or(crate::health::DEFAULT_MAX_SILENCE_MS);
+            let report = node
+                .health(crate::node::now_ms(), max_silence)
+                .ok_or_else(|| RequestError {
+                    kind: "internal".into(),
+                    message: "health needs the daemon: start it with scuttlefs serve".into(),
+                })?;
+            emit(report).map_err(io_err)
+        }
         Request::InviteAccept { code, room_caps } => {
             let room_caps = room_caps
                 .map(|c| crate::config::parse_room_caps(&c))

@@ -127,6 +127,17 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
                 tracing::error!("control socket {}: {e}", control_socket.display());
             }
         });
+        // The job table is a cache: saved now and then, and at the end.
+        let saver = node.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let node = saver.clone();
+                let _ = tokio::task::spawn_blocking(move || node.save_jobs()).await;
+            }
+        });
         net::start(
             node.clone(),
             net_state.clone(),
@@ -152,6 +163,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&socket);
     node.flush()?;
+    node.save_jobs();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     result

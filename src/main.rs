@@ -14,6 +14,7 @@ use scuttlefs::daemon::{self, ServeOptions};
 use scuttlefs::feed::json::to_js_pretty;
 use scuttlefs::feed::FeedId;
 use scuttlefs::node::{now_ms, Node, NodeError};
+use scuttlefs::run;
 use scuttlefs::status;
 use scuttlefs::store::StoreError;
 
@@ -66,6 +67,24 @@ enum Command {
         /// `main` for the main SSB network (public rooms).
         #[arg(long)]
         room_caps: Option<String>,
+    },
+    /// Every job on every machine: failed, late, running or ok, worst
+    /// first; machines silent too long. Exit 0 when all is well, 1 when the
+    /// daemon is down, 3 when a job failed or is late or a machine is quiet.
+    Health {
+        /// How long a machine may be silent (default 26h).
+        #[arg(long)]
+        max_silence: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job's command and publish what it prints, then a last line
+    /// with its exit code and duration; exit as the command did:
+    /// scuttlefs run --source NAME [--every 1d] [--quiet] [--FIELD VALUE]… -- COMMAND [ARGS…]
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Pub invites: join a pub or room, or let others join this machine.
     Invite {
@@ -216,6 +235,8 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
         Command::Follow { id } => follow(&overrides, &id, true),
         Command::Unfollow { id } => follow(&overrides, &id, false),
         Command::Status { max_silence, json } => status_command(&overrides, max_silence, json),
+        Command::Run { args } => run_job(&overrides, &args),
+        Command::Health { max_silence, json } => health_command(&overrides, max_silence, json),
         Command::Invite {
             action: InviteAction::Accept { code, room_caps },
         } => request(&overrides, Request::InviteAccept { code, room_caps }),
@@ -322,6 +343,128 @@ fn run_locally(
     let node = std::sync::Arc::new(node);
     let net = scuttlefs::net::Net::open(&node);
     Ok(control::handle(&node, &net, req, emit))
+}
+
+/// `scuttlefs run`: through the daemon when one answers, else on the store
+/// directly (held for the whole run).
+fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCode, String> {
+    let spec = run::parse_args(args).map_err(|e| e.to_string())?;
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let socket = config.socket_path();
+    let daemon_runs = std::os::unix::net::UnixStream::connect(&socket).is_ok();
+    let code = if daemon_runs {
+        run::run(&spec, &mut DaemonPublisher { socket })
+    } else {
+        let keys = config.load_or_create_keys().map_err(|e| e.to_string())?;
+        let node = Node::open(config.clone(), keys, false).map_err(|e| e.to_string())?;
+        node.ensure_name(&config.name).map_err(|e| e.to_string())?;
+        let node = std::sync::Arc::new(node);
+        let net = scuttlefs::net::Net::open(&node);
+        run::run(&spec, &mut LocalPublisher { node, net })
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Publishes a run's lines through the daemon's control socket.
+struct DaemonPublisher {
+    socket: PathBuf,
+}
+
+impl DaemonPublisher {
+    fn call(&self, req: Request) -> Result<(), String> {
+        match control::call(&self.socket, &req, &mut |_| Ok(())) {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => Err(e.message),
+            Ok(None) => Err("the daemon stopped".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl run::Publisher for DaemonPublisher {
+    fn lines(&mut self, fields: &Map<String, Value>, lines: Vec<String>) -> Result<(), String> {
+        self.call(Request::PublishLines {
+            fields: fields.clone(),
+            lines,
+        })
+    }
+
+    fn message(&mut self, content: Value) -> Result<(), String> {
+        self.call(Request::Publish {
+            contents: vec![content],
+        })
+    }
+}
+
+/// Publishes a run's lines on the store directly (no daemon runs).
+struct LocalPublisher {
+    node: std::sync::Arc<Node>,
+    net: std::sync::Arc<scuttlefs::net::Net>,
+}
+
+impl LocalPublisher {
+    fn handle(&self, req: Request) -> Result<(), String> {
+        control::handle(&self.node, &self.net, req, &mut |_| Ok(())).map_err(|e| e.message)
+    }
+}
+
+impl run::Publisher for LocalPublisher {
+    fn lines(&mut self, fields: &Map<String, Value>, lines: Vec<String>) -> Result<(), String> {
+        self.handle(Request::PublishLines {
+            fields: fields.clone(),
+            lines,
+        })
+    }
+
+    fn message(&mut self, content: Value) -> Result<(), String> {
+        self.handle(Request::Publish {
+            contents: vec![content],
+        })
+    }
+}
+
+fn health_command(
+    overrides: &Overrides,
+    max_silence: Option<String>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let max_silence_ms = max_silence
+        .map(|s| parse_duration(&s))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .map(|d| d.as_secs_f64() * 1000.0);
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let mut report = None;
+    let outcome = control::call(
+        &config.socket_path(),
+        &Request::Health { max_silence_ms },
+        &mut |item| {
+            report = Some(item);
+            Ok(())
+        },
+    );
+    let report = match (outcome, report) {
+        (Ok(Some(Ok(()))), Some(report)) => report,
+        _ => {
+            eprintln!(
+                "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
+                config.path.display(),
+                config.path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if json {
+        println!("{}", to_js_pretty(&report));
+    } else {
+        print!("{}", scuttlefs::health::render(&report));
+    }
+    Ok(if report["healthy"] == Value::Bool(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 fn status_command(

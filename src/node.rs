@@ -14,9 +14,39 @@ use crate::config::Config;
 use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
 use crate::graph::FollowGraph;
+use crate::health::JobTable;
 use crate::store::{contact_edge, Store, StoreError, Stored};
 use crate::view::line::{LineRenderer, RenderOverlay, LOG_TYPE, MORE_FIELD};
 use crate::view::{ViewEntry, Views};
+
+/// The saved job table, brought up to date with every feed's tip. A table
+/// ahead of the store (it was saved before a power cut took messages the
+/// store had not synced) is thrown away and rebuilt.
+fn load_jobs(path: &std::path::Path, store: &Store) -> Result<JobTable, NodeError> {
+    let tips = store.feeds();
+    let mut table = JobTable::load(path)
+        .filter(|t| tips.iter().all(|(feed, tip)| t.seen(feed) <= tip.sequence))
+        .unwrap_or_default();
+    let mut read = 0u64;
+    for (feed, tip) in &tips {
+        let from = table.seen(feed) + 1;
+        if from > tip.sequence {
+            continue;
+        }
+        for item in store.history(feed, from) {
+            let (_, raw) = item?;
+            table.observe(&raw.message()?);
+            read += 1;
+        }
+    }
+    if read > 0 {
+        tracing::debug!("read {read} messages into the job table");
+        if let Err(e) = table.save(path) {
+            tracing::warn!("could not save {}: {e}", path.display());
+        }
+    }
+    Ok(table)
+}
 
 /// Something the network layer or a view may want to react to.
 #[derive(Clone, Debug)]
@@ -80,6 +110,8 @@ pub struct Node {
     last_change_ms: std::sync::atomic::AtomicU64,
     /// Network status, written by the network layer.
     pub net: RwLock<NetStatus>,
+    /// Every job's last run (the daemon's nodes only).
+    jobs: Option<RwLock<JobTable>>,
     started_ms: f64,
 }
 
@@ -133,6 +165,11 @@ impl Node {
             None
         };
         let store = Arc::new(store);
+        let jobs = if with_views {
+            Some(RwLock::new(load_jobs(&config.jobs_cache(), &store)?))
+        } else {
+            None
+        };
         let renderer = LineRenderer::new(store.names()?);
         let graph = FollowGraph::from_edges(store.contacts()?);
         let (events, _) = broadcast::channel(4096);
@@ -148,6 +185,7 @@ impl Node {
             publish_lock: Mutex::new(()),
             last_change_ms: std::sync::atomic::AtomicU64::new(now_ms().to_bits()),
             net: RwLock::new(NetStatus::default()),
+            jobs,
             started_ms: now_ms(),
         })
     }
@@ -353,6 +391,35 @@ impl Node {
         self.read_graph().within(&self.id(), self.config.hops)
     }
 
+    /// The health of every job and machine at `now_ms` (see
+    /// [`crate::health`]); `None` on a node opened without views.
+    pub fn health(&self, now_ms: f64, max_silence_ms: f64) -> Option<Value> {
+        let jobs = self.jobs.as_ref()?;
+        let names = self.names();
+        let me = self.id();
+        let wanted = self.wanted_feeds();
+        let machines: Vec<(FeedId, f64)> = self
+            .store
+            .feeds()
+            .into_iter()
+            .filter(|(feed, _)| *feed != me && wanted.contains_key(feed))
+            .map(|(feed, tip)| (feed, tip.timestamp))
+            .collect();
+        let jobs = jobs.read().unwrap_or_else(|e| e.into_inner());
+        Some(jobs.report(now_ms, &names, &machines, max_silence_ms))
+    }
+
+    /// Saves the job table, so that the next start need not read the
+    /// feeds again.
+    pub fn save_jobs(&self) {
+        if let Some(jobs) = &self.jobs {
+            let table = jobs.read().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Err(e) = table.save(&self.config.jobs_cache()) {
+                tracing::warn!("could not save {}: {e}", self.config.jobs_cache().display());
+            }
+        }
+    }
+
     /// Makes everything stored so far durable.
     pub fn flush(&self) -> Result<(), NodeError> {
         Ok(self.store.flush()?)
@@ -412,6 +479,12 @@ impl Node {
                 if let Some((contact, following)) = contact_edge(&entry.msg) {
                     graph_changed |= graph.set(entry.msg.author, contact, following);
                 }
+            }
+        }
+        if let Some(jobs) = &self.jobs {
+            let mut jobs = jobs.write().unwrap_or_else(|e| e.into_inner());
+            for entry in stored {
+                jobs.observe(&entry.msg);
             }
         }
         let mut latest: HashMap<FeedId, u64> = HashMap::new();

@@ -48,6 +48,20 @@ impl FeedId {
     }
 }
 
+/// In JSON (the caches under `--path`), a feed is its `@….ed25519` string.
+impl serde::Serialize for FeedId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FeedId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        FeedId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl MsgId {
     /// Parses `%<base64>.sha256`.
     pub fn parse(text: &str) -> Result<Self, FeedError> {

@@ -22,16 +22,19 @@ pub const WHOAMI: u64 = 4;
 pub const MERGED: u64 = 5;
 /// `status`: peers and replication progress.
 pub const STATUS: u64 = 6;
+/// `health`: every job on every machine, worst first.
+pub const HEALTH: u64 = 7;
 /// The first feed slot's first inode.
 const FEED_BASE: u64 = 1024;
 
 /// The root's files, by name.
-pub const ROOT_FILES: [(&str, u64); 5] = [
+pub const ROOT_FILES: [(&str, u64); 6] = [
     ("publish", PUBLISH),
     ("follow", FOLLOW),
     ("whoami", WHOAMI),
     ("merged.log", MERGED),
     ("status", STATUS),
+    ("health", HEALTH),
 ];
 
 /// What an inode is.

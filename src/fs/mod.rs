@@ -16,7 +16,9 @@ use crate::publish::content_for_line;
 use crate::status;
 use crate::store::StoreError;
 use handle::{Handle, Handles};
-use inode::{Inode, Inodes, FEED_FILES, FOLLOW, MERGED, PUBLISH, ROOT, ROOT_FILES, STATUS, WHOAMI};
+use inode::{
+    Inode, Inodes, FEED_FILES, FOLLOW, HEALTH, MERGED, PUBLISH, ROOT, ROOT_FILES, STATUS, WHOAMI,
+};
 use linebuf::{LineBuffer, LineError};
 
 /// Why a filesystem operation failed. Mapped to an errno in one place,
@@ -202,6 +204,7 @@ impl ScuttleFs {
             Inode::RootFile(WHOAMI) => file(self.whoami_text().len() as u64, 0o444),
             Inode::RootFile(MERGED) => file(views.merged_len(), 0o444),
             Inode::RootFile(STATUS) => file(self.status_text().len() as u64, 0o444),
+            Inode::RootFile(HEALTH) => file(self.health_text().len() as u64, 0o444),
             Inode::RootFile(_) => return Err(FsError::NotFound),
             Inode::FeedLog(feed) => file(views.feed_log_len(&feed), 0o444),
             Inode::FeedJsonl(feed) => file(views.jsonl_len(&self.node.store, &feed)?, 0o444),
@@ -252,6 +255,7 @@ impl ScuttleFs {
             Inode::RootFile(WHOAMI) => Handle::Bytes(self.whoami_text().into_bytes()),
             Inode::RootFile(MERGED) => Handle::Merged(self.views()?.merged_snapshot()),
             Inode::RootFile(STATUS) => Handle::Bytes(self.status_text().into_bytes()),
+            Inode::RootFile(HEALTH) => Handle::Bytes(self.health_text().into_bytes()),
             Inode::RootFile(_) => return Err(FsError::NotFound),
             Inode::FeedLog(feed) => Handle::FeedLog(feed),
             Inode::FeedJsonl(feed) => Handle::FeedJsonl(feed),
@@ -462,6 +466,14 @@ impl ScuttleFs {
             .iter()
             .map(|f| format!("{f}\n"))
             .collect()
+    }
+
+    fn health_text(&self) -> String {
+        let now = crate::node::now_ms();
+        self.node
+            .health(now, crate::health::DEFAULT_MAX_SILENCE_MS)
+            .map(|report| crate::health::render(&report))
+            .unwrap_or_default()
     }
 
     fn status_text(&self) -> String {

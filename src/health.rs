@@ -1,0 +1,466 @@
+//! Jobs and their health, from what the feeds say: a job is a machine and
+//! a `source`; its last run is its last `run=end` line (see [`crate::run`])
+//! or, for plain log lines, its last line. Every machine that replicates a
+//! feed judges its jobs the same way, with no server in the middle.
+//!
+//! The table is advanced by the node's commit hook, one message at a time
+//! in commit order, and keeps a high-water sequence per feed, so a message
+//! is never counted twice. It is saved to `<path>/jobs.cache` (a cache: a
+//! missing or damaged one is rebuilt from the feeds), so `health` answers
+//! from memory and never reads the history.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::cli::parse_duration;
+use crate::feed::{FeedId, Message};
+use crate::run::{EVERY_FIELD, EXIT_FIELD, RUN_FIELD, SIGNAL_FIELD, TOOK_FIELD};
+use crate::view::line::{format_timestamp, is_log, label, text_of};
+
+/// A machine silent this long counts as gone quiet, by default.
+pub const DEFAULT_MAX_SILENCE_MS: f64 = 26.0 * 3600.0 * 1000.0;
+/// A job is late when no run started within its cadence and this much more.
+const LATE_MARGIN: f64 = 1.1;
+/// How much of a job's last line is kept.
+const LAST_LINE_CHARS: usize = 200;
+
+/// What one job last did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// When its last line was written (ms since the epoch).
+    pub last_ms: f64,
+    /// The text of its last line (for a run: the last the command
+    /// printed, else how it ended), cut short.
+    pub last_text: String,
+    /// When its last run started.
+    pub start_ms: Option<f64>,
+    /// When its last run ended.
+    pub end_ms: Option<f64>,
+    /// How the last run ended.
+    pub exit: Option<i64>,
+    /// The signal that ended the last run.
+    pub signal: Option<String>,
+    /// How long the last run took.
+    pub took: Option<String>,
+    /// The cadence its runs announce (`1d`).
+    pub every: Option<String>,
+}
+
+/// A job's state, worst first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its last run failed.
+    Failed,
+    /// No run started within its cadence (plus 10 %).
+    Late,
+    /// A machine with no message for longer than the allowed silence.
+    Quiet,
+    /// A run has started and not ended.
+    Running,
+    /// All is well.
+    Ok,
+}
+
+impl Job {
+    /// The job's state at `now_ms`.
+    pub fn state(&self, now_ms: f64) -> State {
+        let running = match (self.start_ms, self.end_ms) {
+            (Some(start), Some(end)) => start > end,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let late = self
+            .every
+            .as_deref()
+            .and_then(|e| parse_duration(e).ok())
+            .zip(self.start_ms.or(self.end_ms))
+            .is_some_and(|(every, last)| {
+                now_ms - last > every.as_secs_f64() * 1000.0 * LATE_MARGIN
+            });
+        if running {
+            return if late { State::Late } else { State::Running };
+        }
+        if self.exit.is_some_and(|code| code != 0) {
+            State::Failed
+        } else if late {
+            State::Late
+        } else {
+            State::Ok
+        }
+    }
+
+    /// When the job last ran: its last run's start, else its last line.
+    pub fn last_run_ms(&self) -> f64 {
+        self.start_ms.unwrap_or(self.last_ms)
+    }
+}
+
+/// Every job of every feed, as far as the feeds have been read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JobTable {
+    /// Job by feed, then source.
+    jobs: HashMap<FeedId, HashMap<String, Job>>,
+    /// The latest sequence read of each feed.
+    seen: HashMap<FeedId, u64>,
+}
+
+impl JobTable {
+    /// The sequence of `feed` up to which the table is current.
+    pub fn seen(&self, feed: &FeedId) -> u64 {
+        self.seen.get(feed).copied().unwrap_or(0)
+    }
+
+    /// Reads one committed message; anything at or below the feed's
+    /// high-water sequence is ignored.
+    pub fn observe(&mut self, msg: &Message) {
+        let seen = self.seen.entry(msg.author).or_insert(0);
+        if msg.sequence <= *seen {
+            return;
+        }
+        *seen = msg.sequence;
+        if !is_log(msg) {
+            return;
+        }
+        let content = msg.content();
+        let Some(source) = content.get("source").and_then(Value::as_str) else {
+            return;
+        };
+        let job = self
+            .jobs
+            .entry(msg.author)
+            .or_default()
+            .entry(source.to_string())
+            .or_default();
+        job.last_ms = msg.timestamp;
+        let text = || {
+            text_of(msg)
+                .chars()
+                .take(LAST_LINE_CHARS)
+                .collect::<String>()
+        };
+        match content.get(RUN_FIELD).and_then(Value::as_str) {
+            // The run's own markers say less than what the command printed
+            // last: an end line shows only when the command printed nothing.
+            Some("start") => job.last_text.clear(),
+            Some("end") if !job.last_text.is_empty() => {}
+            _ => job.last_text = text(),
+        }
+        if let Some(every) = content.get(EVERY_FIELD).and_then(Value::as_str) {
+            job.every = Some(every.to_string());
+        }
+        match content.get(RUN_FIELD).and_then(Value::as_str) {
+            Some("start") => job.start_ms = Some(msg.timestamp),
+            Some("end") => {
+                job.end_ms = Some(msg.timestamp);
+                job.exit = content.get(EXIT_FIELD).and_then(Value::as_i64);
+                job.signal = content
+                    .get(SIGNAL_FIELD)
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                job.took = content
+                    .get(TOOK_FIELD)
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+            _ => {}
+        }
+    }
+
+    /// How many jobs there are.
+    pub fn len(&self) -> usize {
+        self.jobs.values().map(HashMap::len).sum()
+    }
+
+    /// Whether there is no job.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Loads a saved table; `None` when there is none or it is damaged.
+    pub fn load(path: &Path) -> Option<JobTable> {
+        let bytes = std::fs::read(path).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(table) => Some(table),
+            Err(e) => {
+                tracing::warn!("{} is damaged ({e}); rebuilding it", path.display());
+                None
+            }
+        }
+    }
+
+    /// Saves the table (atomically: a crash leaves the old or the new one).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The health report at `now_ms`: every job, and every machine in
+    /// `machines` (feed → its latest message's time) silent for longer than
+    /// `max_silence_ms`, worst first.
+    pub fn report(
+        &self,
+        now_ms: f64,
+        names: &HashMap<FeedId, String>,
+        machines: &[(FeedId, f64)],
+        max_silence_ms: f64,
+    ) -> Value {
+        let mut rows: Vec<(State, String, String, Value)> = Vec::new();
+        for (feed, jobs) in &self.jobs {
+            let machine = label(feed, names);
+            for (source, job) in jobs {
+                let state = job.state(now_ms);
+                let last_run = job.last_run_ms();
+                rows.push((
+                    state,
+                    machine.clone(),
+                    source.clone(),
+                    json!({
+                        "state": state,
+                        "machine": machine,
+                        "id": feed.to_string(),
+                        "source": source,
+                        "last_run": format_timestamp(last_run),
+                        "age": age(now_ms - last_run),
+                        "age_ms": (now_ms - last_run).max(0.0),
+                        "exit": job.exit,
+                        "signal": job.signal,
+                        "took": job.took,
+                        "every": job.every,
+                        "last_line": job.last_text,
+                    }),
+                ));
+            }
+        }
+        for (feed, last_ms) in machines {
+            if now_ms - last_ms <= max_silence_ms {
+                continue;
+            }
+            let machine = label(feed, names);
+            rows.push((
+                State::Quiet,
+                machine.clone(),
+                String::new(),
+                json!({
+                    "state": State::Quiet,
+                    "machine": machine,
+                    "id": feed.to_string(),
+                    "source": null,
+                    "last_run": format_timestamp(*last_ms),
+                    "age": age(now_ms - last_ms),
+                    "age_ms": (now_ms - last_ms).max(0.0),
+                    "exit": null,
+                    "signal": null,
+                    "took": null,
+                    "every": null,
+                    "last_line": format!("no message for {}", age(now_ms - last_ms)),
+                }),
+            ));
+        }
+        rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+        let healthy = rows
+            .iter()
+            .all(|(state, ..)| matches!(state, State::Ok | State::Running));
+        json!({
+            "healthy": healthy,
+            "at": format_timestamp(now_ms),
+            "rows": rows.into_iter().map(|(.., row)| row).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The report as a table a person reads.
+pub fn render(report: &Value) -> String {
+    let empty = Vec::new();
+    let rows = report["rows"].as_array().unwrap_or(&empty);
+    let cell = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut table = vec![[
+        "STATE",
+        "MACHINE",
+        "SOURCE",
+        "LAST RUN",
+        "AGE",
+        "EXIT",
+        "TOOK",
+        "EVERY",
+        "LAST LINE",
+    ]
+    .map(String::from)];
+    for row in rows {
+        let exit = match (&row["exit"], &row["signal"]) {
+            (_, Value::String(signal)) => signal.clone(),
+            (exit, _) => cell(exit),
+        };
+        table.push([
+            cell(&row["state"]),
+            cell(&row["machine"]),
+            cell(&row["source"]),
+            cell(&row["last_run"]),
+            cell(&row["age"]),
+            exit,
+            cell(&row["took"]),
+            cell(&row["every"]),
+            cell(&row["last_line"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| {
+            table
+                .iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        for (i, width) in widths.iter().enumerate() {
+            out.push_str(&row[i]);
+            out.push_str(&" ".repeat(width - row[i].chars().count() + 2));
+        }
+        out.push_str(&row[8]);
+        out.push('\n');
+    }
+    if rows.is_empty() {
+        out.push_str("(no jobs yet: wrap one with `scuttlefs run --source NAME -- COMMAND`)\n");
+    }
+    out
+}
+
+/// `3h`, `2d`, `45s`: how long ago, roughly.
+fn age(ms: f64) -> String {
+    let secs = (ms / 1000.0).max(0.0) as u64;
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Keypair;
+
+    const HOUR: f64 = 3_600_000.0;
+
+    fn feed(keys: &Keypair, contents: &[Value]) -> Vec<Message> {
+        let mut out: Vec<Message> = Vec::new();
+        for (i, content) in contents.iter().enumerate() {
+            let tip = out.last().map(Message::tip);
+            let msg = Message::sign(keys, tip.as_ref(), (i as f64 + 1.0) * HOUR, content.clone())
+                .expect("signs");
+            out.push(msg);
+        }
+        out
+    }
+
+    #[test]
+    fn states_follow_the_last_run() {
+        let keys = Keypair::generate();
+        let msgs = feed(
+            &keys,
+            &[
+                json!({"type": "log", "source": "backup", "every": "1d", "run": "start", "text": "duplicity"}),
+                json!({"type": "log", "source": "backup", "text": "working"}),
+                json!({"type": "log", "source": "backup", "every": "1d", "run": "end", "exit": 4, "took": "93s", "text": "failed"}),
+                json!({"type": "log", "source": "sync", "every": "2h", "run": "start", "text": "rsync"}),
+                json!({"type": "log", "source": "sync", "every": "2h", "run": "end", "exit": 0, "took": "1s", "text": "ok"}),
+                json!({"type": "log", "source": "notes", "text": "a plain line"}),
+                json!({"type": "contact", "contact": keys.id().to_string(), "following": true}),
+            ],
+        );
+        let mut table = JobTable::default();
+        for msg in &msgs {
+            table.observe(msg);
+        }
+        // Observing again changes nothing.
+        let before = table.clone();
+        for msg in &msgs {
+            table.observe(msg);
+        }
+        assert_eq!(before.jobs, table.jobs);
+        assert_eq!(table.len(), 3);
+        let jobs = &table.jobs[&keys.id()];
+        let now = 7.0 * HOUR;
+        assert_eq!(jobs["backup"].state(now), State::Failed);
+        // The sync started at hour 4 and runs every 2 h: late after 2.2 h.
+        assert_eq!(jobs["sync"].state(6.1 * HOUR), State::Ok);
+        assert_eq!(jobs["sync"].state(6.3 * HOUR), State::Late);
+        assert_eq!(jobs["notes"].state(now), State::Ok);
+        let report = table.report(
+            now,
+            &HashMap::new(),
+            &[(keys.id(), 6.0 * HOUR)],
+            DEFAULT_MAX_SILENCE_MS,
+        );
+        assert_eq!(report["healthy"], json!(false));
+        assert_eq!(report["rows"][0]["state"], json!("failed"));
+        assert_eq!(report["rows"][0]["exit"], json!(4));
+        // The command's last line, not the run's own marker.
+        assert_eq!(report["rows"][0]["last_line"], json!("working"));
+        assert_eq!(report["rows"][1]["state"], json!("late"));
+        let text = render(&report);
+        assert!(text.starts_with("STATE"), "{text}");
+        assert!(text.contains("failed"), "{text}");
+    }
+
+    #[test]
+    fn a_run_in_progress_is_running_until_late_and_quiet_machines_show() {
+        let keys = Keypair::generate();
+        let msgs = feed(
+            &keys,
+            &[
+                json!({"type": "log", "source": "build", "every": "1h", "run": "start", "text": "make"}),
+            ],
+        );
+        let mut table = JobTable::default();
+        table.observe(&msgs[0]);
+        let job = &table.jobs[&keys.id()]["build"];
+        assert_eq!(job.state(1.5 * HOUR), State::Running);
+        assert_eq!(job.state(3.0 * HOUR), State::Late);
+        let other = Keypair::generate().id();
+        let report = table.report(
+            1.5 * HOUR + 27.0 * HOUR,
+            &HashMap::new(),
+            &[(other, 1.0 * HOUR)],
+            DEFAULT_MAX_SILENCE_MS,
+        );
+        let states: Vec<&str> = report["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .map(|r| r["state"].as_str().expect("state"))
+            .collect();
+        assert_eq!(states, ["late", "quiet"]);
+    }
+
+    #[test]
+    fn the_table_survives_a_save_and_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = Keypair::generate();
+        let msgs = feed(
+            &keys,
+            &[json!({"type": "log", "source": "x", "text": "hi"})],
+        );
+        let mut table = JobTable::default();
+        table.observe(&msgs[0]);
+        let path = dir.path().join("jobs.cache");
+        table.save(&path).expect("saves");
+        let loaded = JobTable::load(&path).expect("loads");
+        assert_eq!(loaded.jobs, table.jobs);
+        assert_eq!(loaded.seen(&keys.id()), 1);
+        std::fs::write(&path, b"{oops").expect("write");
+        assert!(JobTable::load(&path).is_none());
+    }
+}

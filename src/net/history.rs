@@ -113,10 +113,19 @@ pub async fn serve(node: Arc<Node>, args: Value, to: Served) {
             .await;
             let chunk = match chunk {
                 Ok(Ok(chunk)) => chunk,
-                _ => {
-                    let _ = out
-                        .send(Frame::error(wire, true, "store read failed"))
-                        .await;
+                failure => {
+                    let why = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => String::new(),
+                    };
+                    tracing::warn!("reading {feed} to send it: {why}");
+                    // An EBT stream carries other feeds: only this one stops.
+                    if !ebt {
+                        let _ = out
+                            .send(Frame::error(wire, true, "store read failed"))
+                            .await;
+                    }
                     return;
                 }
             };

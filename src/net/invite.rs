@@ -146,18 +146,15 @@ impl Invite {
     }
 }
 
-/// The legacy form of a code, as ssb-server prints it.
+/// The legacy form of a code, as ssb-server prints it. An IPv6 host is
+/// written bare, as ssb-server writes it (its parser takes the port and key
+/// from the end; brackets would be kept as part of the host).
 pub fn legacy_code(host: &str, port: u16, pub_id: &FeedId, seed: &[u8; 32]) -> String {
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
     format!("{host}:{port}:{pub_id}~{}", STANDARD.encode(seed))
 }
 
-/// Redeems a pub invite as `node`: calls `invite.use` with the guest key,
-/// then follows the pub. Returns the pub's address, to remember and dial.
+/// Redeems a pub invite as `node`: calls `invite.use` with the guest key.
+/// The caller then remembers the pub and follows it.
 pub async fn redeem(
     node: &Arc<Node>,
     address: &PeerAddress,
@@ -191,7 +188,11 @@ pub async fn redeem(
         Err(InviteError::NoAnswer(_)) => return Err(InviteError::NoAnswer(address.to_string())),
         Err(e) => return Err(e),
     }
-    let pub_id = address.key;
+    Ok(())
+}
+
+/// Follows the pub whose invite was redeemed (unless already followed).
+pub async fn follow_pub(node: &Arc<Node>, pub_id: FeedId) -> Result<(), InviteError> {
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
         if !node.following().contains(&pub_id) {
@@ -293,6 +294,7 @@ impl Invites {
         let open = file
             .invites
             .into_iter()
+            .filter(|(_, open)| open.uses > 0)
             .filter_map(|(id, open)| Some((FeedId::parse(&id).ok()?, open)))
             .collect();
         Invites {
@@ -338,7 +340,7 @@ impl Invites {
         let Some(invite) = open.get_mut(guest) else {
             return false;
         };
-        invite.uses -= 1;
+        invite.uses = invite.uses.saturating_sub(1);
         if invite.uses == 0 {
             open.remove(guest);
         }
@@ -490,9 +492,11 @@ mod tests {
             legacy_code("10.231.0.1", 8008, &a.address().key, seed),
             legacy
         );
+        let bare = legacy_code("fd00::1", 8008, &a.address().key, seed);
+        assert_eq!(bare, format!("fd00::1:8008:{KEY}~{SEED}"));
         assert_eq!(
-            legacy_code("fd00::1", 8008, &a.address().key, seed),
-            format!("[fd00::1]:8008:{KEY}~{SEED}")
+            Invite::parse(&bare).expect("bare v6").address().host,
+            "fd00::1"
         );
     }
 

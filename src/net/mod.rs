@@ -96,7 +96,10 @@ impl Net {
             Invite::Pub { address, seed } => {
                 invite::redeem(node, &address, &seed).await?;
                 tracing::info!("redeemed an invite to the pub {address}");
+                // Remembered first: the pub follows us now, whatever
+                // happens to our own follow of it.
                 self.add_peer(address.clone(), Source::Invite);
+                invite::follow_pub(node, address.key).await?;
                 Ok(serde_json::json!({
                     "pub": address.key.to_string(),
                     "address": address.to_string(),
@@ -129,6 +132,10 @@ impl Net {
     }
 }
 
+/// A LAN peer not reached for this long is no longer dialled at start
+/// (it reappears by broadcast if it comes back).
+const STALE_LAN_MS: f64 = 14.0 * 24.0 * 3600.0 * 1000.0;
+
 /// Starts listening, discovery and dialling. Returns once the listener is
 /// bound; the work goes on in background tasks.
 pub async fn start(
@@ -159,6 +166,13 @@ pub async fn start(
         let Ok(address) = PeerAddress::parse(&remembered.address) else {
             continue;
         };
+        let stale_lan = remembered.source == Source::Lan
+            && remembered
+                .last_success_ms
+                .is_none_or(|ms| crate::node::now_ms() - ms > STALE_LAN_MS);
+        if stale_lan {
+            continue;
+        }
         if remembered.source == Source::Room {
             let caps = remembered
                 .caps

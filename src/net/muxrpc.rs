@@ -37,6 +37,10 @@ fn decode_header(header: &[u8; 9]) -> Result<(u8, u32, i32), FrameError> {
     }
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     let req = i32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+    // Replies negate request numbers; this one has no negation.
+    if req == i32::MIN {
+        return Err(FrameError::BadHeader);
+    }
     Ok((flags, len, req))
 }
 
@@ -206,8 +210,14 @@ pub async fn goodbye(writer: &mut Writer) {
 /// A connection's frames: a reader task and a writer task around its box
 /// stream, so that a slow write never holds up reading.
 pub struct Wire {
-    /// Frames to send; the writer batches them and flushes.
+    /// Bulk frames to send (messages served); the writer batches them and
+    /// flushes. Senders wait when it is full.
     pub out: mpsc::Sender<Frame>,
+    /// The connection's own frames (requests, answers, pings, clocks),
+    /// written before bulk ones. The session loop must never wait to send
+    /// (it also reads, and a peer doing the same would wait on us), so it
+    /// uses [`Control::send`], which fails rather than waits.
+    pub control: Control,
     /// Frames received, then the error that ended the connection, if any.
     pub frames: mpsc::Receiver<Result<Frame, String>>,
     reader: JoinHandle<()>,
@@ -218,12 +228,14 @@ impl Wire {
     /// Starts both tasks.
     pub fn start(reader: Reader, writer: Writer) -> Wire {
         let (out, out_rx) = mpsc::channel::<Frame>(1024);
+        let (control, control_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
         let (frames_tx, frames) = mpsc::channel(256);
         Wire {
             out,
+            control: Control(control),
             frames,
             reader: tokio::spawn(read_loop(reader, frames_tx)),
-            writer: tokio::spawn(write_loop(writer, out_rx)),
+            writer: tokio::spawn(write_loop(writer, control_rx, out_rx)),
         }
     }
 
@@ -231,6 +243,7 @@ impl Wire {
     /// and say goodbye. Every other sender of frames must be gone by then.
     pub async fn close(self) {
         drop(self.out);
+        drop(self.control);
         self.reader.abort();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.writer).await;
     }
@@ -250,11 +263,53 @@ async fn read_loop(mut reader: Reader, frames: mpsc::Sender<Result<Frame, String
     }
 }
 
-async fn write_loop(mut writer: Writer, mut frames: mpsc::Receiver<Frame>) {
-    while let Some(frame) = frames.recv().await {
-        let mut batch = vec![frame];
+/// Frames of the connection's own that may wait to be written: far more
+/// than a well-behaved peer causes. A peer that makes us queue more (it
+/// sends requests but does not read the answers) is cut off.
+const CONTROL_QUEUE: usize = 8192;
+
+/// The sender of a connection's own frames.
+#[derive(Clone)]
+pub struct Control(mpsc::Sender<Frame>);
+
+/// The peer does not read what we send.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer is not reading: {CONTROL_QUEUE} frames wait for it")]
+pub struct NotReading;
+
+impl Control {
+    /// Queues `frame` without waiting. A closed connection is not an error
+    /// (the session is ending anyway); a full queue is.
+    pub fn send(&self, frame: Frame) -> Result<(), NotReading> {
+        match self.0.try_send(frame) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(NotReading),
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: Writer,
+    mut control: mpsc::Receiver<Frame>,
+    mut bulk: mpsc::Receiver<Frame>,
+) {
+    let mut control_open = true;
+    let mut bulk_open = true;
+    while control_open || bulk_open {
+        let first = tokio::select! {
+            biased;
+            frame = control.recv(), if control_open => match frame {
+                Some(frame) => frame,
+                None => { control_open = false; continue; }
+            },
+            frame = bulk.recv(), if bulk_open => match frame {
+                Some(frame) => frame,
+                None => { bulk_open = false; continue; }
+            },
+        };
+        let mut batch = vec![first];
         while batch.len() < 256 {
-            match frames.try_recv() {
+            match control.try_recv().or_else(|_| bulk.try_recv()) {
                 Ok(frame) => batch.push(frame),
                 Err(_) => break,
             }

@@ -108,8 +108,13 @@ impl Keepalive {
                 req
             }
         };
-        self.awaiting = true;
-        frames.push(stamp(req));
+        // One ping at a time: a second one sent before the first is answered
+        // would make that answer look like the peer's own ping, which we
+        // would answer, and the two sides would volley without end.
+        if !self.awaiting {
+            self.awaiting = true;
+            frames.push(stamp(req));
+        }
         frames
     }
 
@@ -198,7 +203,13 @@ mod tests {
             json!(["gossip", "ping"])
         );
         assert!(k.tick(&mut next).is_empty(), "not due yet");
+        // Due again, but the first ping is unanswered: no second one.
+        k.last_sent = None;
+        assert!(k.tick(&mut next).is_empty(), "one ping at a time");
         // The answer to our ping: nothing back.
+        assert_eq!(k.on_reply(&number(-1)), Some(Vec::new()));
+        k.last_sent = None;
+        assert_eq!(k.tick(&mut next).len(), 1, "the next ping, once answered");
         assert_eq!(k.on_reply(&number(-1)), Some(Vec::new()));
         // The peer's own ping on our stream: answered once.
         assert_eq!(k.on_reply(&number(-1)).map(|f| f.len()), Some(1));

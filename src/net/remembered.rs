@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::address::PeerAddress;
-use crate::config::write_private;
+
 use crate::node::now_ms;
 
 /// How many peers are remembered. Beyond it, LAN peers that have not
@@ -161,13 +161,23 @@ impl Memory {
 
     /// Records a connection that worked; remembers the peer if new.
     pub fn succeeded(&self, address: &PeerAddress, source: Source) {
-        self.remember(address, source, None);
+        let key = address.to_string();
         let mut peers = self.lock();
-        if let Some(peer) = peers.get_mut(&address.to_string()) {
-            peer.last_success_ms = Some(now_ms());
-            peer.failures = 0;
-            self.save(&peers);
+        let peer = peers.entry(key.clone()).or_insert_with(|| Remembered {
+            address: key,
+            source,
+            caps: None,
+            last_success_ms: None,
+            last_failure_ms: None,
+            failures: 0,
+        });
+        if source.is_chosen() && !peer.source.is_chosen() {
+            peer.source = source;
         }
+        peer.last_success_ms = Some(now_ms());
+        peer.failures = 0;
+        forget_beyond_limit(&mut peers);
+        self.save(&peers);
     }
 
     /// Records a failed dial of a remembered peer.
@@ -190,7 +200,12 @@ impl Memory {
                 return;
             }
         };
-        if let Err(e) = write_private(&self.path, text.as_bytes()) {
+        // Hints, not data: renamed into place, not synced (a power cut
+        // may cost the latest change, never the file).
+        let tmp = self.path.with_extension("json.tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &self.path))
+        {
             tracing::warn!("could not save the remembered peers: {e}");
         }
     }

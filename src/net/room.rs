@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::muxrpc::{Frame, Wire};
+use super::muxrpc::{Control, Frame, NotReading, Wire};
 use super::peers::Peers;
 use super::ping::Keepalive;
 use super::session::SessionError;
@@ -31,9 +31,13 @@ use super::tunnel::{TunnelAddress, TunnelStream};
 use crate::feed::FeedId;
 use crate::node::{Event, Node};
 
-/// How often a peer is dialled through the room while it stays absent
-/// from our sessions.
+/// The first wait before dialling a peer through the room again; it doubles
+/// with each failure, up to [`MAX_REDIAL`].
 const REDIAL: Duration = Duration::from_secs(10);
+const MAX_REDIAL: Duration = Duration::from_secs(600);
+/// How long a tunnel whose session does not read may hold up the room
+/// connection before it is closed.
+const TUNNEL_STALL: Duration = Duration::from_secs(30);
 /// Tunnels open through one room at once.
 const MAX_TUNNELS: usize = 64;
 
@@ -49,6 +53,10 @@ pub async fn run(
         me: node.id(),
         room: conn.peer,
         out: wire.out.clone(),
+        control: wire.control.clone(),
+        stuck: false,
+        resubscribe: None,
+        refused_once: HashSet::new(),
         node: node.clone(),
         peers,
         next_req: 1,
@@ -79,6 +87,9 @@ pub async fn run(
                 Some(Ok(frame)) => {
                     room.keepalive.heard();
                     room.handle(frame).await;
+                    if room.stuck {
+                        break Err(SessionError::Connection(NotReading.to_string()));
+                    }
                 }
                 Some(Err(e)) => break Err(SessionError::Connection(e)),
                 None => break Ok(()),
@@ -102,7 +113,14 @@ pub async fn run(
                 let frames = room.keepalive.tick(&mut room.next_req);
                 room.send_all(frames).await;
                 room.tunnels.retain(|_, t| !t.is_closed());
+                if room.resubscribe.is_some_and(|at| Instant::now() >= at) {
+                    room.resubscribe = None;
+                    room.start_room1().await;
+                }
                 room.dial_present().await;
+                if room.stuck {
+                    break Err(SessionError::Connection(NotReading.to_string()));
+                }
             }
             _ = close.cancelled() => break Ok(()),
         }
@@ -119,7 +137,16 @@ struct Room {
     room: FeedId,
     node: Arc<Node>,
     peers: Arc<Peers>,
+    /// Tunnel bytes (bulk).
     out: mpsc::Sender<Frame>,
+    /// Our own frames, never waited on.
+    control: Control,
+    /// The room stopped reading: the connection ends.
+    stuck: bool,
+    /// When to ask for the endpoints again, after the room ended the list.
+    resubscribe: Option<Instant>,
+    /// Origins whose refused tunnels were logged already.
+    refused_once: HashSet<FeedId>,
     next_req: i32,
     keepalive: Keepalive,
     /// Open tunnels, by the request number the room's frames of each carry.
@@ -132,8 +159,9 @@ struct Room {
     endpoints: Option<i32>,
     /// Our last `tunnel.announce`.
     announce: Option<i32>,
-    /// When each peer was last dialled through the room.
-    last_dial: HashMap<FeedId, Instant>,
+    /// When each peer may next be dialled through the room, and the wait
+    /// after that.
+    last_dial: HashMap<FeedId, (Instant, Duration)>,
 }
 
 impl Room {
@@ -143,11 +171,13 @@ impl Room {
         req
     }
 
-    async fn send(&self, frame: Frame) {
-        let _ = self.out.send(frame).await;
+    async fn send(&mut self, frame: Frame) {
+        if let Err(NotReading) = self.control.send(frame) {
+            self.stuck = true;
+        }
     }
 
-    async fn send_all(&self, frames: Vec<Frame>) {
+    async fn send_all(&mut self, frames: Vec<Frame>) {
         for frame in frames {
             self.send(frame).await;
         }
@@ -161,9 +191,22 @@ impl Room {
                     tracing::debug!("a tunnel through the room failed: {message}");
                 }
                 self.tunnels.remove(&incoming);
-            } else if tunnel.send(frame.body).await.is_err() {
+                return;
+            }
+            // One connection carries every tunnel: a session that stops
+            // reading holds up the others, for a while.
+            match tokio::time::timeout(TUNNEL_STALL, tunnel.send(frame.body)).await {
+                Ok(Ok(())) => {}
                 // The session inside ended; its stream sent our end.
-                self.tunnels.remove(&incoming);
+                Ok(Err(_)) => {
+                    self.tunnels.remove(&incoming);
+                }
+                Err(_) => {
+                    tracing::warn!("closing a tunnel whose session stopped reading for 30 s");
+                    self.tunnels.remove(&incoming);
+                    self.send(Frame::error(-incoming, true, "tunnel stalled"))
+                        .await;
+                }
             }
             return;
         }
@@ -199,7 +242,9 @@ impl Room {
             }
         } else if Some(req) == self.endpoints {
             if frame.end {
+                // Ask again in a while: presence must not go stale.
                 self.endpoints = None;
+                self.resubscribe = Some(Instant::now() + REDIAL);
             } else if let Some(Value::Array(ids)) = frame.body_json() {
                 self.present = ids
                     .iter()
@@ -280,17 +325,27 @@ impl Room {
             .collect();
         targets.sort();
         for target in targets {
-            let recently = self
+            if self.peers.is_connected(&target) {
+                // Connected (through here or elsewhere): start afresh later.
+                self.last_dial.remove(&target);
+                continue;
+            }
+            let not_yet = self
                 .last_dial
                 .get(&target)
-                .is_some_and(|at| at.elapsed() < REDIAL);
-            if recently || self.tunnels.len() >= MAX_TUNNELS {
+                .is_some_and(|(next, _)| Instant::now() < *next);
+            if not_yet || self.tunnels.len() >= MAX_TUNNELS {
                 continue;
             }
             if !self.peers.try_begin_dial(&target) {
                 continue;
             }
-            self.last_dial.insert(target, Instant::now());
+            // Back off while dials fail (the target may not follow us).
+            let wait = self
+                .last_dial
+                .get(&target)
+                .map_or(REDIAL, |(_, wait)| (*wait * 2).min(MAX_REDIAL));
+            self.last_dial.insert(target, (Instant::now() + wait, wait));
             let req = self.take_req();
             let (stream, tx) = TunnelStream::new(self.out.clone(), req);
             self.tunnels.insert(-req, tx);
@@ -364,11 +419,15 @@ impl Room {
             return;
         };
         if !self.node.wanted_feeds().contains_key(&origin) {
-            tracing::info!(
-                "refused a tunnel from {origin} through the room {}: not within {} hops",
-                self.room,
-                self.node.config.hops
-            );
+            if self.refused_once.len() < 1024 && self.refused_once.insert(origin) {
+                tracing::info!(
+                    "refused a tunnel from {origin} through the room {}: not within {} hops",
+                    self.room,
+                    self.node.config.hops
+                );
+            } else {
+                tracing::debug!("refused a tunnel from {origin} again");
+            }
             self.send(refuse(format!("could not connect to {}", self.me)))
                 .await;
             return;

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::ebt::{self, Ebt};
 use super::history::{self, Served};
 use super::ingest::{self, forward, Ingest, INGEST_BATCH};
-use super::muxrpc::{Frame, Wire};
+use super::muxrpc::{Control, Frame, NotReading, Wire};
 use super::ping::Keepalive;
 use super::shs::Connection;
 use crate::feed::FeedId;
@@ -88,6 +88,8 @@ pub async fn run(
     let mut session = Session {
         node: node.clone(),
         out: wire.out.clone(),
+        control: wire.control.clone(),
+        stuck: false,
         ingest: ingest_tx,
         sent: counters.sent.clone(),
         next_req: 1,
@@ -118,6 +120,9 @@ pub async fn run(
                     if let Err(e) = session.handle(frame).await {
                         break Err(e);
                     }
+                    if session.stuck {
+                        break Err(SessionError::Connection(NotReading.to_string()));
+                    }
                 }
                 Some(Err(e)) => break Err(SessionError::Connection(e)),
                 None => break Ok(()),
@@ -140,6 +145,9 @@ pub async fn run(
                     }
                 }
                 session.on_tick().await;
+                if session.stuck {
+                    break Err(SessionError::Connection(NotReading.to_string()));
+                }
             }
             _ = failed.cancelled() => {
                 break Err(SessionError::BadMessage("see the log above".into()));
@@ -162,7 +170,12 @@ pub async fn run(
 
 struct Session {
     node: Arc<Node>,
+    /// Bulk frames (history and EBT senders use it).
     out: mpsc::Sender<Frame>,
+    /// Our own frames, never waited on.
+    control: Control,
+    /// The peer stopped reading: the session ends.
+    stuck: bool,
     ingest: Ingest,
     sent: Arc<AtomicU64>,
     next_req: i32,
@@ -189,11 +202,13 @@ impl Session {
         req
     }
 
-    async fn send(&self, frame: Frame) {
-        let _ = self.out.send(frame).await;
+    async fn send(&mut self, frame: Frame) {
+        if let Err(NotReading) = self.control.send(frame) {
+            self.stuck = true;
+        }
     }
 
-    async fn send_all(&self, frames: Vec<Frame>) {
+    async fn send_all(&mut self, frames: Vec<Frame>) {
         for frame in frames {
             self.send(frame).await;
         }

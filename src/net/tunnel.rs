@@ -125,9 +125,20 @@ impl futures::AsyncWrite for TunnelStream {
 
 impl Drop for TunnelStream {
     fn drop(&mut self) {
-        if !self.ended {
-            if let Some(out) = self.out.get_ref() {
-                let _ = out.try_send(Frame::end(self.wire));
+        if self.ended {
+            return;
+        }
+        let Some(out) = self.out.get_ref().cloned() else {
+            return;
+        };
+        let end = Frame::end(self.wire);
+        if let Err(mpsc::error::TrySendError::Full(end)) = out.try_send(end) {
+            // The far end must hear of it, or its session waits for the
+            // idle limit.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = out.send(end).await;
+                });
             }
         }
     }

@@ -1,0 +1,296 @@
+//! The notification center: `scuttlefs run` wraps a job, and every machine
+//! that replicates its feed judges it in `mount/health` and `scuttlefs
+//! health`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::lan::Lan;
+use common::{bin, run, wait_until, Daemon};
+
+fn path_of(daemon: &Daemon) -> &str {
+    daemon.path.to_str().expect("utf-8 path")
+}
+
+/// `scuttlefs run --path P ARGS…`; returns its exit code and stderr.
+fn run_job(path: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["run", "--path", path];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every message of the feed at `path`, as `scuttlefs log` prints them
+/// (through the daemon when one runs).
+fn contents(path: &str) -> Vec<Value> {
+    let out = common::run_ok(&["log", "--path", path]);
+    out.split("\n\n")
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| serde_json::from_str::<Value>(m).expect("json")["value"]["content"].clone())
+        .collect()
+}
+
+fn job_lines(path: &str, source: &str) -> Vec<Value> {
+    contents(path)
+        .into_iter()
+        .filter(|c| c["source"] == source)
+        .collect()
+}
+
+#[test]
+fn a_run_publishes_every_line_once_in_order_and_exits_as_its_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let path = path.to_str().expect("utf-8");
+    // No daemon: the run writes to the store itself.
+    let script = "for i in 1 2 3; do echo out $i; echo err $i >&2; done; exit 4";
+    let (code, _) = run_job(
+        path,
+        &[
+            "--source",
+            "backup",
+            "--destination",
+            "nas",
+            "--every",
+            "1d",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(code, 4);
+    let lines = job_lines(path, "backup");
+    assert_eq!(
+        lines.first().map(|c| c["run"].clone()),
+        Some("start".into())
+    );
+    let outs: Vec<&str> = lines
+        .iter()
+        .filter(|c| c["run"].is_null() && c["stream"].is_null())
+        .map(|c| c["text"].as_str().expect("text"))
+        .collect();
+    let errs: Vec<&str> = lines
+        .iter()
+        .filter(|c| c["stream"] == "stderr")
+        .map(|c| c["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(outs, ["out 1", "out 2", "out 3"], "{lines:?}");
+    assert_eq!(errs, ["err 1", "err 2", "err 3"], "{lines:?}");
+    assert!(lines.iter().all(|c| c["destination"] == "nas"));
+    let last = lines.last().expect("a last line");
+    assert_eq!(last["run"], "end");
+    assert_eq!(last["exit"], 4);
+    assert_eq!(last["every"], "1d");
+    assert!(
+        last["took"].as_str().is_some_and(|t| t.ends_with('s')),
+        "{last}"
+    );
+    assert_eq!(lines.len(), 8, "start, six lines, end: {lines:?}");
+}
+
+#[test]
+fn a_killed_or_missing_command_still_gets_its_last_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node");
+    let path = path.to_str().expect("utf-8");
+
+    let (code, stderr) = run_job(path, &["--source", "ghost", "--", "/no/such/command"]);
+    assert_eq!(code, 127, "{stderr}");
+    assert!(stderr.contains("cannot run /no/such/command"), "{stderr}");
+    let last = job_lines(path, "ghost").pop().expect("a last line");
+    assert_eq!(last["exit"], 127);
+    assert!(
+        last["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("cannot run")),
+        "{last}"
+    );
+
+    let (code, _) = run_job(
+        path,
+        &[
+            "--source",
+            "victim",
+            "--",
+            "sh",
+            "-c",
+            "echo before; kill -KILL $$",
+        ],
+    );
+    assert_eq!(code, 137);
+    let lines = job_lines(path, "victim");
+    assert!(lines.iter().any(|c| c["text"] == "before"));
+    let last = lines.last().expect("a last line");
+    assert_eq!(last["signal"], "SIGKILL");
+    assert_eq!(last["text"], "killed by SIGKILL");
+
+    // A signal to `run` goes to the command; `run` lives to say so.
+    let mut child = Command::new(bin())
+        .args([
+            "run",
+            "--path",
+            path,
+            "--source",
+            "stopped",
+            "--",
+            "sh",
+            "-c",
+            "echo waiting; exec sleep 60",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run starts");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+        &mut first,
+    )
+    .expect("the command's first line");
+    assert_eq!(first, "waiting\n");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("run ends");
+    assert_eq!(status.code(), Some(143));
+    let last = job_lines(path, "stopped").pop().expect("a last line");
+    assert_eq!(last["signal"], "SIGTERM", "{last}");
+}
+
+fn health_json(daemon: &Daemon) -> (i32, Value) {
+    let out = run(&["health", "--path", path_of(daemon), "--json"]);
+    let code = out.status.code().unwrap_or(-1);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (code, report)
+}
+
+fn state_of(report: &Value, source: &str) -> Option<String> {
+    report["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["source"] == source)
+        .and_then(|r| r["state"].as_str())
+        .map(str::to_string)
+}
+
+#[test]
+fn another_machine_sees_failed_late_and_good_jobs() {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("h");
+    let (n1, n2) = (lan.host(1), lan.host(2));
+    let key = common::ssb_server::KEY;
+    let nas = Daemon::start_in(
+        Some(&n1),
+        &dir.path().join("nas"),
+        "nas",
+        &["--caps.shs", key],
+    );
+    let desk = Daemon::start_in(
+        Some(&n2),
+        &dir.path().join("desk"),
+        "desk",
+        &["--caps.shs", key],
+    );
+    for (a, b) in [(&nas, &desk), (&desk, &nas)] {
+        assert!(a
+            .sh(&format!("echo '{}' >> follow", b.id()))
+            .status
+            .success());
+    }
+    let nas_path = path_of(&nas);
+    assert_eq!(
+        run_job(
+            nas_path,
+            &[
+                "--source",
+                "backup",
+                "--every",
+                "1d",
+                "--",
+                "sh",
+                "-c",
+                "echo disk full; exit 4"
+            ]
+        )
+        .0,
+        4
+    );
+    assert_eq!(
+        run_job(
+            nas_path,
+            &["--source", "sync", "--every", "3s", "--", "true"]
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        run_job(
+            nas_path,
+            &["--source", "photos", "--every", "1d", "--", "echo", "done"]
+        )
+        .0,
+        0
+    );
+
+    // The desk, which runs none of them, judges all three.
+    let judged = wait_until(Duration::from_secs(30), || {
+        let (_, report) = health_json(&desk);
+        state_of(&report, "backup").as_deref() == Some("failed")
+            && state_of(&report, "sync").as_deref() == Some("late")
+            && state_of(&report, "photos").as_deref() == Some("ok")
+    });
+    let (code, report) = health_json(&desk);
+    assert!(judged, "{report:#}");
+    assert_eq!(code, 3, "a failed job is an alert");
+    let failed = &report["rows"][0];
+    assert_eq!(failed["machine"], "nas");
+    assert_eq!(failed["exit"], 4);
+    assert_eq!(failed["last_line"], "disk full");
+    let table = desk.read("health");
+    let first = table.lines().nth(1).expect("a first row");
+    assert!(
+        first.starts_with("failed") && first.contains("nas") && first.contains("backup"),
+        "{table}"
+    );
+    assert!(table.contains("late"), "{table}");
+
+    // Good runs put it right.
+    assert_eq!(
+        run_job(
+            nas_path,
+            &["--source", "backup", "--every", "1d", "--", "true"]
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        run_job(
+            nas_path,
+            &["--source", "sync", "--every", "1h", "--", "true"]
+        )
+        .0,
+        0
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || health_json(&desk).0 == 0),
+        "{:#}",
+        health_json(&desk).1
+    );
+
+    // No daemon: exit 1.
+    let gone = dir.path().join("nowhere");
+    let out = run(&["health", "--path", gone.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    drop(lan);
+}

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use crate::cli::parse_duration;
 use crate::feed::{FeedId, Message};
 use crate::run::{EVERY_FIELD, EXIT_FIELD, RUN_FIELD, SIGNAL_FIELD, TOOK_FIELD};
+use crate::store::{Store, StoreError};
 use crate::view::line::{format_timestamp, is_log, label, text_of};
 
 /// A machine silent this long counts as gone quiet, by default.
@@ -106,6 +107,12 @@ pub struct JobTable {
     jobs: HashMap<FeedId, HashMap<String, Job>>,
     /// The latest sequence read of each feed.
     seen: HashMap<FeedId, u64>,
+    /// Which source each log line of each feed has, as runs of sequences
+    /// `(first, last, source)`; `""` for lines without one. A run spans
+    /// the other messages between its lines (they have no line). The views
+    /// build `<machine>/jobs/` from these.
+    #[serde(default)]
+    sources: HashMap<FeedId, Vec<(u64, u64, String)>>,
 }
 
 impl JobTable {
@@ -126,7 +133,13 @@ impl JobTable {
             return;
         }
         let content = msg.content();
-        let Some(source) = content.get("source").and_then(Value::as_str) else {
+        let source = content.get("source").and_then(Value::as_str);
+        let runs = self.sources.entry(msg.author).or_default();
+        match runs.last_mut() {
+            Some(run) if run.2 == source.unwrap_or("") => run.1 = msg.sequence,
+            _ => runs.push((msg.sequence, msg.sequence, source.unwrap_or("").to_string())),
+        }
+        let Some(source) = source else {
             return;
         };
         let job = self
@@ -168,6 +181,42 @@ impl JobTable {
             }
             _ => {}
         }
+    }
+
+    /// Reads every message the store has past the table's high-water
+    /// sequences; returns how many.
+    pub fn catch_up(&mut self, store: &Store) -> Result<u64, StoreError> {
+        let mut read = 0;
+        for (feed, tip) in store.feeds() {
+            let from = self.seen(&feed) + 1;
+            if from > tip.sequence {
+                continue;
+            }
+            for item in store.history(&feed, from) {
+                let (_, raw) = item?;
+                self.observe(&raw.message()?);
+                read += 1;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Whether the table claims messages `store` lacks (it was saved before
+    /// a power cut took messages the store had not synced).
+    pub fn is_ahead_of(&self, store: &Store) -> bool {
+        let tips: HashMap<FeedId, u64> = store
+            .feeds()
+            .into_iter()
+            .map(|(feed, tip)| (feed, tip.sequence))
+            .collect();
+        self.seen
+            .iter()
+            .any(|(feed, seen)| *seen > tips.get(feed).copied().unwrap_or(0))
+    }
+
+    /// The runs of sources of `feed`'s log lines, in sequence order.
+    pub fn source_runs(&self, feed: &FeedId) -> &[(u64, u64, String)] {
+        self.sources.get(feed).map_or(&[], Vec::as_slice)
     }
 
     /// How many jobs there are.

@@ -23,22 +23,10 @@ use crate::view::{ViewEntry, Views};
 /// ahead of the store (it was saved before a power cut took messages the
 /// store had not synced) is thrown away and rebuilt.
 fn load_jobs(path: &std::path::Path, store: &Store) -> Result<JobTable, NodeError> {
-    let tips = store.feeds();
     let mut table = JobTable::load(path)
-        .filter(|t| tips.iter().all(|(feed, tip)| t.seen(feed) <= tip.sequence))
+        .filter(|t| !t.is_ahead_of(store))
         .unwrap_or_default();
-    let mut read = 0u64;
-    for (feed, tip) in &tips {
-        let from = table.seen(feed) + 1;
-        if from > tip.sequence {
-            continue;
-        }
-        for item in store.history(feed, from) {
-            let (_, raw) = item?;
-            table.observe(&raw.message()?);
-            read += 1;
-        }
-    }
+    let read = table.catch_up(store)?;
     if read > 0 {
         tracing::debug!("read {read} messages into the job table");
         if let Err(e) = table.save(path) {
@@ -139,9 +127,19 @@ impl Node {
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
         let dir = config.store_dir();
         let mut store = open_store(&dir)?;
+        // The job table first: the views take each line's source from it.
+        let jobs = if with_views {
+            Some(load_jobs(&config.jobs_cache(), &store)?)
+        } else {
+            None
+        };
         let views = if with_views {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Views::build(&config.line_file(), &store)
+                Views::build(
+                    &config.line_file(),
+                    &store,
+                    jobs.as_ref().unwrap_or(&JobTable::default()),
+                )
             }));
             match built {
                 Ok(Ok(views)) => Some(views),
@@ -158,18 +156,18 @@ impl Node {
                         aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
                     );
                     store = open_store(&dir)?;
-                    Some(Views::build(&config.line_file(), &store)?)
+                    Some(Views::build(
+                        &config.line_file(),
+                        &store,
+                        jobs.as_ref().unwrap_or(&JobTable::default()),
+                    )?)
                 }
             }
         } else {
             None
         };
         let store = Arc::new(store);
-        let jobs = if with_views {
-            Some(RwLock::new(load_jobs(&config.jobs_cache(), &store)?))
-        } else {
-            None
-        };
+        let jobs = jobs.map(RwLock::new);
         let renderer = LineRenderer::new(store.names()?);
         let graph = FollowGraph::from_edges(store.contacts()?);
         let (events, _) = broadcast::channel(4096);

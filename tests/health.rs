@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::lan::Lan;
-use common::{bin, run, wait_until, Daemon};
+use common::{bin, fuse_available, run, wait_until, Daemon};
 
 fn path_of(daemon: &Daemon) -> &str {
     daemon.path.to_str().expect("utf-8 path")
@@ -293,4 +293,141 @@ fn another_machine_sees_failed_late_and_good_jobs() {
     let out = run(&["health", "--path", gone.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1));
     drop(lan);
+}
+
+/// The lines of `merged.log` that are `machine`'s and carry `source=…`
+/// as their first field.
+fn merged_lines_of(daemon: &Daemon, machine: &str, source: &str) -> String {
+    daemon
+        .read("merged.log")
+        .lines()
+        .filter(|l| {
+            let mut words = l.split(' ');
+            words.nth(1) == Some(machine) && words.next() == Some(&format!("source={source}"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// Whether process `pid` has `path` open.
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(Result::ok)
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        })
+        .unwrap_or(false)
+}
+
+/// `stat -c %s` through the mount.
+fn stat_size(daemon: &Daemon, rel: &str) -> u64 {
+    let out = daemon.sh(&format!("stat -c %s '{rel}'"));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("stat {rel}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn job_and_day_files_hold_the_matching_lines_of_merged_log() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("node"), "nas", &[]);
+    let path = path_of(&daemon);
+    for (source, script) in [
+        ("backup", "echo copying; echo warn >&2; exit 1"),
+        ("sync", "echo synced"),
+        ("backup", "echo copying again"),
+    ] {
+        run_job(
+            path,
+            &["--source", source, "--quiet", "--", "sh", "-c", script],
+        );
+    }
+    assert!(daemon
+        .sh("echo 'a line of no job' >> publish")
+        .status
+        .success());
+
+    let listing = daemon.sh("ls nas/jobs");
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout),
+        "backup.log\nsync.log\n"
+    );
+    for source in ["backup", "sync"] {
+        let rel = format!("nas/jobs/{source}.log");
+        let content = daemon.read(&rel);
+        assert_eq!(content, merged_lines_of(&daemon, "nas", source), "{rel}");
+        assert_eq!(
+            stat_size(&daemon, &rel),
+            content.len() as u64,
+            "{rel}'s size"
+        );
+    }
+    assert_eq!(
+        daemon.read("nas/jobs/backup.log").lines().count(),
+        7,
+        "two runs of backup"
+    );
+
+    let days = String::from_utf8_lossy(&daemon.sh("ls days").stdout).into_owned();
+    let merged = daemon.read("merged.log");
+    let mut all_days = String::new();
+    for name in days.lines() {
+        let rel = format!("days/{name}");
+        let content = daemon.read(&rel);
+        assert_eq!(
+            stat_size(&daemon, &rel),
+            content.len() as u64,
+            "{rel}'s size"
+        );
+        all_days.push_str(&content);
+    }
+    assert!(!days.is_empty());
+    assert_eq!(all_days, merged, "the days together are merged.log");
+
+    // tail -f on a job's file and on today's file sees a new line.
+    let today = days.lines().last().expect("a day").to_string();
+    let follow = |rel: &str| {
+        Command::new("tail")
+            .args(["-n", "0", "-f", rel])
+            .current_dir(daemon.file(""))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tail starts")
+    };
+    let files = ["nas/jobs/sync.log".to_string(), format!("days/{today}")];
+    let mut tails = files.clone().map(|rel| follow(&rel));
+    for (tail, rel) in tails.iter().zip(&files) {
+        let path = daemon.file(rel);
+        assert!(
+            wait_until(Duration::from_secs(10), || has_open(tail.id(), &path)),
+            "tail did not open {rel}"
+        );
+    }
+    run_job(
+        path,
+        &["--source", "sync", "--quiet", "--", "echo", "synced again"],
+    );
+    for tail in &mut tails {
+        let stdout = tail.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let seen = wait_until(Duration::from_secs(10), || {
+            rx.try_iter().any(|l| l.ends_with(" synced again"))
+        });
+        let _ = tail.kill();
+        let _ = tail.wait();
+        assert!(seen, "tail -f did not see the new line");
+    }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use scuttlefs::feed::{FeedId, Keypair, Message};
+use scuttlefs::health::JobTable;
 use scuttlefs::node::Node;
 use scuttlefs::view::Views;
 
@@ -161,14 +162,49 @@ fn every_view_equals_a_rebuild_after_concurrent_ingests_publishes_and_reads() {
 
     let views = node.views().expect("views");
     let live = snapshot(views, &node, &feeds);
-    let rebuilt_views =
-        Views::build(&dir.path().join("rebuilt.cache"), &node.store).expect("rebuilds");
+    let rebuilt_views = Views::build(
+        &dir.path().join("rebuilt.cache"),
+        &node.store,
+        &jobs_of(&node),
+    )
+    .expect("rebuilds");
     let rebuilt = snapshot(&rebuilt_views, &node, &feeds);
     assert_eq!(views.merged_len(), rebuilt_views.merged_len());
     assert!(
         live.0 == rebuilt.0,
         "merged.log equals a rebuild byte for byte"
     );
+    for feed in &feeds {
+        let sources = views.job_sources(feed);
+        assert_eq!(sources, rebuilt_views.job_sources(feed), "{feed}'s jobs");
+        for source in sources {
+            let len = views.job_log_len(feed, &source);
+            assert_eq!(len, rebuilt_views.job_log_len(feed, &source));
+            assert!(
+                views
+                    .read_job_log(feed, &source, 0, len as usize)
+                    .expect("reads")
+                    == rebuilt_views
+                        .read_job_log(feed, &source, 0, len as usize)
+                        .expect("reads"),
+                "{feed}'s jobs/{source}.log equals a rebuild"
+            );
+        }
+    }
+    assert_eq!(
+        views.days(),
+        rebuilt_views.days(),
+        "the days and their sizes"
+    );
+    for (day, len) in views.days() {
+        let live_day = views
+            .read_day(&mut views.day_snapshot(day), 0, len as usize)
+            .expect("reads");
+        let rebuilt_day = rebuilt_views
+            .read_day(&mut rebuilt_views.day_snapshot(day), 0, len as usize)
+            .expect("reads");
+        assert!(live_day == rebuilt_day, "days/{day}.log equals a rebuild");
+    }
     for feed in &feeds {
         let (log, jsonl) = &live.1[feed];
         let (rlog, rjsonl) = &rebuilt.1[feed];
@@ -264,10 +300,14 @@ fn a_feed_jsonl_first_read_during_replication_counts_each_message_once() {
         });
         let views = node.views().expect("views");
         let live = views.jsonl_len(&node.store, &keys.id()).expect("size");
-        let rebuilt = Views::build(&dir.path().join("rebuilt.cache"), &node.store)
-            .expect("rebuilds")
-            .jsonl_len(&node.store, &keys.id())
-            .expect("size");
+        let rebuilt = Views::build(
+            &dir.path().join("rebuilt.cache"),
+            &node.store,
+            &jobs_of(&node),
+        )
+        .expect("rebuilds")
+        .jsonl_len(&node.store, &keys.id())
+        .expect("size");
         assert_eq!(
             live, rebuilt,
             "round {round}: feed.jsonl's size equals a rebuild's"
@@ -278,4 +318,11 @@ fn a_feed_jsonl_first_read_during_replication_counts_each_message_once() {
         let lines = all.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         assert_eq!(lines, msgs.len(), "round {round}: one line per message");
     }
+}
+
+/// The job table a fresh start would build from `node`'s store.
+fn jobs_of(node: &Node) -> JobTable {
+    let mut jobs = JobTable::default();
+    jobs.catch_up(&node.store).expect("reads the store");
+    jobs
 }

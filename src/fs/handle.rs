@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::feed::FeedId;
-use crate::view::MergedSnapshot;
+use crate::view::{DaySnapshot, MergedSnapshot};
 
 use super::linebuf::LineBuffer;
 
@@ -21,6 +21,10 @@ pub enum Handle {
     FeedLog(FeedId),
     /// A feed's `feed.jsonl`.
     FeedJsonl(FeedId),
+    /// A feed's `jobs/<source>.log`.
+    JobLog(FeedId, String),
+    /// `days/<day>.log`: the order it had at open, and later lines found.
+    Day(DaySnapshot),
     /// Content fixed at open: `whoami`, `status`, `id`.
     Bytes(Vec<u8>),
 }

@@ -1,8 +1,10 @@
 //! Inode numbers and the names in the mount.
 //!
 //! The root's files have fixed numbers. Each feed gets a slot the first time
-//! the mount sees it, stable for the life of the daemon, and four inodes in
-//! that slot: its directory, `log`, `feed.jsonl` and `id`.
+//! the mount sees it, stable for the life of the daemon, and five inodes in
+//! that slot: its directory, `log`, `feed.jsonl`, `id` and `jobs/`. Files
+//! that come and go with the data (`jobs/<source>.log`, `days/<day>.log`)
+//! get numbers from [`DYNAMIC_BASE`] on, also stable for the daemon's life.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,6 +26,12 @@ pub const MERGED: u64 = 5;
 pub const STATUS: u64 = 6;
 /// `health`: every job on every machine, worst first.
 pub const HEALTH: u64 = 7;
+/// `days/`: one file per local day.
+pub const DAYS: u64 = 8;
+/// The first number of the files that come and go with the data.
+const DYNAMIC_BASE: u64 = 1 << 40;
+/// Inodes per feed slot.
+const SLOT: u64 = 5;
 /// The first feed slot's first inode.
 const FEED_BASE: u64 = 1024;
 
@@ -52,10 +60,28 @@ pub enum Inode {
     FeedJsonl(FeedId),
     /// A feed's `id`.
     FeedIdFile(FeedId),
+    /// A feed's `jobs/` directory.
+    JobsDir(FeedId),
+    /// A feed's `jobs/<source>.log`: the feed, and the source's number
+    /// (see [`Inodes::source`]).
+    JobLog(FeedId, u64),
+    /// `days/`.
+    DaysDir,
+    /// `days/<day>.log`.
+    DayLog(chrono::NaiveDate),
+}
+
+/// A file that comes and goes with the data.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Dynamic {
+    Job(FeedId, String),
+    Day(chrono::NaiveDate),
 }
 
 /// The files in each feed's directory, with their slot offsets.
 pub const FEED_FILES: [(&str, u64); 3] = [("log", 1), ("feed.jsonl", 2), ("id", 3)];
+/// The slot offset of a feed's `jobs/` directory.
+pub const JOBS_DIR: u64 = 4;
 
 /// Assigns feed slots and directory names.
 #[derive(Default)]
@@ -67,6 +93,20 @@ pub struct Inodes {
 struct Slots {
     feeds: Vec<FeedId>,
     slot_of: HashMap<FeedId, u64>,
+    dynamic: Vec<Dynamic>,
+    dynamic_of: HashMap<Dynamic, u64>,
+}
+
+impl Slots {
+    fn dynamic_ino(&mut self, file: Dynamic) -> u64 {
+        if let Some(ino) = self.dynamic_of.get(&file) {
+            return *ino;
+        }
+        let ino = DYNAMIC_BASE + self.dynamic.len() as u64;
+        self.dynamic.push(file.clone());
+        self.dynamic_of.insert(file, ino);
+        ino
+    }
 }
 
 impl Inodes {
@@ -84,7 +124,26 @@ impl Inodes {
 
     /// The inode number of `feed`'s directory (offset 0) or one of its files.
     pub fn feed_ino(&self, feed: &FeedId, offset: u64) -> u64 {
-        FEED_BASE + self.slot(feed) * 4 + offset
+        FEED_BASE + self.slot(feed) * SLOT + offset
+    }
+
+    /// The inode number of `feed`'s `jobs/<source>.log`.
+    pub fn job_ino(&self, feed: &FeedId, source: &str) -> u64 {
+        self.lock()
+            .dynamic_ino(Dynamic::Job(*feed, source.to_string()))
+    }
+
+    /// The inode number of `days/<day>.log`.
+    pub fn day_ino(&self, day: chrono::NaiveDate) -> u64 {
+        self.lock().dynamic_ino(Dynamic::Day(day))
+    }
+
+    /// The source that a [`Inode::JobLog`]'s number stands for.
+    pub fn source(&self, number: u64) -> Option<String> {
+        match self.lock().dynamic.get(number as usize)? {
+            Dynamic::Job(_, source) => Some(source.clone()),
+            Dynamic::Day(_) => None,
+        }
     }
 
     /// What inode number `ino` is.
@@ -95,13 +154,23 @@ impl Inodes {
         if ROOT_FILES.iter().any(|(_, n)| *n == ino) {
             return Some(Inode::RootFile(ino));
         }
+        if ino == DAYS {
+            return Some(Inode::DaysDir);
+        }
+        if let Some(number) = ino.checked_sub(DYNAMIC_BASE) {
+            return match self.lock().dynamic.get(number as usize)? {
+                Dynamic::Job(feed, _) => Some(Inode::JobLog(*feed, number)),
+                Dynamic::Day(day) => Some(Inode::DayLog(*day)),
+            };
+        }
         let rel = ino.checked_sub(FEED_BASE)?;
-        let feed = *self.lock().feeds.get((rel / 4) as usize)?;
-        Some(match rel % 4 {
+        let feed = *self.lock().feeds.get((rel / SLOT) as usize)?;
+        Some(match rel % SLOT {
             0 => Inode::FeedDir(feed),
             1 => Inode::FeedLog(feed),
             2 => Inode::FeedJsonl(feed),
-            _ => Inode::FeedIdFile(feed),
+            3 => Inode::FeedIdFile(feed),
+            _ => Inode::JobsDir(feed),
         })
     }
 
@@ -116,6 +185,7 @@ impl Inodes {
         let mut ordered: Vec<FeedId> = feeds.to_vec();
         ordered.sort_by_key(|f| self.slot(f));
         let mut taken: HashSet<String> = ROOT_FILES.iter().map(|(n, _)| n.to_string()).collect();
+        taken.insert("days".into());
         let mut out = Vec::with_capacity(ordered.len());
         for feed in ordered {
             let base = names
@@ -163,5 +233,21 @@ mod tests {
         assert_eq!(dir_names[3], d.file_safe());
         let ino = inodes.feed_ino(&b, 1);
         assert_eq!(inodes.resolve(ino), Some(Inode::FeedLog(b)));
+        let jobs = inodes.feed_ino(&b, JOBS_DIR);
+        assert_eq!(inodes.resolve(jobs), Some(Inode::JobsDir(b)));
+        let job = inodes.job_ino(&b, "backup");
+        assert_eq!(inodes.job_ino(&b, "backup"), job, "stable");
+        let Some(Inode::JobLog(feed, number)) = inodes.resolve(job) else {
+            panic!("a job log")
+        };
+        assert_eq!(
+            (feed, inodes.source(number).as_deref()),
+            (b, Some("backup"))
+        );
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 26).expect("a day");
+        assert_eq!(
+            inodes.resolve(inodes.day_ino(day)),
+            Some(Inode::DayLog(day))
+        );
     }
 }

@@ -17,7 +17,8 @@ use crate::status;
 use crate::store::StoreError;
 use handle::{Handle, Handles};
 use inode::{
-    Inode, Inodes, FEED_FILES, FOLLOW, HEALTH, MERGED, PUBLISH, ROOT, ROOT_FILES, STATUS, WHOAMI,
+    Inode, Inodes, DAYS, FEED_FILES, FOLLOW, HEALTH, JOBS_DIR, MERGED, PUBLISH, ROOT, ROOT_FILES,
+    STATUS, WHOAMI,
 };
 use linebuf::{LineBuffer, LineError};
 
@@ -154,6 +155,9 @@ impl ScuttleFs {
                 if let Some((_, ino)) = ROOT_FILES.iter().find(|(n, _)| *n == name) {
                     return self.getattr(*ino);
                 }
+                if name == "days" {
+                    return self.getattr(DAYS);
+                }
                 let dirs = self.feed_dirs();
                 let (_, feed) = dirs
                     .iter()
@@ -162,11 +166,30 @@ impl ScuttleFs {
                 self.getattr(self.inodes.feed_ino(feed, 0))
             }
             Inode::FeedDir(feed) => {
+                if name == "jobs" {
+                    return self.getattr(self.inodes.feed_ino(&feed, JOBS_DIR));
+                }
                 let (_, offset) = FEED_FILES
                     .iter()
                     .find(|(n, _)| *n == name)
                     .ok_or(FsError::NotFound)?;
                 self.getattr(self.inodes.feed_ino(&feed, *offset))
+            }
+            Inode::JobsDir(feed) => {
+                let (ino, _) = self
+                    .job_files(&feed)?
+                    .into_iter()
+                    .find(|(_, n)| n == name)
+                    .ok_or(FsError::NotFound)?;
+                self.getattr(ino)
+            }
+            Inode::DaysDir => {
+                let (ino, _) = self
+                    .day_files()?
+                    .into_iter()
+                    .find(|(_, n)| n == name)
+                    .ok_or(FsError::NotFound)?;
+                self.getattr(ino)
             }
             _ => Err(FsError::NotDir),
         }
@@ -192,13 +215,18 @@ impl ScuttleFs {
                 perm: 0o755,
                 mtime,
             },
-            Inode::FeedDir(_) => Attr {
+            Inode::FeedDir(_) | Inode::JobsDir(_) | Inode::DaysDir => Attr {
                 ino,
                 kind: Kind::Dir,
                 size: 0,
                 perm: 0o555,
                 mtime,
             },
+            Inode::JobLog(feed, number) => {
+                let source = self.inodes.source(number).ok_or(FsError::NotFound)?;
+                file(views.job_log_len(&feed, &source), 0o444)
+            }
+            Inode::DayLog(day) => file(views.day_len(day), 0o444),
             Inode::RootFile(PUBLISH) => file(0, 0o200),
             Inode::RootFile(FOLLOW) => file(self.follow_text().len() as u64, 0o600),
             Inode::RootFile(WHOAMI) => file(self.whoami_text().len() as u64, 0o444),
@@ -220,20 +248,39 @@ impl ScuttleFs {
                     .iter()
                     .map(|(name, ino)| (*ino, Kind::File, name.to_string()))
                     .collect();
+                out.push((DAYS, Kind::Dir, "days".into()));
                 for (name, feed) in self.feed_dirs() {
                     out.push((self.inodes.feed_ino(&feed, 0), Kind::Dir, name));
                 }
                 Ok(out)
             }
-            Inode::FeedDir(feed) => Ok(FEED_FILES
-                .iter()
-                .map(|(name, offset)| {
-                    (
-                        self.inodes.feed_ino(&feed, *offset),
-                        Kind::File,
-                        name.to_string(),
-                    )
-                })
+            Inode::FeedDir(feed) => {
+                let mut out: Vec<(u64, Kind, String)> = FEED_FILES
+                    .iter()
+                    .map(|(name, offset)| {
+                        (
+                            self.inodes.feed_ino(&feed, *offset),
+                            Kind::File,
+                            name.to_string(),
+                        )
+                    })
+                    .collect();
+                out.push((
+                    self.inodes.feed_ino(&feed, JOBS_DIR),
+                    Kind::Dir,
+                    "jobs".into(),
+                ));
+                Ok(out)
+            }
+            Inode::JobsDir(feed) => Ok(self
+                .job_files(&feed)?
+                .into_iter()
+                .map(|(ino, name)| (ino, Kind::File, name))
+                .collect()),
+            Inode::DaysDir => Ok(self
+                .day_files()?
+                .into_iter()
+                .map(|(ino, name)| (ino, Kind::File, name))
                 .collect()),
             _ => Err(FsError::NotDir),
         }
@@ -247,7 +294,13 @@ impl ScuttleFs {
             return Err(FsError::Access);
         }
         let handle = match inode {
-            Inode::Root | Inode::FeedDir(_) => return Err(FsError::IsDir),
+            Inode::Root | Inode::FeedDir(_) | Inode::JobsDir(_) | Inode::DaysDir => {
+                return Err(FsError::IsDir)
+            }
+            Inode::JobLog(feed, number) => {
+                Handle::JobLog(feed, self.inodes.source(number).ok_or(FsError::NotFound)?)
+            }
+            Inode::DayLog(day) => Handle::Day(self.views()?.day_snapshot(day)),
             Inode::RootFile(PUBLISH) => Handle::Publish(LineBuffer::default()),
             Inode::RootFile(FOLLOW) => {
                 Handle::Follow(self.follow_text().into_bytes(), LineBuffer::default())
@@ -285,19 +338,21 @@ impl ScuttleFs {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>, FsError> {
         let handle = self.handles.get(fh).ok_or(FsError::BadHandle)?;
-        let handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut handle = handle.lock().unwrap_or_else(|e| e.into_inner());
         let views = self.views()?;
         let slice = |bytes: &[u8]| {
             let start = (offset as usize).min(bytes.len());
             let end = start.saturating_add(size).min(bytes.len());
             bytes[start..end].to_vec()
         };
-        Ok(match &*handle {
+        Ok(match &mut *handle {
             Handle::Publish(_) => Vec::new(),
             Handle::Follow(bytes, _) | Handle::Bytes(bytes) => slice(bytes),
             Handle::Merged(snapshot) => views.read_merged(snapshot, offset, size)?,
             Handle::FeedLog(feed) => views.read_feed_log(feed, offset, size)?,
             Handle::FeedJsonl(feed) => views.read_jsonl(&self.node.store, feed, offset, size)?,
+            Handle::JobLog(feed, source) => views.read_job_log(feed, source, offset, size)?,
+            Handle::Day(snapshot) => views.read_day(snapshot, offset, size)?,
         })
     }
 
@@ -390,7 +445,9 @@ impl ScuttleFs {
     pub fn truncate(&self, ino: u64, size: u64) -> Result<Attr, FsError> {
         match self.inodes.resolve(ino).ok_or(FsError::NotFound)? {
             Inode::RootFile(PUBLISH) | Inode::RootFile(FOLLOW) if size == 0 => self.getattr(ino),
-            Inode::Root | Inode::FeedDir(_) => Err(FsError::IsDir),
+            Inode::Root | Inode::FeedDir(_) | Inode::JobsDir(_) | Inode::DaysDir => {
+                Err(FsError::IsDir)
+            }
             _ => Err(FsError::Access),
         }
     }
@@ -454,6 +511,33 @@ impl ScuttleFs {
             .map(|(f, _)| f)
             .collect();
         self.inodes.dir_names(&feeds, &self.node.names())
+    }
+
+    /// `feed`'s job files: inode and name (`<source>.log`, the source made
+    /// safe as a file name; of two sources that look alike, the first).
+    fn job_files(&self, feed: &FeedId) -> Result<Vec<(u64, String)>, FsError> {
+        let mut taken = std::collections::HashSet::new();
+        Ok(self
+            .views()?
+            .job_sources(feed)
+            .into_iter()
+            .filter_map(|source| {
+                let name = format!("{}.log", crate::view::line::safe_name(&source)?);
+                taken
+                    .insert(name.clone())
+                    .then(|| (self.inodes.job_ino(feed, &source), name))
+            })
+            .collect())
+    }
+
+    /// `days/`'s files: inode and name (`2026-11-26.log`).
+    fn day_files(&self) -> Result<Vec<(u64, String)>, FsError> {
+        Ok(self
+            .views()?
+            .days()
+            .into_iter()
+            .map(|(day, _)| (self.inodes.day_ino(day), format!("{day}.log")))
+            .collect())
     }
 
     fn whoami_text(&self) -> String {

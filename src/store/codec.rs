@@ -29,6 +29,15 @@ pub fn ordered_timestamp(ms: f64) -> u64 {
     }
 }
 
+/// The timestamp [`ordered_timestamp`] mapped.
+pub fn timestamp_from_ordered(ordered: u64) -> f64 {
+    if ordered >> 63 == 1 {
+        f64::from_bits(ordered & !(1 << 63))
+    } else {
+        f64::from_bits(!ordered)
+    }
+}
+
 pub fn message_key(feed: &FeedId, seq: u64) -> [u8; 41] {
     let mut key = [0u8; 41];
     key[0] = b'm';

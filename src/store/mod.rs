@@ -54,7 +54,7 @@ use codec::LogExtent;
 use id_index::RunInfo;
 use log::{LogRecord, MessageLog};
 
-pub use codec::{contact_edge, ordered_timestamp, TimestampEntry};
+pub use codec::{contact_edge, ordered_timestamp, timestamp_from_ordered, TimestampEntry};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -90,6 +90,35 @@ impl MergedIndex {
         self.lines += 1;
     }
 
+    /// The bytes of every line whose key is below `key`: where the first
+    /// line at or after `key` starts.
+    pub fn offset_of_key(&self, key: (u64, u64)) -> u64 {
+        let mut node: &Node = &self.root;
+        let mut offset = 0;
+        loop {
+            match node {
+                Node::Leaf(lines) => {
+                    return offset
+                        + lines
+                            .iter()
+                            .take_while(|l| l.key < key)
+                            .map(|l| u64::from(l.len))
+                            .sum::<u64>();
+                }
+                Node::Branch(children) => {
+                    // The last child whose first key is below `key` holds
+                    // the boundary; everything before it is below.
+                    let at = children.partition_point(|c| c.first_key < key);
+                    if at == 0 {
+                        return offset;
+                    }
+                    offset += children[..at - 1].iter().map(|c| c.bytes).sum::<u64>();
+                    node = &children[at - 1].node;
+                }
+            }
+        }
+    }
+
     /// Calls `visit(line, skip)` for each line from the one holding byte
     /// `offset` onwards, in order, where `skip` is how many of that line's
     /// bytes lie before `offset` (non-zero for the first line only). Stops
@@ -288,6 +317,20 @@ mod tests {
         index.insert(line(5, n, 3));
         let order: Vec<u64> = collect(&index, 0).iter().map(|(recv, _)| *recv).collect();
         assert_eq!(&order[..7], &[0, 1, 2, 3, 4, 5, n]);
+    }
+
+    #[test]
+    fn offsets_of_keys_count_the_bytes_below() {
+        let mut index = MergedIndex::default();
+        // Enough lines for branches, inserted out of order.
+        for i in (0..500u64).rev() {
+            index.insert(line(i * 10, 0, (i % 7 + 1) as u32));
+        }
+        let below =
+            |ts: u64| -> u64 { (0..500u64).filter(|i| i * 10 < ts).map(|i| i % 7 + 1).sum() };
+        for ts in [0, 5, 10, 11, 1234, 2500, 4990, 4991, 9999] {
+            assert_eq!(index.offset_of_key((ts, 0)), below(ts), "ts {ts}");
+        }
     }
 
     #[test]

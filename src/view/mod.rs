@@ -20,7 +20,7 @@
 pub mod line;
 pub mod merged;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -28,8 +28,11 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use crate::feed::json::js_number;
+use chrono::NaiveDate;
+
 use crate::feed::{FeedId, MsgId};
-use crate::store::{RawMessage, Store, StoreError, Stored};
+use crate::health::JobTable;
+use crate::store::{timestamp_from_ordered, RawMessage, Store, StoreError, Stored};
 use merged::{LineRef, MergedIndex};
 
 /// Where a feed's `log` lies in the line file: its lines in sequence order,
@@ -107,6 +110,8 @@ pub struct ViewEntry {
     pub json_len: usize,
     /// Its rendered line, if it shows in log views.
     pub line: Option<Vec<u8>>,
+    /// The `source` of a line that has one: its job.
+    pub source: Option<String>,
 }
 
 impl From<&Stored> for ViewEntry {
@@ -120,6 +125,12 @@ impl From<&Stored> for ViewEntry {
             received_ms: stored.received_ms,
             json_len: stored.json_len,
             line: stored.line.clone(),
+            source: stored
+                .line
+                .as_ref()
+                .and_then(|_| stored.msg.content().get("source"))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
         }
     }
 }
@@ -134,6 +145,74 @@ struct ViewState {
     file_len: u64,
     feeds: HashMap<FeedId, FeedLines>,
     jsonl: HashMap<FeedId, JsonlIndex>,
+    /// Each feed's lines by `source`: `<machine>/jobs/<source>.log`.
+    jobs: HashMap<FeedId, HashMap<String, FeedLines>>,
+    /// The bytes of each local day's lines: `days/<date>.log`.
+    days: BTreeMap<NaiveDate, u64>,
+}
+
+/// What one open handle of `days/<day>.log` reads: the day's lines known at
+/// open (a range of the `merged.log` order then), then the day's later
+/// lines in arrival order, found in the line file as they are read.
+pub struct DaySnapshot {
+    day: NaiveDate,
+    index: MergedIndex,
+    /// The day's range in `index`'s byte order.
+    from: u64,
+    to: u64,
+    /// Where the line file ended at open: later lines lie past it.
+    tail_from: u64,
+    /// How far the line file has been searched for the day's later lines.
+    searched_to: u64,
+    /// Those found: where each lies in the line file.
+    tail: Vec<(u64, u32)>,
+    tail_bytes: u64,
+}
+
+impl DaySnapshot {
+    /// The day.
+    pub fn day(&self) -> NaiveDate {
+        self.day
+    }
+
+    /// Where the line file ended when the handle opened.
+    pub fn opened_at(&self) -> u64 {
+        self.tail_from
+    }
+}
+
+/// The local calendar day of a timestamp (ms since the epoch), if the
+/// clock can show it.
+pub fn day_of(ms: f64) -> Option<NaiveDate> {
+    if !ms.is_finite() || ms.abs() >= 8.0e15 {
+        return None;
+    }
+    let utc = chrono::DateTime::from_timestamp_millis(ms.floor() as i64)?;
+    Some(utc.with_timezone(&chrono::Local).date_naive())
+}
+
+/// The first millisecond of `day` and of the next, local time.
+fn day_bounds(day: NaiveDate) -> (f64, f64) {
+    let start = |d: NaiveDate| -> f64 {
+        use chrono::TimeZone;
+        // A day whose midnight a clock change skips starts when it can.
+        (0..24)
+            .find_map(|h| {
+                chrono::Local
+                    .from_local_datetime(&d.and_hms_opt(h, 0, 0)?)
+                    .earliest()
+            })
+            .map_or(f64::NAN, |t| t.timestamp_millis() as f64)
+    };
+    let next = day.succ_opt().unwrap_or(day);
+    (start(day), start(next))
+}
+
+/// The local day of a rendered line, from the timestamp it starts with.
+fn line_day(line: &[u8]) -> Option<NaiveDate> {
+    let text = std::str::from_utf8(line.get(..24)?).ok()?;
+    let t = chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.3fZ").ok()?;
+    day_of(t.and_utc().timestamp_millis() as f64)
 }
 
 /// What one open handle of `merged.log` reads: the lines known at open in
@@ -153,7 +232,10 @@ impl Views {
     /// Rebuilds the line file at `line_file` from the store's timestamp
     /// index and indexes it. Call it while no append commits (before the
     /// node that feeds [`Views::add`] from its commit hook is shared).
-    pub fn build(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
+    ///
+    /// `jobs` tells which source each feed's lines have (its runs are
+    /// current up to every feed's tip).
+    pub fn build(line_file: &Path, store: &Store, jobs: &JobTable) -> Result<Views, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -166,10 +248,14 @@ impl Views {
         let mut by_feed: HashMap<FeedId, Vec<(u64, u64, u32)>> = HashMap::new();
         let mut pos = 0u64;
         let mut lines = 0u64;
+        let mut days: BTreeMap<NaiveDate, u64> = BTreeMap::new();
         for entry in store.timestamp_index() {
             let entry = entry?;
             lines += 1;
             let len = entry.line.len() as u32;
+            if let Some(day) = day_of(timestamp_from_ordered(entry.timestamp)) {
+                *days.entry(day).or_default() += u64::from(len);
+            }
             writer
                 .write_all(&entry.line)
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
@@ -195,13 +281,29 @@ impl Views {
                 store.line_count()
             )));
         }
+        let mut job_lines: HashMap<FeedId, HashMap<String, FeedLines>> = HashMap::new();
         let feeds = by_feed
             .into_iter()
             .map(|(feed, mut lines)| {
                 lines.sort_unstable_by_key(|(seq, _, _)| *seq);
                 let mut feed_lines = FeedLines::default();
-                for (_, pos, len) in lines {
+                let runs = jobs.source_runs(&feed);
+                let mut run = 0;
+                for (seq, pos, len) in lines {
                     feed_lines.push(pos, len);
+                    while runs.get(run).is_some_and(|r| r.1 < seq) {
+                        run += 1;
+                    }
+                    if let Some((first, _, source)) = runs.get(run) {
+                        if *first <= seq && !source.is_empty() {
+                            job_lines
+                                .entry(feed)
+                                .or_default()
+                                .entry(source.clone())
+                                .or_default()
+                                .push(pos, len);
+                        }
+                    }
                 }
                 (feed, feed_lines)
             })
@@ -220,6 +322,8 @@ impl Views {
                 file_len: pos,
                 feeds,
                 jsonl: HashMap::new(),
+                jobs: job_lines,
+                days,
             }),
         })
     }
@@ -263,6 +367,154 @@ impl Views {
             }
             state.merged.insert(LineRef { key, pos, len });
             state.feeds.entry(entry.author).or_default().push(pos, len);
+            if let Some(day) = day_of(entry.timestamp) {
+                *state.days.entry(day).or_default() += u64::from(len);
+            }
+            if let Some(source) = entry.source.as_ref().filter(|s| !s.is_empty()) {
+                state
+                    .jobs
+                    .entry(entry.author)
+                    .or_default()
+                    .entry(source.clone())
+                    .or_default()
+                    .push(pos, len);
+            }
+        }
+        Ok(())
+    }
+
+    /// The sources of `feed`'s lines (its jobs), sorted.
+    pub fn job_sources(&self, feed: &FeedId) -> Vec<String> {
+        let mut sources: Vec<String> = self
+            .read()
+            .jobs
+            .get(feed)
+            .map(|jobs| jobs.keys().cloned().collect())
+            .unwrap_or_default();
+        sources.sort();
+        sources
+    }
+
+    /// The size of `feed`'s `jobs/<source>.log`.
+    pub fn job_log_len(&self, feed: &FeedId, source: &str) -> u64 {
+        self.read()
+            .jobs
+            .get(feed)
+            .and_then(|jobs| jobs.get(source))
+            .map_or(0, FeedLines::len)
+    }
+
+    /// Reads `feed`'s `jobs/<source>.log`: its lines with that source, in
+    /// the feed's order (which is their timestamp order).
+    pub fn read_job_log(
+        &self,
+        feed: &FeedId,
+        source: &str,
+        offset: u64,
+        size: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut segments = Segments::new(size);
+        if let Some(lines) = self.read().jobs.get(feed).and_then(|j| j.get(source)) {
+            lines.read_into(offset, &mut segments);
+        }
+        segments.read(&self.file)
+    }
+
+    /// Every local day with lines, and the size of its file.
+    pub fn days(&self) -> Vec<(NaiveDate, u64)> {
+        self.read().days.iter().map(|(d, n)| (*d, *n)).collect()
+    }
+
+    /// The size of `days/<day>.log`.
+    pub fn day_len(&self, day: NaiveDate) -> u64 {
+        self.read().days.get(&day).copied().unwrap_or(0)
+    }
+
+    /// A snapshot for a newly opened `days/<day>.log` handle: the day's
+    /// lines known now in timestamp order, then later ones in arrival
+    /// order, as `merged.log` handles read.
+    pub fn day_snapshot(&self, day: NaiveDate) -> DaySnapshot {
+        let state = self.read();
+        let (start, end) = day_bounds(day);
+        let index = state.merged.clone();
+        let from = index.offset_of_key((crate::store::ordered_timestamp(start), 0));
+        let to = index.offset_of_key((crate::store::ordered_timestamp(end), 0));
+        DaySnapshot {
+            day,
+            tail_from: index.bytes(),
+            searched_to: index.bytes(),
+            index,
+            from,
+            to,
+            tail: Vec::new(),
+            tail_bytes: 0,
+        }
+    }
+
+    /// Reads `days/<day>.log` as `snapshot`'s handle sees it.
+    pub fn read_day(
+        &self,
+        snapshot: &mut DaySnapshot,
+        offset: u64,
+        size: usize,
+    ) -> io::Result<Vec<u8>> {
+        let mut segments = Segments::new(size);
+        let known = snapshot.to - snapshot.from;
+        if offset < known {
+            let mut at = snapshot.from + offset;
+            let end = snapshot.to;
+            snapshot.index.visit_from(at, |line, skip| {
+                let len = (u64::from(line.len) - skip).min(end - at);
+                at += len;
+                segments.push(line.pos + skip, len) && at < end
+            });
+        }
+        if !segments.full() {
+            self.search_tail(snapshot, offset.max(known) - known + u64::from(size as u32))?;
+            let mut skip = offset.saturating_sub(known);
+            for (pos, len) in &snapshot.tail {
+                let len = u64::from(*len);
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                if !segments.push(pos + skip, len - skip) {
+                    break;
+                }
+                skip = 0;
+            }
+        }
+        segments.read(&self.file)
+    }
+
+    /// Finds the snapshot's day's lines that arrived after it, until it
+    /// holds `wanted` bytes of them or the line file ends.
+    fn search_tail(&self, snapshot: &mut DaySnapshot, wanted: u64) -> io::Result<()> {
+        let file_len = self.merged_len();
+        let mut chunk = vec![0u8; 1 << 20];
+        while snapshot.tail_bytes < wanted && snapshot.searched_to < file_len {
+            let n = ((file_len - snapshot.searched_to) as usize).min(chunk.len());
+            self.file
+                .read_exact_at(&mut chunk[..n], snapshot.searched_to)?;
+            let mut start = 0;
+            let mut whole = 0;
+            while let Some(nl) = chunk[start..n].iter().position(|b| *b == b'\n') {
+                let line = &chunk[start..start + nl + 1];
+                if line_day(line) == Some(snapshot.day) {
+                    snapshot
+                        .tail
+                        .push((snapshot.searched_to + start as u64, line.len() as u32));
+                    snapshot.tail_bytes += line.len() as u64;
+                }
+                start += nl + 1;
+                whole = start;
+            }
+            if whole == 0 {
+                // A line longer than the chunk: read it whole.
+                chunk.resize(chunk.len() * 2, 0);
+                continue;
+            }
+            snapshot.searched_to += whole as u64;
         }
         Ok(())
     }

@@ -350,8 +350,10 @@ fn the_readme_demo_runs_as_written() {
         " laptop backup of /home finished\n",
         " laptop first\n",
         " laptop second\n",
-        "feed.jsonl\nid\nlog\n",
+        "feed.jsonl\nid\njobs\nlog\n",
         " laptop source=cron 3\n",
+        "\nfailed  laptop   backup  ",
+        "backup failed: 3\n",
     ] {
         assert!(
             stdout.contains(expected),

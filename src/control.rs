@@ -50,6 +50,10 @@ pub enum Request {
     Health {
         /// How long a machine may be silent before it counts as quiet (ms).
         max_silence_ms: Option<f64>,
+        /// The whole report as JSON; else the table, rendered by the daemon
+        /// (`{"text", "healthy"}`), which is much less to build and send.
+        #[serde(default)]
+        json: bool,
     },
     /// Redeem a pub's or a room's invite code.
     InviteAccept {
@@ -144,7 +148,10 @@ pub fn handle(
             Ok(())
         }
         Request::Status => emit(status::report(node)).map_err(io_err),
-        Request::Health { max_silence_ms } => {
+        Request::Health {
+            max_silence_ms,
+            json,
+        } => {
             let max_silence = max_silence_ms.unwrap_or(crate::health::DEFAULT_MAX_SILENCE_MS);
             let report = node
                 .health(crate::node::now_ms(), max_silence)
@@ -152,7 +159,12 @@ pub fn handle(
                     kind: "internal".into(),
                     message: "health needs the daemon: start it with scuttlefs serve".into(),
                 })?;
-            emit(report).map_err(io_err)
+            let answer = if json {
+                report.to_json()
+            } else {
+                json!({"text": report.render(), "healthy": report.healthy()})
+            };
+            emit(answer).map_err(io_err)
         }
         Request::InviteAccept { code, room_caps } => {
             let room_caps = room_caps

@@ -258,131 +258,197 @@ impl JobTable {
         names: &HashMap<FeedId, String>,
         machines: &[(FeedId, f64)],
         max_silence_ms: f64,
-    ) -> Value {
-        let mut rows: Vec<(State, String, String, Value)> = Vec::new();
+    ) -> Report {
+        let mut rows = Vec::with_capacity(self.len());
         for (feed, jobs) in &self.jobs {
             let machine = label(feed, names);
             for (source, job) in jobs {
-                let state = job.state(now_ms);
-                let last_run = job.last_run_ms();
-                rows.push((
-                    state,
-                    machine.clone(),
-                    source.clone(),
-                    json!({
-                        "state": state,
-                        "machine": machine,
-                        "id": feed.to_string(),
-                        "source": source,
-                        "last_run": format_timestamp(last_run),
-                        "age": age(now_ms - last_run),
-                        "age_ms": (now_ms - last_run).max(0.0),
-                        "exit": job.exit,
-                        "signal": job.signal,
-                        "took": job.took,
-                        "every": job.every,
-                        "last_line": job.last_text,
-                    }),
-                ));
+                let last_run_ms = job.last_run_ms();
+                rows.push(Row {
+                    state: job.state(now_ms),
+                    machine: machine.clone(),
+                    id: *feed,
+                    source: Some(source.clone()),
+                    last_run_ms,
+                    age_ms: (now_ms - last_run_ms).max(0.0),
+                    exit: job.exit,
+                    signal: job.signal.clone(),
+                    took: job.took.clone(),
+                    every: job.every.clone(),
+                    last_line: job.last_text.clone(),
+                });
             }
         }
         for (feed, last_ms) in machines {
-            if now_ms - last_ms <= max_silence_ms {
+            let silent = now_ms - last_ms;
+            if silent <= max_silence_ms {
                 continue;
             }
-            let machine = label(feed, names);
-            rows.push((
-                State::Quiet,
-                machine.clone(),
-                String::new(),
-                json!({
-                    "state": State::Quiet,
-                    "machine": machine,
-                    "id": feed.to_string(),
-                    "source": null,
-                    "last_run": format_timestamp(*last_ms),
-                    "age": age(now_ms - last_ms),
-                    "age_ms": (now_ms - last_ms).max(0.0),
-                    "exit": null,
-                    "signal": null,
-                    "took": null,
-                    "every": null,
-                    "last_line": format!("no message for {}", age(now_ms - last_ms)),
-                }),
-            ));
+            rows.push(Row {
+                state: State::Quiet,
+                machine: label(feed, names),
+                id: *feed,
+                source: None,
+                last_run_ms: *last_ms,
+                age_ms: silent.max(0.0),
+                exit: None,
+                signal: None,
+                took: None,
+                every: None,
+                last_line: format!("no message for {}", age(silent)),
+            });
         }
-        rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
-        let healthy = rows
-            .iter()
-            .all(|(state, ..)| matches!(state, State::Ok | State::Running));
-        json!({
-            "healthy": healthy,
-            "at": format_timestamp(now_ms),
-            "rows": rows.into_iter().map(|(.., row)| row).collect::<Vec<_>>(),
-        })
+        rows.sort_by(|a, b| {
+            (a.state, &a.machine, &a.source).cmp(&(b.state, &b.machine, &b.source))
+        });
+        Report { now_ms, rows }
     }
 }
 
-/// The report as a table a person reads.
-pub fn render(report: &Value) -> String {
-    let empty = Vec::new();
-    let rows = report["rows"].as_array().unwrap_or(&empty);
-    let cell = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut table = vec![[
-        "STATE",
-        "MACHINE",
-        "SOURCE",
-        "LAST RUN",
-        "AGE",
-        "EXIT",
-        "TOOK",
-        "EVERY",
-        "LAST LINE",
-    ]
-    .map(String::from)];
-    for row in rows {
-        let exit = match (&row["exit"], &row["signal"]) {
-            (_, Value::String(signal)) => signal.clone(),
-            (exit, _) => cell(exit),
-        };
-        table.push([
-            cell(&row["state"]),
-            cell(&row["machine"]),
-            cell(&row["source"]),
-            cell(&row["last_run"]),
-            cell(&row["age"]),
-            exit,
-            cell(&row["took"]),
-            cell(&row["every"]),
-            cell(&row["last_line"]),
-        ]);
-    }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in &table {
-        for (i, width) in widths.iter().enumerate() {
-            out.push_str(&row[i]);
-            out.push_str(&" ".repeat(width - row[i].chars().count() + 2));
+/// One row of the health report: a job, or a machine gone quiet.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Its state.
+    pub state: State,
+    /// The machine's label.
+    pub machine: String,
+    /// The machine's feed.
+    pub id: FeedId,
+    /// The job's source (`None` for a quiet machine's row).
+    pub source: Option<String>,
+    /// When the job last ran (the machine's last message, for a quiet one).
+    pub last_run_ms: f64,
+    /// How long ago that was.
+    pub age_ms: f64,
+    /// The last run's exit code.
+    pub exit: Option<i64>,
+    /// The signal that ended it.
+    pub signal: Option<String>,
+    /// How long it took.
+    pub took: Option<String>,
+    /// The job's cadence.
+    pub every: Option<String>,
+    /// Its last line.
+    pub last_line: String,
+}
+
+/// The health of every job and machine at one moment, worst first.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// When it was made.
+    pub now_ms: f64,
+    /// The rows, worst first.
+    pub rows: Vec<Row>,
+}
+
+impl State {
+    /// The state's name, as the table and the JSON show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Failed => "failed",
+            State::Late => "late",
+            State::Quiet => "quiet",
+            State::Running => "running",
+            State::Ok => "ok",
         }
-        out.push_str(&row[8]);
-        out.push('\n');
     }
-    if rows.is_empty() {
-        out.push_str("(no jobs yet: wrap one with `scuttlefs run --source NAME -- COMMAND`)\n");
+}
+
+impl Report {
+    /// Whether all is well: every job ok or running, no machine quiet.
+    pub fn healthy(&self) -> bool {
+        self.rows
+            .iter()
+            .all(|row| matches!(row.state, State::Ok | State::Running))
     }
-    out
+
+    /// The report as JSON (`health --json`).
+    pub fn to_json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                json!({
+                    "state": row.state.name(),
+                    "machine": row.machine,
+                    "id": row.id.to_string(),
+                    "source": row.source,
+                    "last_run": format_timestamp(row.last_run_ms),
+                    "age": age(row.age_ms),
+                    "age_ms": row.age_ms,
+                    "exit": row.exit,
+                    "signal": row.signal,
+                    "took": row.took,
+                    "every": row.every,
+                    "last_line": row.last_line,
+                })
+            })
+            .collect();
+        json!({
+            "healthy": self.healthy(),
+            "at": format_timestamp(self.now_ms),
+            "rows": rows,
+        })
+    }
+
+    /// The report as a table a person reads (`mount/health`).
+    pub fn render(&self) -> String {
+        let dash = || "-".to_string();
+        let mut table = vec![[
+            "STATE",
+            "MACHINE",
+            "SOURCE",
+            "LAST RUN",
+            "AGE",
+            "EXIT",
+            "TOOK",
+            "EVERY",
+            "LAST LINE",
+        ]
+        .map(String::from)];
+        for row in &self.rows {
+            let exit = match (&row.signal, row.exit) {
+                (Some(signal), _) => signal.clone(),
+                (None, Some(code)) => code.to_string(),
+                (None, None) => dash(),
+            };
+            table.push([
+                row.state.name().to_string(),
+                row.machine.clone(),
+                row.source.clone().unwrap_or_else(dash),
+                format_timestamp(row.last_run_ms),
+                age(row.age_ms),
+                exit,
+                row.took.clone().unwrap_or_else(dash),
+                row.every.clone().unwrap_or_else(dash),
+                row.last_line.clone(),
+            ]);
+        }
+        let widths: Vec<usize> = (0..8)
+            .map(|i| {
+                table
+                    .iter()
+                    .map(|r| r[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::with_capacity(table.len() * 100);
+        for row in &table {
+            for (i, width) in widths.iter().enumerate() {
+                out.push_str(&row[i]);
+                for _ in row[i].chars().count()..width + 2 {
+                    out.push(' ');
+                }
+            }
+            out.push_str(&row[8]);
+            out.push('\n');
+        }
+        if self.rows.is_empty() {
+            out.push_str("(no jobs yet: wrap one with `scuttlefs run --source NAME -- COMMAND`)\n");
+        }
+        out
+    }
 }
 
 /// `3h`, `2d`, `45s`: how long ago, roughly.
@@ -453,13 +519,16 @@ mod tests {
             &[(keys.id(), 6.0 * HOUR)],
             DEFAULT_MAX_SILENCE_MS,
         );
+        let report = report.to_json();
         assert_eq!(report["healthy"], json!(false));
         assert_eq!(report["rows"][0]["state"], json!("failed"));
         assert_eq!(report["rows"][0]["exit"], json!(4));
         // The command's last line, not the run's own marker.
         assert_eq!(report["rows"][0]["last_line"], json!("working"));
         assert_eq!(report["rows"][1]["state"], json!("late"));
-        let text = render(&report);
+        let text = table
+            .report(now, &HashMap::new(), &[], DEFAULT_MAX_SILENCE_MS)
+            .render();
         assert!(text.starts_with("STATE"), "{text}");
         assert!(text.contains("failed"), "{text}");
     }
@@ -484,7 +553,8 @@ mod tests {
             &HashMap::new(),
             &[(other, 1.0 * HOUR)],
             DEFAULT_MAX_SILENCE_MS,
-        );
+        )
+        .to_json();
         let states: Vec<&str> = report["rows"]
             .as_array()
             .expect("rows")

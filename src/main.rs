@@ -438,7 +438,10 @@ fn health_command(
     let mut report = None;
     let outcome = control::call(
         &config.socket_path(),
-        &Request::Health { max_silence_ms },
+        &Request::Health {
+            max_silence_ms,
+            json,
+        },
         &mut |item| {
             report = Some(item);
             Ok(())
@@ -458,7 +461,7 @@ fn health_command(
     if json {
         println!("{}", to_js_pretty(&report));
     } else {
-        print!("{}", scuttlefs::health::render(&report));
+        print!("{}", report["text"].as_str().unwrap_or_default());
     }
     Ok(if report["healthy"] == Value::Bool(true) {
         ExitCode::SUCCESS

@@ -391,7 +391,7 @@ impl Node {
 
     /// The health of every job and machine at `now_ms` (see
     /// [`crate::health`]); `None` on a node opened without views.
-    pub fn health(&self, now_ms: f64, max_silence_ms: f64) -> Option<Value> {
+    pub fn health(&self, now_ms: f64, max_silence_ms: f64) -> Option<crate::health::Report> {
         let jobs = self.jobs.as_ref()?;
         let names = self.names();
         let me = self.id();

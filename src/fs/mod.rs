@@ -127,6 +127,8 @@ pub struct ScuttleFs {
     node: Arc<Node>,
     inodes: Inodes,
     handles: Handles,
+    /// The last `health` table: when it was made, as of which change.
+    health_cache: std::sync::Mutex<Option<(std::time::Instant, f64, String)>>,
 }
 
 impl ScuttleFs {
@@ -140,6 +142,7 @@ impl ScuttleFs {
             node,
             inodes,
             handles: Handles::default(),
+            health_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -552,12 +555,25 @@ impl ScuttleFs {
             .collect()
     }
 
+    /// The table, made again only when a message arrived or a second
+    /// passed: a `stat` and the `open` that follows it then agree on its
+    /// size, and a line just published shows at once.
     fn health_text(&self) -> String {
+        let mut cached = self.health_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = self.node.last_change_ms();
+        if let Some((made, as_of, text)) = &*cached {
+            if *as_of == changed && made.elapsed() < Duration::from_secs(1) {
+                return text.clone();
+            }
+        }
         let now = crate::node::now_ms();
-        self.node
+        let text = self
+            .node
             .health(now, crate::health::DEFAULT_MAX_SILENCE_MS)
-            .map(|report| crate::health::render(&report))
-            .unwrap_or_default()
+            .map(|report| report.render())
+            .unwrap_or_default();
+        *cached = Some((std::time::Instant::now(), changed, text.clone()));
+        text
     }
 
     fn status_text(&self) -> String {

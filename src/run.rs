@@ -51,7 +51,7 @@ const RESERVED: &[&str] = &[
 ];
 
 /// Lines published per request at most.
-const BATCH: usize = 4096;
+const BATCH: usize = 32_768;
 
 /// What to run, and how to label its lines.
 #[derive(Debug, Clone, PartialEq)]

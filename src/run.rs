@@ -52,6 +52,8 @@ const RESERVED: &[&str] = &[
 
 /// Lines published per request at most.
 const BATCH: usize = 32_768;
+/// How long a batch waits for the command's next line.
+const LINGER: Duration = Duration::from_millis(5);
 
 /// What to run, and how to label its lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -230,9 +232,12 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
     stderr_fields.insert(STREAM_FIELD.into(), "stderr".into());
     let mut failure = None;
     while let Ok(first) = rx.recv() {
+        // Take what is waiting, and what follows within a few
+        // milliseconds: a command that prints fast gets a few large
+        // batches (each one sync), one that prints slowly loses no time.
         let mut batch = vec![first];
         while batch.len() < BATCH {
-            match rx.try_recv() {
+            match rx.recv_timeout(LINGER) {
                 Ok(line) => batch.push(line),
                 Err(_) => break,
             }

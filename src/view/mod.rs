@@ -149,6 +149,7 @@ struct ViewState {
     jobs: HashMap<FeedId, HashMap<String, FeedLines>>,
     /// The bytes of each local day's lines: `days/<date>.log`.
     days: BTreeMap<NaiveDate, u64>,
+    day_cache: DayCache,
 }
 
 /// What one open handle of `days/<day>.log` reads: the day's lines known at
@@ -189,6 +190,30 @@ pub fn day_of(ms: f64) -> Option<NaiveDate> {
     }
     let utc = chrono::DateTime::from_timestamp_millis(ms.floor() as i64)?;
     Some(utc.with_timezone(&chrono::Local).date_naive())
+}
+
+/// [`day_of`], remembering the last day's bounds: lines come mostly in
+/// time order, so most lookups fall in the day before, and converting to
+/// local time costs more than comparing two numbers.
+#[derive(Default)]
+struct DayCache {
+    last: Option<(f64, f64, NaiveDate)>,
+}
+
+impl DayCache {
+    fn day_of(&mut self, ms: f64) -> Option<NaiveDate> {
+        if let Some((start, end, day)) = self.last {
+            if start <= ms.floor() && ms.floor() < end {
+                return Some(day);
+            }
+        }
+        let day = day_of(ms)?;
+        let (start, end) = day_bounds(day);
+        if start.is_finite() && end.is_finite() {
+            self.last = Some((start, end, day));
+        }
+        Some(day)
+    }
 }
 
 /// The first millisecond of `day` and of the next, local time.
@@ -249,11 +274,12 @@ impl Views {
         let mut pos = 0u64;
         let mut lines = 0u64;
         let mut days: BTreeMap<NaiveDate, u64> = BTreeMap::new();
+        let mut day_cache = DayCache::default();
         for entry in store.timestamp_index() {
             let entry = entry?;
             lines += 1;
             let len = entry.line.len() as u32;
-            if let Some(day) = day_of(timestamp_from_ordered(entry.timestamp)) {
+            if let Some(day) = day_cache.day_of(timestamp_from_ordered(entry.timestamp)) {
                 *days.entry(day).or_default() += u64::from(len);
             }
             writer
@@ -324,6 +350,7 @@ impl Views {
                 jsonl: HashMap::new(),
                 jobs: job_lines,
                 days,
+                day_cache,
             }),
         })
     }
@@ -367,7 +394,7 @@ impl Views {
             }
             state.merged.insert(LineRef { key, pos, len });
             state.feeds.entry(entry.author).or_default().push(pos, len);
-            if let Some(day) = day_of(entry.timestamp) {
+            if let Some(day) = state.day_cache.day_of(entry.timestamp) {
                 *state.days.entry(day).or_default() += u64::from(len);
             }
             if let Some(source) = entry.source.as_ref().filter(|s| !s.is_empty()) {
@@ -729,6 +756,19 @@ mod tests {
             out.extend_from_slice(&file[pos as usize..pos as usize + len]);
         }
         out
+    }
+
+    #[test]
+    fn the_day_cache_agrees_with_day_of() {
+        let mut cache = DayCache::default();
+        let start = 1_795_600_000_000.0;
+        // Forwards and backwards across several midnights, to the ms.
+        let mut probes: Vec<f64> = (0..2000).map(|i| start + f64::from(i) * 431_999.7).collect();
+        probes.extend(probes.clone().into_iter().rev());
+        for ms in probes {
+            assert_eq!(cache.day_of(ms), day_of(ms), "{ms}");
+        }
+        assert_eq!(cache.day_of(f64::NAN), None);
     }
 
     #[test]

@@ -548,13 +548,14 @@ mod tests {
         assert_eq!(job.state(1.5 * HOUR), State::Running);
         assert_eq!(job.state(3.0 * HOUR), State::Late);
         let other = Keypair::generate().id();
-        let report = table.report(
-            1.5 * HOUR + 27.0 * HOUR,
-            &HashMap::new(),
-            &[(other, 1.0 * HOUR)],
-            DEFAULT_MAX_SILENCE_MS,
-        )
-        .to_json();
+        let report = table
+            .report(
+                1.5 * HOUR + 27.0 * HOUR,
+                &HashMap::new(),
+                &[(other, 1.0 * HOUR)],
+                DEFAULT_MAX_SILENCE_MS,
+            )
+            .to_json();
         let states: Vec<&str> = report["rows"]
             .as_array()
             .expect("rows")

@@ -55,6 +55,11 @@ fn reference(mut plain: &[u8]) -> Vec<Expect> {
         }
         let len = u32::from_be_bytes(header[1..5].try_into().unwrap());
         let req = i32::from_be_bytes(header[5..9].try_into().unwrap());
+        // Replies negate request numbers: one with no negation is refused.
+        if req == i32::MIN {
+            out.push(Expect::BadHeader);
+            return out;
+        }
         if len > MAX_BODY {
             out.push(Expect::Oversize(len));
             return out;
@@ -112,7 +117,8 @@ fuzz_target!(|data: &[u8]| {
         let ours = unsafe { std::net::TcpStream::from_raw_fd(ours.into_raw_fd()) };
         let ours = tokio::net::TcpStream::from_std(ours).expect("register");
         let (read, _write) = ours.into_split();
-        let mut reader: Reader = BoxStreamRead::new(read.compat(), key_nonce(), BOX_CAPACITY);
+        let mut reader: Reader =
+            BoxStreamRead::new(Box::new(read.compat()), key_nonce(), BOX_CAPACITY);
         let mut theirs = tokio::net::UnixStream::from_std(theirs).expect("register");
 
         // The peer never finishes on its own: the reader may stop early (on

@@ -127,6 +127,9 @@ impl Invite {
             };
             (address, seed)
         };
+        if !is_host(&address.host) {
+            return Err(bad("the host is not a name or an IP address"));
+        }
         if seed_text == ROOM_SEED {
             return Ok(Invite::Room { address });
         }
@@ -144,6 +147,16 @@ impl Invite {
             Invite::Pub { address, .. } | Invite::Room { address } => address,
         }
     }
+}
+
+/// Whether `host` can be a host name or an IP address (v6 with an optional
+/// zone): what the two forms of a code can carry unambiguously.
+fn is_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'%'))
 }
 
 /// The legacy form of a code, as ssb-server prints it. An IPv6 host is
@@ -517,6 +530,8 @@ mod tests {
             (&format!("host:80:{KEY}~short") as &str, "seed"),
             (&format!("host:port:{KEY}~{SEED}"), "port"),
             (&format!("host:80:@nokey~{SEED}"), "key"),
+            (&format!("ho st:80:{KEY}~{SEED}"), "host"),
+            (&format!("a~shs:b:80:{KEY}~{SEED}"), "address"),
             ("net:host:80~shs:AAAA:", "address"),
             (
                 &format!("net:h:1~shs:{}:bad!", &KEY[1..KEY.len() - 8]),

@@ -763,7 +763,9 @@ mod tests {
         let mut cache = DayCache::default();
         let start = 1_795_600_000_000.0;
         // Forwards and backwards across several midnights, to the ms.
-        let mut probes: Vec<f64> = (0..2000).map(|i| start + f64::from(i) * 431_999.7).collect();
+        let mut probes: Vec<f64> = (0..2000)
+            .map(|i| start + f64::from(i) * 431_999.7)
+            .collect();
         probes.extend(probes.clone().into_iter().rev());
         for ms in probes {
             assert_eq!(cache.day_of(ms), day_of(ms), "{ms}");

@@ -353,17 +353,22 @@ fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCod
     let socket = config.socket_path();
     let daemon_runs = std::os::unix::net::UnixStream::connect(&socket).is_ok();
     let code = if daemon_runs {
-        run::run(&spec, &mut DaemonPublisher { socket })
+        run::run(&spec, &mut Via(DaemonPublisher { socket }))
     } else {
         let keys = config.load_or_create_keys().map_err(|e| e.to_string())?;
         let node = Node::open(config.clone(), keys, false).map_err(|e| e.to_string())?;
         node.ensure_name(&config.name).map_err(|e| e.to_string())?;
         let node = std::sync::Arc::new(node);
         let net = scuttlefs::net::Net::open(&node);
-        run::run(&spec, &mut LocalPublisher { node, net })
+        run::run(&spec, &mut Via(LocalPublisher { node, net }))
     }
     .map_err(|e| e.to_string())?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// Where a run's requests go: the daemon's control socket, or the store.
+trait Handles {
+    fn handle(&self, req: Request) -> Result<(), String>;
 }
 
 /// Publishes a run's lines through the daemon's control socket.
@@ -371,8 +376,8 @@ struct DaemonPublisher {
     socket: PathBuf,
 }
 
-impl DaemonPublisher {
-    fn call(&self, req: Request) -> Result<(), String> {
+impl Handles for DaemonPublisher {
+    fn handle(&self, req: Request) -> Result<(), String> {
         match control::call(&self.socket, &req, &mut |_| Ok(())) {
             Ok(Some(Ok(()))) => Ok(()),
             Ok(Some(Err(e))) => Err(e.message),
@@ -382,43 +387,31 @@ impl DaemonPublisher {
     }
 }
 
-impl run::Publisher for DaemonPublisher {
-    fn lines(&mut self, fields: &Map<String, Value>, lines: Vec<String>) -> Result<(), String> {
-        self.call(Request::PublishLines {
-            fields: fields.clone(),
-            lines,
-        })
-    }
-
-    fn message(&mut self, content: Value) -> Result<(), String> {
-        self.call(Request::Publish {
-            contents: vec![content],
-        })
-    }
-}
-
 /// Publishes a run's lines on the store directly (no daemon runs).
 struct LocalPublisher {
     node: std::sync::Arc<Node>,
     net: std::sync::Arc<scuttlefs::net::Net>,
 }
 
-impl LocalPublisher {
+impl Handles for LocalPublisher {
     fn handle(&self, req: Request) -> Result<(), String> {
         control::handle(&self.node, &self.net, req, &mut |_| Ok(())).map_err(|e| e.message)
     }
 }
 
-impl run::Publisher for LocalPublisher {
+/// A run's publisher over either.
+struct Via<T>(T);
+
+impl<T: Handles> run::Publisher for Via<T> {
     fn lines(&mut self, fields: &Map<String, Value>, lines: Vec<String>) -> Result<(), String> {
-        self.handle(Request::PublishLines {
+        self.0.handle(Request::PublishLines {
             fields: fields.clone(),
             lines,
         })
     }
 
     fn message(&mut self, content: Value) -> Result<(), String> {
-        self.handle(Request::Publish {
+        self.0.handle(Request::Publish {
             contents: vec![content],
         })
     }

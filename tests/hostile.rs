@@ -221,13 +221,7 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
     });
 
     // 4. A bad handshake: raw bytes at the daemon's port.
-    let status = daemon.read("status");
-    let port: u16 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("listening: "))
-        .and_then(|l| l.trim().rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("listening port in status");
+    let port = daemon.port();
     let mut garbage = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let _ = garbage.write_all(&[0x42; 64]);
     drop(garbage);
@@ -253,17 +247,6 @@ fn forged_messages_garbage_and_oversize_frames_are_survived() {
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(" still alive\n"));
 }
 
-/// The port the daemon listens on, from its status file.
-fn listening_port(daemon: &Daemon) -> u16 {
-    daemon
-        .read("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("listening: "))
-        .and_then(|l| l.trim().rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("listening port in status")
-}
-
 /// The next frame answering request `req`.
 async fn answer(conn: &mut shs::Connection, req: i32) -> Frame {
     let mut seen = Vec::new();
@@ -286,13 +269,11 @@ fn an_invite_guest_may_only_redeem_its_invite() {
     let path = dir.path().join("pub");
     let code = common::run_ok(&["--path", path.to_str().expect("utf-8"), "invite", "create"]);
     // The invite names the configured host, and the port the daemon took.
-    let code = code
-        .trim()
-        .replace(":0:", &format!(":{}:", listening_port(&daemon)));
+    let code = code.trim().replace(":0:", &format!(":{}:", daemon.port()));
     let Ok(Invite::Pub { address, seed }) = Invite::parse(&code) else {
         panic!("not a pub invite: {code}")
     };
-    assert_eq!(address.port, listening_port(&daemon), "{code}");
+    assert_eq!(address.port, daemon.port(), "{code}");
     let guest = Keypair::from_seed(&seed);
     let redeemer = Keypair::generate();
     let runtime = tokio::runtime::Builder::new_multi_thread()

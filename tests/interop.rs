@@ -18,16 +18,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn listening_port(daemon: &Daemon) -> u16 {
-    daemon
-        .read("status")
-        .lines()
-        .find_map(|l| l.strip_prefix("listening: "))
-        .and_then(|l| l.trim().rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the status names the port")
-}
-
 /// Content that ssb-server's validator and ids must agree on byte for byte.
 const TRICKY: &[&str] = &[
     r#"{"type":"test","f":0.1,"big":1e21,"small":1.5e-7,"third":0.3333333333333333,"neg":-2.5}"#,
@@ -143,7 +133,7 @@ fn ssb_server_dials_scuttlefs_and_both_replicate() {
     let me = daemon.id();
     let address = format!(
         "net:127.0.0.1:{}~shs:{}",
-        listening_port(&daemon),
+        daemon.port(),
         &me[1..me.len() - 8]
     );
     server.sbot(&["connect", &address]);

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::address::PeerAddress;
-use super::muxrpc::{Frame, Wire};
+use super::muxrpc::{Call, Frame, Wire};
 use super::shs::{self, Connection, ShsError};
 use crate::config::write_private;
 use crate::feed::{FeedId, Keypair};
@@ -405,24 +405,14 @@ pub async fn serve_guest(node: Arc<Node>, invites: Arc<Invites>, conn: Connectio
         if frame.req <= 0 || frame.end {
             continue;
         }
-        let request = frame.body_json().unwrap_or(Value::Null);
-        let name: Vec<&str> = request["name"]
-            .as_array()
-            .map(|parts| parts.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let kind = request["type"].as_str().unwrap_or("async");
-        let is_stream = kind != "async" && kind != "sync";
-        let answer = if name == ["invite", "use"] && !is_stream {
-            use_invite(&node, &invites, &guest, &request["args"][0]["feed"]).await
+        let call = Call::parse(&frame);
+        let reply = if call.name() == ["invite", "use"] && !call.is_stream() {
+            match use_invite(&node, &invites, &guest, &call.args[0]["feed"]).await {
+                Ok(body) => Frame::json(-frame.req, false, false, &body),
+                Err(message) => Frame::error(-frame.req, false, &message),
+            }
         } else {
-            Err(format!(
-                "method:{} is not in list of allowed methods",
-                name.join(",")
-            ))
-        };
-        let reply = match answer {
-            Ok(body) => Frame::json(-frame.req, false, false, &body),
-            Err(message) => Frame::error(-frame.req, is_stream, &message),
+            call.refusal(frame.req)
         };
         let _ = wire.out.send(reply).await;
     }

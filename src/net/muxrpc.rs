@@ -160,6 +160,62 @@ impl Frame {
     }
 }
 
+/// A call a peer made: the method, its type, and its arguments.
+pub struct Call {
+    /// The method's name parts (`["tunnel", "connect"]`).
+    pub name: Vec<String>,
+    /// `async`, `sync`, `source`, `sink` or `duplex`.
+    pub kind: String,
+    /// The arguments (`[]` when absent).
+    pub args: Value,
+}
+
+impl Call {
+    /// The call a request frame carries; a body that is not a call reads as
+    /// an `async` call of no method.
+    pub fn parse(frame: &Frame) -> Call {
+        let request = frame.body_json().unwrap_or(Value::Null);
+        Call {
+            name: request["name"]
+                .as_array()
+                .map(|parts| {
+                    parts
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            kind: request["type"].as_str().unwrap_or("async").to_string(),
+            args: request.get("args").cloned().unwrap_or(Value::Null),
+        }
+    }
+
+    /// The name parts, to match on.
+    pub fn name(&self) -> Vec<&str> {
+        self.name.iter().map(String::as_str).collect()
+    }
+
+    /// Whether it opens a stream (its answers are stream frames).
+    pub fn is_stream(&self) -> bool {
+        self.kind != "async" && self.kind != "sync"
+    }
+
+    /// The refusal JS peers give a call they do not serve, with the name
+    /// joined by commas as they join it (`method:invite,use is not …`):
+    /// their fallbacks recognise it.
+    pub fn refusal(&self, req: i32) -> Frame {
+        Frame::error(
+            -req,
+            self.is_stream(),
+            &format!(
+                "method:{} is not in list of allowed methods",
+                self.name.join(",")
+            ),
+        )
+    }
+}
+
 /// Reads the next frame; `None` when the peer said goodbye.
 pub async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError> {
     let mut header = [0u8; 9];

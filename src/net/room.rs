@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::muxrpc::{Control, Frame, NotReading, Wire};
+use super::muxrpc::{Call, Control, Frame, NotReading, Wire};
 use super::peers::Peers;
 use super::ping::Keepalive;
 use super::session::SessionError;
@@ -383,27 +383,13 @@ impl Room {
 
     /// A call from the room: a tunnel someone opens to us, or a ping.
     async fn handle_request(&mut self, frame: Frame) {
-        let request = frame.body_json().unwrap_or(Value::Null);
-        let name: Vec<&str> = request["name"]
-            .as_array()
-            .map(|parts| parts.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let kind = request["type"].as_str().unwrap_or("async");
-        let is_stream = kind != "async" && kind != "sync";
-        match name.as_slice() {
-            ["tunnel", "connect"] if kind == "duplex" => {
-                self.accept_tunnel(frame.req, &request["args"][0]).await;
+        let call = Call::parse(&frame);
+        match call.name().as_slice() {
+            ["tunnel", "connect"] if call.kind == "duplex" => {
+                self.accept_tunnel(frame.req, &call.args[0]).await;
             }
-            ["gossip", "ping"] if is_stream && self.keepalive.open_served(frame.req) => {}
-            _ => {
-                let method = name.join(",");
-                self.send(Frame::error(
-                    -frame.req,
-                    is_stream,
-                    &format!("method:{method} is not in list of allowed methods"),
-                ))
-                .await;
-            }
+            ["gossip", "ping"] if call.is_stream() && self.keepalive.open_served(frame.req) => {}
+            _ => self.send(call.refusal(frame.req)).await,
         }
     }
 

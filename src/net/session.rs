@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::ebt::{self, Ebt};
 use super::history::{self, Served};
 use super::ingest::{self, forward, Ingest, INGEST_BATCH};
-use super::muxrpc::{Control, Frame, NotReading, Wire};
+use super::muxrpc::{Call, Control, Frame, NotReading, Wire};
 use super::ping::Keepalive;
 use super::shs::Connection;
 use crate::feed::FeedId;
@@ -407,16 +407,10 @@ impl Session {
         if frame.end {
             return Ok(());
         }
-        let request = frame.body_json().unwrap_or(Value::Null);
-        let name: Vec<&str> = request["name"]
-            .as_array()
-            .map(|parts| parts.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let kind = request["type"].as_str().unwrap_or("async");
-        let is_stream = kind != "async" && kind != "sync";
-        match name.as_slice() {
+        let call = Call::parse(&frame);
+        match call.name().as_slice() {
             ["createHistoryStream"] if self.served.len() < MAX_SERVED_STREAMS => {
-                let args = request["args"].get(0).cloned().unwrap_or(Value::Null);
+                let args = call.args.get(0).cloned().unwrap_or(Value::Null);
                 let token = CancellationToken::new();
                 self.served.insert(frame.req, token.clone());
                 let to = Served {
@@ -428,8 +422,8 @@ impl Session {
                 };
                 tokio::spawn(history::serve(self.node.clone(), args, to));
             }
-            ["gossip", "ping"] if is_stream && self.keepalive.open_served(frame.req) => {}
-            ["ebt", "replicate"] if ebt::is_v3_classic(&request["args"]) => {
+            ["gossip", "ping"] if call.is_stream() && self.keepalive.open_served(frame.req) => {}
+            ["ebt", "replicate"] if ebt::is_v3_classic(&call.args) => {
                 self.open_ebt_for_peer(frame.req).await;
             }
             ["whoami"] => {
@@ -441,9 +435,11 @@ impl Session {
                     .await;
             }
             _ => {
-                let method = name.join(",");
-                tracing::debug!("peer called unsupported method {method:?}");
-                self.refuse(frame.req, is_stream, &method).await;
+                tracing::debug!("peer called unsupported method {:?}", call.name.join("."));
+                if call.is_stream() && self.refused.len() < MAX_SERVED_STREAMS {
+                    self.refused.insert(frame.req);
+                }
+                self.send(call.refusal(frame.req)).await;
             }
         }
         Ok(())
@@ -460,19 +456,5 @@ impl Session {
         self.ebt = Some(Ebt::answering(req));
         // Sends our clock first, as the dialled side must.
         self.use_ebt().await;
-    }
-
-    /// Answers a call we do not serve the way JS peers do, so that their
-    /// fallbacks recognise it.
-    async fn refuse(&mut self, req: i32, is_stream: bool, method: &str) {
-        if is_stream && self.refused.len() < MAX_SERVED_STREAMS {
-            self.refused.insert(req);
-        }
-        self.send(Frame::error(
-            -req,
-            is_stream,
-            &format!("method:{method} is not in list of allowed methods"),
-        ))
-        .await;
     }
 }

@@ -100,14 +100,7 @@ impl Lan {
     /// Whether a TCP connection from namespace `ns` to `addr:port` opens
     /// within a few seconds.
     pub fn can_connect(&self, ns: &str, addr: &str, port: u16) -> bool {
-        Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{ns}"))
-            .args(["timeout", "3", "bash", "-c"])
-            .arg(format!("exec 3<>/dev/tcp/{addr}/{port}"))
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("nsenter runs")
-            .success()
+        super::sites::port_open(ns, addr, port)
     }
 
     pub fn restore(&self, ns: &str) {

@@ -194,6 +194,16 @@ impl Daemon {
         std::fs::read_to_string(self.mount.join(rel))
     }
 
+    /// The TCP port the daemon listens on, from its status file.
+    pub fn port(&self) -> u16 {
+        self.read("status")
+            .lines()
+            .find_map(|l| l.strip_prefix("listening: "))
+            .and_then(|l| l.trim().rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("the status names the port")
+    }
+
     /// This node's feed id.
     pub fn id(&self) -> String {
         self.read("whoami").trim().to_string()

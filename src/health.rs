@@ -48,6 +48,9 @@ pub struct Job {
     pub took: Option<String>,
     /// The cadence its runs announce (`1d`).
     pub every: Option<String>,
+    /// Its last line is a long one whose next part is still to come.
+    #[serde(default)]
+    pub in_long_line: bool,
 }
 
 /// A job's state, worst first.
@@ -110,8 +113,8 @@ pub struct JobTable {
     /// Which source each log line of each feed has, as runs of sequences
     /// `(first, last, source)`; `""` for lines without one. A run spans
     /// the other messages between its lines (they have no line). The views
-    /// build `<machine>/jobs/` from these.
-    #[serde(default)]
+    /// build `<machine>/jobs/` from these. (Required: a cache without them
+    /// is of an older make, and is rebuilt.)
     sources: HashMap<FeedId, Vec<(u64, u64, String)>>,
 }
 
@@ -160,6 +163,14 @@ impl JobTable {
             // last: an end line shows only when the command printed nothing.
             Some("start") => job.last_text.clear(),
             Some("end") if !job.last_text.is_empty() => {}
+            // A long line comes in parts: its start says more than its end.
+            _ if crate::view::line::continues(msg) => {
+                if !job.in_long_line {
+                    job.last_text = text();
+                }
+                job.in_long_line = true;
+            }
+            _ if job.in_long_line => job.in_long_line = false,
             _ => job.last_text = text(),
         }
         if let Some(every) = content.get(EVERY_FIELD).and_then(Value::as_str) {
@@ -196,6 +207,15 @@ impl JobTable {
                 let (_, raw) = item?;
                 self.observe(&raw.message()?);
                 read += 1;
+            }
+            // A history that stops short of the tip is a damaged index:
+            // counting past the gap would lose its lines for good.
+            if self.seen(&feed) < tip.sequence {
+                return Err(StoreError::Corrupt(format!(
+                    "{feed}'s history ends at {} of {}",
+                    self.seen(&feed),
+                    tip.sequence
+                )));
             }
         }
         Ok(read)

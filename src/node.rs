@@ -127,22 +127,17 @@ impl Node {
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
         let dir = config.store_dir();
         let mut store = open_store(&dir)?;
-        // The job table first: the views take each line's source from it.
-        let jobs = if with_views {
-            Some(load_jobs(&config.jobs_cache(), &store)?)
-        } else {
-            None
-        };
-        let views = if with_views {
+        // The job table first (the views take each line's source from it),
+        // read and built under the same guard: damage either finds sets the
+        // index aside, and both are made again from the rebuilt one.
+        let (jobs, views) = if with_views {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Views::build(
-                    &config.line_file(),
-                    &store,
-                    jobs.as_ref().unwrap_or(&JobTable::default()),
-                )
+                let jobs = load_jobs(&config.jobs_cache(), &store)?;
+                let views = Views::build(&config.line_file(), &store, &jobs)?;
+                Ok::<_, NodeError>((jobs, views))
             }));
             match built {
-                Ok(Ok(views)) => Some(views),
+                Ok(Ok((jobs, views))) => (Some(jobs), Some(views)),
                 failure => {
                     let reason = match failure {
                         Ok(Err(e)) => e.to_string(),
@@ -156,15 +151,15 @@ impl Node {
                         aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
                     );
                     store = open_store(&dir)?;
-                    Some(Views::build(
-                        &config.line_file(),
-                        &store,
-                        jobs.as_ref().unwrap_or(&JobTable::default()),
-                    )?)
+                    // The cache may hold what the damaged index showed.
+                    let _ = std::fs::remove_file(config.jobs_cache());
+                    let jobs = load_jobs(&config.jobs_cache(), &store)?;
+                    let views = Views::build(&config.line_file(), &store, &jobs)?;
+                    (Some(jobs), Some(views))
                 }
             }
         } else {
-            None
+            (None, None)
         };
         let store = Arc::new(store);
         let jobs = jobs.map(RwLock::new);

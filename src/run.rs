@@ -16,7 +16,7 @@
 //! The field names are the contract with [`crate::health`].
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,12 @@ const RESERVED: &[&str] = &[
 const BATCH: usize = 32_768;
 /// How long a batch waits for the command's next line.
 const LINGER: Duration = Duration::from_millis(5);
+/// Lines read but not yet published, at most.
+const LINES_QUEUED: usize = 65_536;
+/// How long output is still read after the command exited.
+const DRAIN: Duration = Duration::from_secs(2);
+/// The longest line kept whole (a longer one is cut into lines this long).
+const LONG_LINE: usize = 1 << 20;
 
 /// What to run, and how to label its lines.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +150,11 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
             fields.insert(name, Value::String(value));
         }
     }
-    if !fields.contains_key("source") {
+    if fields
+        .get("source")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(usage("--source NAME is required: it names the job"));
     }
     // `source` first, so that it leads every line.
@@ -186,7 +196,12 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
     let mut end = start.clone();
     start.insert(RUN_FIELD.into(), "start".into());
     start.insert("text".into(), command_line.clone().into());
-    publish_retrying(|| publisher.message(Value::Object(start.clone())))?;
+    // The job runs whatever happens to its log: a daemon restarting must
+    // not cost a backup.
+    let mut unpublished = 0usize;
+    if publish_retrying(|| publisher.message(Value::Object(start.clone()))).is_err() {
+        unpublished += 1;
+    }
 
     let mut child = match Command::new(&spec.command[0])
         .args(&spec.command[1..])
@@ -209,29 +224,60 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
                 "text".into(),
                 format!("cannot run {}: {e}", spec.command[0].to_string_lossy()).into(),
             );
-            publish_retrying(|| publisher.message(Value::Object(end.clone())))?;
             eprintln!(
                 "scuttlefs run: cannot run {}: {e}",
                 spec.command[0].to_string_lossy()
             );
+            if publish_retrying(|| publisher.message(Value::Object(end.clone()))).is_err() {
+                unpublished += 1;
+            }
+            warn_unpublished(unpublished);
             return Ok(code);
         }
     };
     let forwarder = forward_signals(child.id());
-    let (tx, rx) = mpsc::channel::<(Stream, String)>();
-    let mut readers = Vec::new();
+    // Bounded: a command that prints faster than its lines are stored
+    // waits for them, rather than filling memory.
+    let (tx, rx) = mpsc::sync_channel::<(Stream, String)>(LINES_QUEUED);
     if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(out, Stream::Out, tx.clone(), spec.quiet));
+        spawn_reader(out, Stream::Out, tx.clone(), spec.quiet);
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, Stream::Err, tx.clone(), spec.quiet));
+        spawn_reader(err, Stream::Err, tx.clone(), spec.quiet);
     }
     drop(tx);
+    // Waited for on its own: a process the command left behind may hold
+    // its output open long after it exited.
+    let (exited_tx, exited_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited_tx.send(child.wait());
+    });
 
     let mut stderr_fields = spec.fields.clone();
     stderr_fields.insert(STREAM_FIELD.into(), "stderr".into());
-    let mut failure = None;
-    while let Ok(first) = rx.recv() {
+    let mut status: Option<(std::io::Result<ExitStatus>, Instant)> = None;
+    loop {
+        if status.is_none() {
+            if let Ok(exited) = exited_rx.try_recv() {
+                // No signal may reach a pid that is gone (or reused).
+                if let Some(forwarder) = &forwarder {
+                    forwarder.close();
+                }
+                status = Some((exited, Instant::now()));
+            }
+        }
+        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Exited, and its output fell silent: what is left behind
+                // holding the pipes is not the job.
+                if status.as_ref().is_some_and(|(_, at)| at.elapsed() > DRAIN) {
+                    break;
+                }
+                continue;
+            }
+        };
         // Take what is waiting, and what follows within a few
         // milliseconds: a command that prints fast gets a few large
         // batches (each one sync), one that prints slowly loses no time.
@@ -253,20 +299,20 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
             } else {
                 &spec.fields
             };
-            if let Err(e) = publish_retrying(|| publisher.lines(fields, lines.clone())) {
-                // Keep the job going and its lines visible; say so at the end.
-                for line in &lines {
-                    eprintln!("scuttlefs run: unpublished: {line}");
-                }
-                failure = Some(e);
+            if publish_retrying(|| publisher.lines(fields, lines.clone())).is_err() {
+                unpublished += lines.len();
             }
         }
     }
-    for reader in readers {
-        let _ = reader.join();
+    let status = match status {
+        Some((status, _)) => status,
+        None => exited_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the waiter stopped"))),
+    };
+    if let Some(forwarder) = &forwarder {
+        forwarder.close();
     }
-    let status = child.wait();
-    drop(forwarder);
     let (code, text) = describe(status.as_ref().ok());
     end.insert(RUN_FIELD.into(), "end".into());
     end.insert(EXIT_FIELD.into(), code.into());
@@ -275,11 +321,22 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
     }
     end.insert(TOOK_FIELD.into(), took(started.elapsed()).into());
     end.insert("text".into(), text.into());
-    publish_retrying(|| publisher.message(Value::Object(end.clone())))?;
-    if let Some(e) = failure {
-        return Err(e);
+    if publish_retrying(|| publisher.message(Value::Object(end.clone()))).is_err() {
+        unpublished += 1;
     }
+    warn_unpublished(unpublished);
+    // The command's status, whatever became of its log.
     Ok(code)
+}
+
+/// Says how many lines could not be published (they went to the terminal
+/// or the journal as the command printed them, unless `--quiet`).
+fn warn_unpublished(count: usize) {
+    if count > 0 {
+        eprintln!(
+            "scuttlefs run: {count} line(s) of this run could not be published (is the store writable, or the daemon up?)"
+        );
+    }
 }
 
 /// Retries a publish a few times (the daemon may be restarting).
@@ -297,52 +354,78 @@ fn publish_retrying(mut publish: impl FnMut() -> Result<(), String>) -> Result<(
     Err(RunError::Publish(last))
 }
 
-/// Reads `pipe` line by line into `lines`, echoing each unless `quiet`.
+/// Reads `pipe` into `lines`, a line at a time, echoing what arrives at
+/// once unless `quiet` (a progress bar that only returns the carriage is
+/// shown as it moves). A line longer than [`LONG_LINE`] is cut there.
 fn spawn_reader(
-    pipe: impl Read + Send + 'static,
+    mut pipe: impl Read + Send + 'static,
     stream: Stream,
-    lines: mpsc::Sender<(Stream, String)>,
+    lines: mpsc::SyncSender<(Stream, String)>,
     quiet: bool,
-) -> std::thread::JoinHandle<()> {
+) {
     std::thread::spawn(move || {
-        let mut reader = BufReader::with_capacity(1 << 16, pipe);
-        let mut raw = Vec::new();
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut pending: Vec<u8> = Vec::new();
+        let send = |raw: &[u8]| -> bool {
+            let line = String::from_utf8_lossy(raw);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            line.is_empty() || lines.send((stream, line.to_string())).is_ok()
+        };
         loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+            let n = match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
             if !quiet {
                 let _ = match stream {
-                    Stream::Out => std::io::stdout().write_all(&raw),
-                    Stream::Err => std::io::stderr().write_all(&raw),
+                    Stream::Out => {
+                        let mut out = std::io::stdout();
+                        out.write_all(&chunk[..n]).and_then(|()| out.flush())
+                    }
+                    Stream::Err => std::io::stderr().write_all(&chunk[..n]),
                 };
             }
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.strip_suffix('\n').unwrap_or(&line);
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.is_empty() {
-                continue;
+            pending.extend_from_slice(&chunk[..n]);
+            let mut start = 0;
+            while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
+                if !send(&pending[start..start + nl]) {
+                    return;
+                }
+                start += nl + 1;
             }
-            if lines.send((stream, line.to_string())).is_err() {
-                return;
+            pending.drain(..start);
+            while pending.len() > LONG_LINE {
+                let rest = pending.split_off(LONG_LINE);
+                if !send(&pending) {
+                    return;
+                }
+                pending = rest;
             }
         }
-    })
+        send(&pending);
+    });
 }
 
-/// Passes SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to the
-/// command, so that `run` itself lives to publish how it ended.
+/// Passes SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2 on to the command, and
+/// SIGINT and SIGQUIT too when no terminal sent them (a terminal sends its
+/// Ctrl-C to the command as well: a second one would make many programs
+/// skip their cleanup). Either way `run` itself lives to publish how the
+/// command ended.
 fn forward_signals(pid: u32) -> Option<signal_hook::iterator::Handle> {
     use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    use std::io::IsTerminal;
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
             .ok()?;
+    let from_terminal = std::io::stdin().is_terminal();
     let handle = signals.handle();
     std::thread::spawn(move || {
         for signal in signals.forever() {
-            // SAFETY: kill(2) with our own child's pid and a valid signal.
+            if from_terminal && matches!(signal, SIGINT | SIGQUIT) {
+                continue;
+            }
+            // SAFETY: kill(2) with our child's pid (the handle is closed
+            // once the child is reaped) and a valid signal.
             unsafe { libc::kill(pid as libc::pid_t, signal) };
         }
     });
@@ -444,6 +527,10 @@ mod tests {
                 "often",
             ),
             (&["--source", "--", "true"][..], "needs a value"),
+            (
+                &["--source=", "--", "true"][..],
+                "--source NAME is required",
+            ),
         ] {
             match parse_args(&args(list)) {
                 Err(e) => assert!(e.to_string().contains(why), "{list:?}: {e}"),

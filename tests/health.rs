@@ -133,6 +133,30 @@ fn a_killed_or_missing_command_still_gets_its_last_line() {
     assert_eq!(last["signal"], "SIGKILL");
     assert_eq!(last["text"], "killed by SIGKILL");
 
+    // A command that leaves a process behind holding its output: the run
+    // ends when the command does (and two seconds of draining).
+    let started = std::time::Instant::now();
+    let (code, _) = run_job(
+        path,
+        &[
+            "--source",
+            "leaver",
+            "--quiet",
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & echo left",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "run waited for the process left behind"
+    );
+    let lines = job_lines(path, "leaver");
+    assert!(lines.iter().any(|c| c["text"] == "left"), "{lines:?}");
+    assert_eq!(lines.last().map(|c| c["run"].clone()), Some("end".into()));
+
     // A signal to `run` goes to the command; `run` lives to say so.
     let mut child = Command::new(bin())
         .args([
@@ -147,6 +171,7 @@ fn a_killed_or_missing_command_still_gets_its_last_line() {
             "echo waiting; exec sleep 60",
         ])
         .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
         .expect("run starts");

@@ -185,7 +185,13 @@ impl DaySnapshot {
 /// The local calendar day of a timestamp (ms since the epoch), if the
 /// clock can show it.
 pub fn day_of(ms: f64) -> Option<NaiveDate> {
-    if !ms.is_finite() || ms.abs() >= 8.0e15 {
+    // Years 0000 to 9999 only: the lines of other years print their
+    // timestamp with a sign or more digits, which the day files' scan of
+    // later lines would not read back.
+    const FIRST: f64 = -62_167_219_200_000.0; // 0000-01-01T00:00:00Z
+    const END: f64 = 253_402_300_800_000.0; // 10000-01-01T00:00:00Z
+    const MARGIN: f64 = 2.0 * 86_400_000.0; // any time zone's offset
+    if !(FIRST + MARGIN..END - MARGIN).contains(&ms) {
         return None;
     }
     let utc = chrono::DateTime::from_timestamp_millis(ms.floor() as i64)?;

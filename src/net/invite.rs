@@ -152,11 +152,20 @@ impl Invite {
 /// Whether `host` can be a host name or an IP address (v6 with an optional
 /// zone): what the two forms of a code can carry unambiguously.
 fn is_host(host: &str) -> bool {
+    if host.contains(':') {
+        // Only an IPv6 address has colons (`net:…` is not a host).
+        let (address, zone) = host.split_once('%').unwrap_or((host, "x"));
+        return address.parse::<std::net::Ipv6Addr>().is_ok()
+            && !zone.is_empty()
+            && zone
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    }
     !host.is_empty()
         && host.len() <= 253
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'%'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// The legacy form of a code, as ssb-server prints it. An IPv6 host is
@@ -522,6 +531,10 @@ mod tests {
             (&format!("host:80:@nokey~{SEED}"), "key"),
             (&format!("ho st:80:{KEY}~{SEED}"), "host"),
             (&format!("a~shs:b:80:{KEY}~{SEED}"), "address"),
+            (
+                &format!("net:net:h:8~shs:{}:{SEED}", &KEY[1..KEY.len() - 8]),
+                "host",
+            ),
             ("net:host:80~shs:AAAA:", "address"),
             (
                 &format!("net:h:1~shs:{}:bad!", &KEY[1..KEY.len() - 8]),

@@ -361,8 +361,7 @@ fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCod
         let node = std::sync::Arc::new(node);
         let net = scuttlefs::net::Net::open(&node);
         run::run(&spec, &mut Via(LocalPublisher { node, net }))
-    }
-    .map_err(|e| e.to_string())?;
+    };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -417,6 +416,27 @@ impl<T: Handles> run::Publisher for Via<T> {
     }
 }
 
+/// The daemon's one answer to `req`; `None`, having said so, when no
+/// daemon answers.
+fn ask_daemon(config: &Config, req: &Request) -> Option<Value> {
+    let mut answer = None;
+    let outcome = control::call(&config.socket_path(), req, &mut |item| {
+        answer = Some(item);
+        Ok(())
+    });
+    match (outcome, answer) {
+        (Ok(Some(Ok(()))), Some(answer)) => Some(answer),
+        _ => {
+            eprintln!(
+                "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
+                config.path.display(),
+                config.path.display()
+            );
+            None
+        }
+    }
+}
+
 fn health_command(
     overrides: &Overrides,
     max_silence: Option<String>,
@@ -428,28 +448,14 @@ fn health_command(
         .map_err(|e| e.to_string())?
         .map(|d| d.as_secs_f64() * 1000.0);
     let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
-    let mut report = None;
-    let outcome = control::call(
-        &config.socket_path(),
+    let Some(report) = ask_daemon(
+        &config,
         &Request::Health {
             max_silence_ms,
             json,
         },
-        &mut |item| {
-            report = Some(item);
-            Ok(())
-        },
-    );
-    let report = match (outcome, report) {
-        (Ok(Some(Ok(()))), Some(report)) => report,
-        _ => {
-            eprintln!(
-                "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
-                config.path.display(),
-                config.path.display()
-            );
-            return Ok(ExitCode::from(1));
-        }
+    ) else {
+        return Ok(ExitCode::from(1));
     };
     if json {
         println!("{}", to_js_pretty(&report));
@@ -473,21 +479,8 @@ fn status_command(
         .transpose()
         .map_err(|e| e.to_string())?;
     let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
-    let mut report = None;
-    let outcome = control::call(&config.socket_path(), &Request::Status, &mut |item| {
-        report = Some(item);
-        Ok(())
-    });
-    let report = match (outcome, report) {
-        (Ok(Some(Ok(()))), Some(report)) => report,
-        _ => {
-            eprintln!(
-                "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
-                config.path.display(),
-                config.path.display()
-            );
-            return Ok(ExitCode::from(1));
-        }
+    let Some(report) = ask_daemon(&config, &Request::Status) else {
+        return Ok(ExitCode::from(1));
     };
     if json {
         println!("{}", to_js_pretty(&report));

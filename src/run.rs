@@ -74,15 +74,12 @@ pub struct RunSpec {
     pub quiet: bool,
 }
 
-/// Why a run could not start or finish its bookkeeping.
+/// Why a run cannot start: its command line is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The command line is unusable.
     #[error("{0}")]
     Usage(String),
-    /// Publishing failed for good.
-    #[error("publishing the job's lines: {0}")]
-    Publish(String),
 }
 
 /// Where a run's lines go: the daemon, or the store directly.
@@ -181,7 +178,7 @@ enum Stream {
 /// Runs `spec`, publishing through `publisher`; returns the exit code to
 /// exit with (the command's, 128 + the signal that killed it, or 127/126
 /// when it could not be started).
-pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunError> {
+pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> i32 {
     let started = Instant::now();
     let command_line = spec
         .command
@@ -199,7 +196,7 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
     // The job runs whatever happens to its log: a daemon restarting must
     // not cost a backup.
     let mut unpublished = 0usize;
-    if publish_retrying(|| publisher.message(Value::Object(start.clone()))).is_err() {
+    if !published(|| publisher.message(Value::Object(start.clone()))) {
         unpublished += 1;
     }
 
@@ -228,11 +225,11 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
                 "scuttlefs run: cannot run {}: {e}",
                 spec.command[0].to_string_lossy()
             );
-            if publish_retrying(|| publisher.message(Value::Object(end.clone()))).is_err() {
+            if !published(|| publisher.message(Value::Object(end.clone()))) {
                 unpublished += 1;
             }
             warn_unpublished(unpublished);
-            return Ok(code);
+            return code;
         }
     };
     let forwarder = forward_signals(child.id());
@@ -299,7 +296,7 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
             } else {
                 &spec.fields
             };
-            if publish_retrying(|| publisher.lines(fields, lines.clone())).is_err() {
+            if !published(|| publisher.lines(fields, lines.clone())) {
                 unpublished += lines.len();
             }
         }
@@ -321,12 +318,12 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> Result<i32, RunErro
     }
     end.insert(TOOK_FIELD.into(), took(started.elapsed()).into());
     end.insert("text".into(), text.into());
-    if publish_retrying(|| publisher.message(Value::Object(end.clone()))).is_err() {
+    if !published(|| publisher.message(Value::Object(end.clone()))) {
         unpublished += 1;
     }
     warn_unpublished(unpublished);
     // The command's status, whatever became of its log.
-    Ok(code)
+    code
 }
 
 /// Says how many lines could not be published (they went to the terminal
@@ -339,19 +336,17 @@ fn warn_unpublished(count: usize) {
     }
 }
 
-/// Retries a publish a few times (the daemon may be restarting).
-fn publish_retrying(mut publish: impl FnMut() -> Result<(), String>) -> Result<(), RunError> {
-    let mut last = String::new();
+/// Tries a publish a few times (the daemon may be restarting); says why
+/// it failed for good.
+fn published(mut publish: impl FnMut() -> Result<(), String>) -> bool {
     for attempt in 0..5 {
         match publish() {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                last = e;
-                std::thread::sleep(Duration::from_millis(200 << attempt));
-            }
+            Ok(()) => return true,
+            Err(e) if attempt == 4 => eprintln!("scuttlefs run: publishing: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200 << attempt)),
         }
     }
-    Err(RunError::Publish(last))
+    false
 }
 
 /// Reads `pipe` into `lines`, a line at a time, echoing what arrives at

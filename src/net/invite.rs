@@ -351,11 +351,6 @@ impl Invites {
         self.lock().contains_key(id)
     }
 
-    /// How many invites have uses left.
-    pub fn open_count(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Takes one use of `guest`'s invite; false when none is left.
     fn take_use(&self, guest: &FeedId) -> bool {
         let mut open = self.lock();

@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::ping::Keepalive;
+
 const STREAM: u8 = 0b1000;
 const END: u8 = 0b0100;
 const TYPE_MASK: u8 = 0b0011;
@@ -341,6 +343,67 @@ impl Control {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(NotReading),
         }
+    }
+}
+
+/// Our own side of a connection: request numbers, the frames we send
+/// without waiting, and the keepalive that tells whether the peer is there.
+pub struct Link {
+    control: Control,
+    next_req: i32,
+    /// The peer stopped reading.
+    stuck: bool,
+    /// Pings both ways, and the idle limit.
+    pub keepalive: Keepalive,
+}
+
+impl Link {
+    /// The link of a connection whose own frames go to `control`.
+    pub fn new(control: Control) -> Link {
+        Link {
+            control,
+            next_req: 1,
+            stuck: false,
+            keepalive: Keepalive::new(),
+        }
+    }
+
+    /// A request number of ours.
+    pub fn take_req(&mut self) -> i32 {
+        let req = self.next_req;
+        self.next_req += 1;
+        req
+    }
+
+    /// Queues a frame of ours; a peer that lets them pile up is marked.
+    pub fn send(&mut self, frame: Frame) {
+        if let Err(NotReading) = self.control.send(frame) {
+            self.stuck = true;
+        }
+    }
+
+    /// Queues frames of ours.
+    pub fn send_all(&mut self, frames: Vec<Frame>) {
+        for frame in frames {
+            self.send(frame);
+        }
+    }
+
+    /// Once a second: pings due.
+    pub fn tick(&mut self) {
+        let frames = self.keepalive.tick(&mut self.next_req);
+        self.send_all(frames);
+    }
+
+    /// Why the connection must end now, if it must: the peer stopped
+    /// reading, or fell silent (`frames_queued`: frames it sent still wait
+    /// to be handled, which is not silence).
+    pub fn failure(&self, frames_queued: bool) -> Option<String> {
+        if self.stuck {
+            return Some(NotReading.to_string());
+        }
+        let silent = self.keepalive.silent_for().filter(|_| !frames_queued)?;
+        Some(format!("peer silent for {} s", silent.as_secs()))
     }
 }
 

@@ -22,9 +22,8 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::muxrpc::{Call, Control, Frame, NotReading, Wire};
+use super::muxrpc::{Call, Frame, Link, Wire};
 use super::peers::Peers;
-use super::ping::Keepalive;
 use super::session::SessionError;
 use super::shs::{self, Connection};
 use super::tunnel::{TunnelAddress, TunnelStream};
@@ -53,31 +52,26 @@ pub async fn run(
         me: node.id(),
         room: conn.peer,
         out: wire.out.clone(),
-        control: wire.control.clone(),
-        stuck: false,
+        link: Link::new(wire.control.clone()),
         resubscribe: None,
         refused_once: HashSet::new(),
         node: node.clone(),
         peers,
-        next_req: 1,
-        keepalive: Keepalive::new(),
         tunnels: HashMap::new(),
         present: HashSet::new(),
         attendants: None,
         endpoints: None,
-        announce: None,
         last_dial: HashMap::new(),
     };
     // Rooms 2.0 first; a room 1 server refuses, and we fall back.
-    let req = room.take_req();
+    let req = room.link.take_req();
     room.attendants = Some(req);
-    room.send(Frame::request(
+    room.link.send(Frame::request(
         req,
         &["room", "attendants"],
         "source",
         json!([]),
-    ))
-    .await;
+    ));
     let mut events = node.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,10 +79,10 @@ pub async fn run(
         tokio::select! {
             frame = wire.frames.recv() => match frame {
                 Some(Ok(frame)) => {
-                    room.keepalive.heard();
+                    room.link.keepalive.heard();
                     room.handle(frame).await;
-                    if room.stuck {
-                        break Err(SessionError::Connection(NotReading.to_string()));
+                    if let Some(why) = room.link.failure(true) {
+                        break Err(SessionError::Connection(why));
                     }
                 }
                 Some(Err(e)) => break Err(SessionError::Connection(e)),
@@ -102,24 +96,18 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => break Ok(()),
             },
             _ = tick.tick() => {
-                if let Some(silent) = room.keepalive.silent_for() {
-                    if wire.frames.is_empty() {
-                        break Err(SessionError::Connection(format!(
-                            "room silent for {} s",
-                            silent.as_secs()
-                        )));
-                    }
+                if let Some(why) = room.link.failure(!wire.frames.is_empty()) {
+                    break Err(SessionError::Connection(why));
                 }
-                let frames = room.keepalive.tick(&mut room.next_req);
-                room.send_all(frames).await;
+                room.link.tick();
                 room.tunnels.retain(|_, t| !t.is_closed());
                 if room.resubscribe.is_some_and(|at| Instant::now() >= at) {
                     room.resubscribe = None;
                     room.start_room1().await;
                 }
                 room.dial_present().await;
-                if room.stuck {
-                    break Err(SessionError::Connection(NotReading.to_string()));
+                if let Some(why) = room.link.failure(true) {
+                    break Err(SessionError::Connection(why));
                 }
             }
             _ = close.cancelled() => break Ok(()),
@@ -139,16 +127,12 @@ struct Room {
     peers: Arc<Peers>,
     /// Tunnel bytes (bulk).
     out: mpsc::Sender<Frame>,
-    /// Our own frames, never waited on.
-    control: Control,
-    /// The room stopped reading: the connection ends.
-    stuck: bool,
+    /// Our own frames, request numbers and keepalive.
+    link: Link,
     /// When to ask for the endpoints again, after the room ended the list.
     resubscribe: Option<Instant>,
     /// Origins whose refused tunnels were logged already.
     refused_once: HashSet<FeedId>,
-    next_req: i32,
-    keepalive: Keepalive,
     /// Open tunnels, by the request number the room's frames of each carry.
     tunnels: HashMap<i32, mpsc::Sender<Vec<u8>>>,
     /// Feeds the room says are present.
@@ -157,32 +141,12 @@ struct Room {
     attendants: Option<i32>,
     /// Our `tunnel.endpoints` request (room 1 API).
     endpoints: Option<i32>,
-    /// Our last `tunnel.announce`.
-    announce: Option<i32>,
     /// When each peer may next be dialled through the room, and the wait
     /// after that.
     last_dial: HashMap<FeedId, (Instant, Duration)>,
 }
 
 impl Room {
-    fn take_req(&mut self) -> i32 {
-        let req = self.next_req;
-        self.next_req += 1;
-        req
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        if let Err(NotReading) = self.control.send(frame) {
-            self.stuck = true;
-        }
-    }
-
-    async fn send_all(&mut self, frames: Vec<Frame>) {
-        for frame in frames {
-            self.send(frame).await;
-        }
-    }
-
     async fn handle(&mut self, frame: Frame) {
         let incoming = frame.req;
         if let Some(tunnel) = self.tunnels.get(&incoming).cloned() {
@@ -204,22 +168,22 @@ impl Room {
                 Err(_) => {
                     tracing::warn!("closing a tunnel whose session stopped reading for 30 s");
                     self.tunnels.remove(&incoming);
-                    self.send(Frame::error(-incoming, true, "tunnel stalled"))
-                        .await;
+                    self.link
+                        .send(Frame::error(-incoming, true, "tunnel stalled"));
                 }
             }
             return;
         }
         if frame.req < 0 {
-            if let Some(answer) = self.keepalive.on_reply(&frame) {
-                self.send_all(answer).await;
+            if let Some(answer) = self.link.keepalive.on_reply(&frame) {
+                self.link.send_all(answer);
             } else {
                 self.handle_reply(frame).await;
             }
             return;
         }
-        if let Some(answer) = self.keepalive.on_served(&frame) {
-            self.send(answer).await;
+        if let Some(answer) = self.link.keepalive.on_served(&frame) {
+            self.link.send(answer);
             return;
         }
         if frame.end {
@@ -262,27 +226,24 @@ impl Room {
 
     async fn start_room1(&mut self) {
         self.announce().await;
-        let req = self.take_req();
+        let req = self.link.take_req();
         self.endpoints = Some(req);
-        self.send(Frame::request(
+        self.link.send(Frame::request(
             req,
             &["tunnel", "endpoints"],
             "source",
             json!([]),
-        ))
-        .await;
+        ));
     }
 
     async fn announce(&mut self) {
-        let req = self.take_req();
-        self.announce = Some(req);
-        self.send(Frame::request(
+        let req = self.link.take_req();
+        self.link.send(Frame::request(
             req,
             &["tunnel", "announce"],
             "sync",
             json!([]),
-        ))
-        .await;
+        ));
     }
 
     /// `{"type":"state","ids":[…]}`, then `joined` and `left`.
@@ -346,16 +307,15 @@ impl Room {
                 .get(&target)
                 .map_or(REDIAL, |(_, wait)| (*wait * 2).min(MAX_REDIAL));
             self.last_dial.insert(target, (Instant::now() + wait, wait));
-            let req = self.take_req();
+            let req = self.link.take_req();
             let (stream, tx) = TunnelStream::new(self.out.clone(), req);
             self.tunnels.insert(-req, tx);
-            self.send(Frame::request(
+            self.link.send(Frame::request(
                 req,
                 &["tunnel", "connect"],
                 "duplex",
                 json!([{"portal": self.room.to_string(), "target": target.to_string()}]),
-            ))
-            .await;
+            ));
             let address = TunnelAddress {
                 room: self.room,
                 target,
@@ -388,8 +348,9 @@ impl Room {
             ["tunnel", "connect"] if call.kind == "duplex" => {
                 self.accept_tunnel(frame.req, &call.args[0]).await;
             }
-            ["gossip", "ping"] if call.is_stream() && self.keepalive.open_served(frame.req) => {}
-            _ => self.send(call.refusal(frame.req)).await,
+            ["gossip", "ping"]
+                if call.is_stream() && self.link.keepalive.open_served(frame.req) => {}
+            _ => self.link.send(call.refusal(frame.req)),
         }
     }
 
@@ -400,8 +361,8 @@ impl Room {
         let for_us = args["target"].as_str() == Some(self.me.to_string().as_str());
         let refuse = |why: String| Frame::error(-req, true, &why);
         let Some(origin) = origin.filter(|_| for_us) else {
-            self.send(refuse(format!("could not connect to {}", self.me)))
-                .await;
+            self.link
+                .send(refuse(format!("could not connect to {}", self.me)));
             return;
         };
         if !self.node.wanted_feeds().contains_key(&origin) {
@@ -414,12 +375,12 @@ impl Room {
             } else {
                 tracing::debug!("refused a tunnel from {origin} again");
             }
-            self.send(refuse(format!("could not connect to {}", self.me)))
-                .await;
+            self.link
+                .send(refuse(format!("could not connect to {}", self.me)));
             return;
         }
         if self.tunnels.len() >= MAX_TUNNELS {
-            self.send(refuse("too many tunnels".into())).await;
+            self.link.send(refuse("too many tunnels".into()));
             return;
         }
         let (stream, tx) = TunnelStream::new(self.out.clone(), -req);

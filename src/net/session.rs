@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::ebt::{self, Ebt};
 use super::history::{self, Served};
 use super::ingest::{self, forward, Ingest, INGEST_BATCH};
-use super::muxrpc::{Call, Control, Frame, NotReading, Wire};
-use super::ping::Keepalive;
+use super::muxrpc::{Call, Frame, Link, Wire};
 use super::shs::Connection;
 use crate::feed::FeedId;
 use crate::node::{Event, Node};
@@ -88,25 +87,22 @@ pub async fn run(
     let mut session = Session {
         node: node.clone(),
         out: wire.out.clone(),
-        control: wire.control.clone(),
-        stuck: false,
+        link: Link::new(wire.control.clone()),
         ingest: ingest_tx,
         sent: counters.sent.clone(),
-        next_req: 1,
         mode: Mode::Deciding(Instant::now() + EBT_GRACE),
         outgoing: HashMap::new(),
         requested: HashMap::new(),
         served: HashMap::new(),
         refused: HashSet::new(),
         ebt: None,
-        keepalive: Keepalive::new(),
         wanted: HashSet::new(),
     };
     if conn.dialled {
-        let req = session.take_req();
+        let req = session.link.take_req();
         session.ebt = Some(Ebt::dialling(req));
         session.mode = Mode::Deciding(Instant::now() + EBT_ANSWER);
-        session.send(ebt::request(req)).await;
+        session.link.send(ebt::request(req));
     }
     session.sync().await;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -116,12 +112,12 @@ pub async fn run(
         tokio::select! {
             frame = wire.frames.recv() => match frame {
                 Some(Ok(frame)) => {
-                    session.keepalive.heard();
+                    session.link.keepalive.heard();
                     if let Err(e) = session.handle(frame).await {
                         break Err(e);
                     }
-                    if session.stuck {
-                        break Err(SessionError::Connection(NotReading.to_string()));
+                    if let Some(why) = session.link.failure(true) {
+                        break Err(SessionError::Connection(why));
                     }
                 }
                 Some(Err(e)) => break Err(SessionError::Connection(e)),
@@ -135,18 +131,12 @@ pub async fn run(
                 Err(broadcast::error::RecvError::Closed) => break Ok(()),
             },
             _ = tick.tick() => {
-                if let Some(silent) = session.keepalive.silent_for() {
-                    // Frames still queued are not silence.
-                    if wire.frames.is_empty() {
-                        break Err(SessionError::Connection(format!(
-                            "peer silent for {} s",
-                            silent.as_secs()
-                        )));
-                    }
+                if let Some(why) = session.link.failure(!wire.frames.is_empty()) {
+                    break Err(SessionError::Connection(why));
                 }
                 session.on_tick().await;
-                if session.stuck {
-                    break Err(SessionError::Connection(NotReading.to_string()));
+                if let Some(why) = session.link.failure(true) {
+                    break Err(SessionError::Connection(why));
                 }
             }
             _ = failed.cancelled() => {
@@ -172,13 +162,10 @@ struct Session {
     node: Arc<Node>,
     /// Bulk frames (history and EBT senders use it).
     out: mpsc::Sender<Frame>,
-    /// Our own frames, never waited on.
-    control: Control,
-    /// The peer stopped reading: the session ends.
-    stuck: bool,
+    /// Our own frames, request numbers and keepalive.
+    link: Link,
     ingest: Ingest,
     sent: Arc<AtomicU64>,
-    next_req: i32,
     mode: Mode,
     /// Our `createHistoryStream` requests: request number → feed.
     outgoing: HashMap<i32, FeedId>,
@@ -190,30 +177,11 @@ struct Session {
     refused: HashSet<i32>,
     /// The EBT stream, whoever opened it.
     ebt: Option<Ebt>,
-    keepalive: Keepalive,
     /// The feeds within our hops, as of the last graph change.
     wanted: HashSet<FeedId>,
 }
 
 impl Session {
-    fn take_req(&mut self) -> i32 {
-        let req = self.next_req;
-        self.next_req += 1;
-        req
-    }
-
-    async fn send(&mut self, frame: Frame) {
-        if let Err(NotReading) = self.control.send(frame) {
-            self.stuck = true;
-        }
-    }
-
-    async fn send_all(&mut self, frames: Vec<Frame>) {
-        for frame in frames {
-            self.send(frame).await;
-        }
-    }
-
     /// Brings the peer up to date with what we want: our EBT clock, or a
     /// `createHistoryStream` for every wanted feed not yet requested (and
     /// an end for each feed no longer wanted: unfollowing stops it).
@@ -236,7 +204,7 @@ impl Session {
             },
             Mode::History => self.history_requests(),
         };
-        self.send_all(frames).await;
+        self.link.send_all(frames);
     }
 
     fn history_requests(&mut self) -> Vec<Frame> {
@@ -262,7 +230,7 @@ impl Session {
             .collect();
         new.sort();
         for feed in new {
-            let req = self.take_req();
+            let req = self.link.take_req();
             let seq = self.node.store.tip(&feed).map_or(0, |t| t.sequence) + 1;
             self.requested.insert(feed, req);
             self.outgoing.insert(req, feed);
@@ -273,14 +241,13 @@ impl Session {
 
     /// Once a second: keepalive, and the end of the wait for EBT.
     async fn on_tick(&mut self) {
-        let frames = self.keepalive.tick(&mut self.next_req);
-        self.send_all(frames).await;
+        self.link.tick();
         if let Mode::Deciding(deadline) = self.mode {
             if Instant::now() >= deadline {
                 if let Some(ebt) = self.ebt.take() {
                     // Our EBT request went unanswered: withdraw it.
                     tracing::debug!("no answer to ebt.replicate; using createHistoryStream");
-                    self.send(Frame::end(ebt.wire)).await;
+                    self.link.send(Frame::end(ebt.wire));
                 }
                 self.use_history().await;
             }
@@ -299,7 +266,7 @@ impl Session {
         let ended: Vec<i32> = self.outgoing.drain().map(|(req, _)| req).collect();
         self.requested.clear();
         for req in ended {
-            self.send(Frame::end(req)).await;
+            self.link.send(Frame::end(req));
         }
         self.sync().await;
     }
@@ -326,7 +293,7 @@ impl Session {
             ebt.stop_all();
             let wire = ebt.wire;
             self.ebt = None;
-            self.send(Frame::end(wire)).await;
+            self.link.send(Frame::end(wire));
             if !was_established {
                 tracing::debug!(
                     "peer refused ebt.replicate ({}); using createHistoryStream",
@@ -358,8 +325,8 @@ impl Session {
 
     /// A frame answering one of our requests.
     async fn handle_reply(&mut self, frame: Frame) -> Result<(), SessionError> {
-        if let Some(answer) = self.keepalive.on_reply(&frame) {
-            self.send_all(answer).await;
+        if let Some(answer) = self.link.keepalive.on_reply(&frame) {
+            self.link.send_all(answer);
             return Ok(());
         }
         let req = -frame.req;
@@ -372,7 +339,7 @@ impl Session {
             if let Some(message) = frame.error_message() {
                 tracing::debug!("peer refused createHistoryStream for {feed}: {message}");
             }
-            self.send(Frame::end(req)).await;
+            self.link.send(Frame::end(req));
             return Ok(());
         }
         let value: Value = serde_json::from_slice(&frame.body)
@@ -394,8 +361,8 @@ impl Session {
             }
             return Ok(());
         }
-        if let Some(answer) = self.keepalive.on_served(&frame) {
-            self.send(answer).await;
+        if let Some(answer) = self.link.keepalive.on_served(&frame) {
+            self.link.send(answer);
             return Ok(());
         }
         if self.refused.contains(&frame.req) {
@@ -422,7 +389,8 @@ impl Session {
                 };
                 tokio::spawn(history::serve(self.node.clone(), args, to));
             }
-            ["gossip", "ping"] if call.is_stream() && self.keepalive.open_served(frame.req) => {}
+            ["gossip", "ping"]
+                if call.is_stream() && self.link.keepalive.open_served(frame.req) => {}
             ["ebt", "replicate"] if ebt::is_v3_classic(&call.args) => {
                 self.open_ebt_for_peer(frame.req).await;
             }
@@ -431,15 +399,14 @@ impl Session {
                     id: self.node.id().to_string(),
                 };
                 let body = serde_json::to_value(me).unwrap_or(Value::Null);
-                self.send(Frame::json(-frame.req, false, false, &body))
-                    .await;
+                self.link.send(Frame::json(-frame.req, false, false, &body));
             }
             _ => {
                 tracing::debug!("peer called unsupported method {:?}", call.name.join("."));
                 if call.is_stream() && self.refused.len() < MAX_SERVED_STREAMS {
                     self.refused.insert(frame.req);
                 }
-                self.send(call.refusal(frame.req)).await;
+                self.link.send(call.refusal(frame.req));
             }
         }
         Ok(())
@@ -450,8 +417,8 @@ impl Session {
     async fn open_ebt_for_peer(&mut self, req: i32) {
         if let Some(mut old) = self.ebt.take() {
             old.stop_all();
-            self.send(Frame::error(old.wire, true, "reconnected to peer"))
-                .await;
+            self.link
+                .send(Frame::error(old.wire, true, "reconnected to peer"));
         }
         self.ebt = Some(Ebt::answering(req));
         // Sends our clock first, as the dialled side must.

@@ -84,15 +84,13 @@ pub async fn connect(
     network_key: &[u8; 32],
 ) -> Result<Connection, ShsError> {
     let k = sodium_keys(keys, network_key)?;
-    let server = ed25519::PublicKey::from_slice(&peer.0)
-        .ok_or_else(|| ShsError::Handshake("peer key".into()))?;
     let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect((host, port)))
         .await
         .map_err(|_| ShsError::Timeout)??;
     prepare(&tcp)?;
     let address = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut stream = tcp.compat();
-    let done = client_handshake(&mut stream, &k, server).await?;
+    let done = client_handshake(&mut stream, &k, peer).await?;
     let (read, write) = split_tcp(stream.into_inner());
     Ok(Connection::new(read, write, done, peer, true, address))
 }
@@ -110,18 +108,9 @@ where
     S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
 {
     let k = sodium_keys(keys, network_key)?;
-    let server = ed25519::PublicKey::from_slice(&peer.0)
-        .ok_or_else(|| ShsError::Handshake("peer key".into()))?;
-    let done = client_handshake(&mut stream, &k, server).await?;
-    let (read, write) = futures::AsyncReadExt::split(stream);
-    Ok(Connection::new(
-        Box::new(read),
-        Box::new(write),
-        done,
-        peer,
-        true,
-        address,
-    ))
+    let done = client_handshake(&mut stream, &k, peer).await?;
+    let (read, write) = split_stream(stream);
+    Ok(Connection::new(read, write, done, peer, true, address))
 }
 
 /// Authenticates as the server over any byte stream (a tunnel).
@@ -137,25 +126,20 @@ where
     let k = sodium_keys(keys, network_key)?;
     let done = server_handshake(&mut stream, &k).await?;
     let peer = handshake_peer(&done)?;
-    let (read, write) = futures::AsyncReadExt::split(stream);
-    Ok(Connection::new(
-        Box::new(read),
-        Box::new(write),
-        done,
-        peer,
-        false,
-        address,
-    ))
+    let (read, write) = split_stream(stream);
+    Ok(Connection::new(read, write, done, peer, false, address))
 }
 
 async fn client_handshake<S>(
     stream: &mut S,
     k: &SodiumKeys,
-    server: ed25519::PublicKey,
+    peer: FeedId,
 ) -> Result<HandshakeComplete, ShsError>
 where
     S: futures::AsyncRead + futures::AsyncWrite + Unpin,
 {
+    let server = ed25519::PublicKey::from_slice(&peer.0)
+        .ok_or_else(|| ShsError::Handshake("peer key".into()))?;
     tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         handshake_client(stream, k.net.clone(), k.public, k.secret.clone(), server),
@@ -216,6 +200,15 @@ fn prepare(tcp: &TcpStream) -> std::io::Result<()> {
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
     socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
+/// The two halves of any byte stream (a tunnel), sharing it.
+fn split_stream<S>(stream: S) -> (RawRead, RawWrite)
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
+    let (read, write) = futures::AsyncReadExt::split(stream);
+    (Box::new(read), Box::new(write))
 }
 
 /// The two halves of a socket, each owned by its own task.

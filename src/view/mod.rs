@@ -161,25 +161,11 @@ pub struct DaySnapshot {
     /// The day's range in `index`'s byte order.
     from: u64,
     to: u64,
-    /// Where the line file ended at open: later lines lie past it.
-    tail_from: u64,
     /// How far the line file has been searched for the day's later lines.
     searched_to: u64,
     /// Those found: where each lies in the line file.
     tail: Vec<(u64, u32)>,
     tail_bytes: u64,
-}
-
-impl DaySnapshot {
-    /// The day.
-    pub fn day(&self) -> NaiveDate {
-        self.day
-    }
-
-    /// Where the line file ended when the handle opened.
-    pub fn opened_at(&self) -> u64 {
-        self.tail_from
-    }
 }
 
 /// The local calendar day of a timestamp (ms since the epoch), if the
@@ -474,7 +460,6 @@ impl Views {
         let to = index.offset_of_key((crate::store::ordered_timestamp(end), 0));
         DaySnapshot {
             day,
-            tail_from: index.bytes(),
             searched_to: index.bytes(),
             index,
             from,

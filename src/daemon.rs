@@ -116,6 +116,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
         None => None,
     };
 
+    spawn_merger(node.clone());
     let socket = config.socket_path();
     let net_state = net::Net::open(&node);
     let result = runtime.block_on(async {
@@ -291,4 +292,32 @@ fn detach_mount(mountpoint: &Path) -> bool {
             .status()
             .is_ok_and(|s| s.success())
     })
+}
+
+/// Merges lines that arrived out of order into `merged.log`'s file in the
+/// background, so that opening it reads the file directly again.
+fn spawn_merger(node: Arc<Node>) {
+    let spawned = std::thread::Builder::new()
+        .name("merge".into())
+        .spawn(move || loop {
+            let Some(views) = node.views() else { return };
+            if views.merge_due() {
+                let started = std::time::Instant::now();
+                match views.merge() {
+                    Ok(true) => tracing::debug!(
+                        "merged out-of-order lines into merged.log in {:?}",
+                        started.elapsed()
+                    ),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!("could not merge merged.log's late lines: {e}");
+                        std::thread::sleep(std::time::Duration::from_secs(10));
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no background merging of merged.log: {e}");
+    }
 }

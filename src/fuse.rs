@@ -32,6 +32,7 @@ pub fn errno(error: &FsError) -> Errno {
         FsError::TooLarge(_) => Errno::EFBIG,
         FsError::Io(_) => Errno::EIO,
         FsError::BadHandle => Errno::EBADF,
+        FsError::Stale => Errno::ESTALE,
     }
 }
 
@@ -45,11 +46,12 @@ pub struct Fuse {
     backing: Mutex<Backing>,
 }
 
-/// The kernel's handle on the line file, shared by every passthrough open
-/// and closed with the last of them.
+/// The kernel's handles on backing files, each shared by every passthrough
+/// open of its file and closed with the last of them.
 #[derive(Default)]
 struct Backing {
-    current: Weak<BackingId>,
+    /// By the number [`ScuttleFs::backing_file`] gives each file.
+    by_file: HashMap<u64, Weak<BackingId>>,
     by_handle: HashMap<u64, Arc<BackingId>>,
 }
 
@@ -69,20 +71,22 @@ impl Fuse {
 
     /// Opens `fh` in passthrough mode when the filesystem offers a backing
     /// file; gives `reply` back otherwise.
-    fn try_passthrough(&self, ino: u64, fh: u64, reply: ReplyOpen) -> Option<ReplyOpen> {
+    fn try_passthrough(&self, fh: u64, reply: ReplyOpen) -> Option<ReplyOpen> {
         if !self.passthrough {
             return Some(reply);
         }
-        let Some(file) = self.fs.backing_file(ino) else {
+        let Some((number, file)) = self.fs.backing_file(fh) else {
             return Some(reply);
         };
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-        let id = match backing.current.upgrade() {
+        backing.by_file.retain(|_, id| id.strong_count() > 0);
+        let known = backing.by_file.get(&number).and_then(Weak::upgrade);
+        let id = match known {
             Some(id) => id,
-            None => match reply.open_backing(file) {
+            None => match reply.open_backing(&*file) {
                 Ok(id) => {
                     let id = Arc::new(id);
-                    backing.current = Arc::downgrade(&id);
+                    backing.by_file.insert(number, Arc::downgrade(&id));
                     id
                 }
                 Err(e) => {
@@ -218,7 +222,7 @@ impl Filesystem for Fuse {
         };
         match self.fs.open_for(ino.0, mode, thread_group(req.pid())) {
             Ok(fh) => {
-                if let Some(reply) = self.try_passthrough(ino.0, fh, reply) {
+                if let Some(reply) = self.try_passthrough(fh, reply) {
                     // direct_io: sizes change under open handles and each
                     // merged.log handle has its own order, so the page cache
                     // must not answer reads.

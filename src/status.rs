@@ -69,6 +69,7 @@ pub fn report(node: &Node) -> Value {
         "started_ms": node.started_ms(),
         "last_peer_ms": last_peer_ms,
         "messages": node.store.len(),
+        "unmerged_lines": node.views().map(|v| v.unmerged_lines()),
         "hops": node.config.hops,
         "following": node.following().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "peers": peers,
@@ -89,6 +90,11 @@ pub fn render(report: &Value) -> String {
         "messages:  {} stored, replicating {} hops\n",
         report["messages"], report["hops"]
     ));
+    if let Some(waiting) = report["unmerged_lines"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "merging:   {waiting} lines that arrived out of order into merged.log's order\n"
+        ));
+    }
     let empty = Vec::new();
     let peers = report["peers"].as_array().unwrap_or(&empty);
     out.push_str(&format!("peers:     {} connected\n", peers.len()));

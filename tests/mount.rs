@@ -621,3 +621,150 @@ fn a_child_closing_an_inherited_descriptor_does_not_split_the_line() {
         vec!["half line", "tail"]
     );
 }
+
+/// The port a daemon without a mount listens on, from `scuttlefs status`.
+fn listening_port(path: &Path) -> Option<u16> {
+    let out = common::run(&["status", "--path", path.to_str()?]);
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|l| l.trim().rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+}
+
+#[test]
+fn lines_that_arrive_out_of_order_are_merged_into_order_while_tail_f_keeps_its_own() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Another machine's lines, written before anything the mounted node
+    // writes, so that they arrive late.
+    let other = dir.path().join("other");
+    let mut publish = Command::new(bin())
+        .args(["publish", "--stdin", "--type", "log", "--path"])
+        .arg(&other)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("publish starts");
+    let old: String = (1..=300).map(|i| format!("old {i}\n")).collect();
+    publish
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(old.as_bytes())
+        .expect("writes");
+    assert!(publish.wait().expect("publish ends").success());
+    let other_id = common::run_ok(&["whoami", "--path", other.to_str().expect("utf8")]);
+    let other_id = other_id
+        .split('"')
+        .find(|s| s.starts_with('@'))
+        .expect("an id")
+        .to_string();
+    // Both on one private network.
+    const KEY: &str = "Y2FwcyBmb3IgdGhlIG1lcmdlIHRlc3QsIDMyIGJ5dGU=";
+    let mut server = Command::new(bin())
+        .args(["serve", "--no-mount", "--no-discovery", "--port", "0"])
+        .args(["--caps.shs", KEY, "--path"])
+        .arg(&other)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("daemon starts");
+    let mut port = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            port = listening_port(&other);
+            port.is_some()
+        }),
+        "the other daemon did not start"
+    );
+    let key = other_id
+        .trim_start_matches('@')
+        .trim_end_matches(".ed25519");
+    let peer = format!("net:127.0.0.1:{}~shs:{key}", port.expect("port"));
+    let daemon = Daemon::start(
+        &dir.path().join("node"),
+        "desk",
+        &["--caps.shs", KEY, "--peer", &peer],
+    );
+    ok(daemon.sh("for i in $(seq 1 200); do echo new $i; done >> publish"));
+
+    // A reader from the start, opened while merged.log is in order.
+    let mut tail = Command::new("tail")
+        .args(["-f", "-n", "+1"])
+        .arg(daemon.file("merged.log"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tail starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = BufReader::new(tail.stdout.take().expect("stdout")).lines();
+    std::thread::spawn(move || {
+        for line in lines {
+            let _ = tx.send(line.expect("utf8"));
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let take = |n: usize, seen: &mut Vec<String>| {
+        while seen.len() < n {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("tail -f stopped at {} lines", seen.len()));
+            seen.push(line);
+        }
+    };
+    take(200, &mut seen);
+
+    ok(daemon.sh(&format!("echo '{other_id}' >> follow")));
+    assert!(
+        wait_until(Duration::from_secs(60), || daemon
+            .try_read("merged.log")
+            .unwrap_or_else(|e| panic!("merged.log: {e}: {}", daemon.log()))
+            .lines()
+            .count()
+            == 500),
+        "the other machine's lines did not arrive: {}",
+        daemon.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !read(&daemon, "status")
+            .contains("merging:")),
+        "the late lines were never merged"
+    );
+    let merged = read(&daemon, "merged.log");
+    let expected: Vec<String> = (1..=300)
+        .map(|i| format!("old {i}"))
+        .chain((1..=200).map(|i| format!("new {i}")))
+        .collect();
+    assert_eq!(texts(&merged), expected, "merged.log in timestamp order");
+    let stamps: Vec<&str> = merged.lines().map(|l| &l[..24]).collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] <= w[1]),
+        "timestamps never go back"
+    );
+    // The day files together are merged.log.
+    let days = ok(daemon.sh("cat days/*.log"));
+    assert_eq!(days, merged, "the day files, after the merge");
+
+    // tail -f keeps the order it opened with: the late lines after.
+    take(500, &mut seen);
+    let arrival: Vec<String> = (1..=200)
+        .map(|i| format!("new {i}"))
+        .chain((1..=300).map(|i| format!("old {i}")))
+        .collect();
+    assert_eq!(
+        texts(&seen.join("\n")),
+        arrival,
+        "tail -f, in arrival order"
+    );
+    // And it still sees lines written after the merge, as does a new read.
+    ok(daemon.sh("echo after the merge >> publish"));
+    take(501, &mut seen);
+    assert!(seen[500].ends_with(" after the merge"), "{}", seen[500]);
+    assert!(read(&daemon, "merged.log").ends_with(" after the merge\n"));
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+}

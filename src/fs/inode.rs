@@ -32,6 +32,9 @@ pub const DAYS: u64 = 8;
 const DYNAMIC_BASE: u64 = 1 << 40;
 /// Inodes per feed slot.
 const SLOT: u64 = 5;
+/// `merged.log` of epoch N > 0 is inode `MERGED_EPOCHS + N`; of epoch 0,
+/// [`MERGED`].
+const MERGED_EPOCHS: u64 = 1 << 41;
 /// The first feed slot's first inode.
 const FEED_BASE: u64 = 1024;
 
@@ -44,6 +47,16 @@ pub const ROOT_FILES: [(&str, u64); 6] = [
     ("status", STATUS),
     ("health", HEALTH),
 ];
+
+/// The inode of `merged.log` in `epoch` (see
+/// [`crate::view::MergedSnapshot::epoch`]).
+pub fn merged_ino(epoch: u64) -> u64 {
+    if epoch == 0 {
+        MERGED
+    } else {
+        MERGED_EPOCHS + epoch
+    }
+}
 
 /// What an inode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +169,9 @@ impl Inodes {
         }
         if ino == DAYS {
             return Some(Inode::DaysDir);
+        }
+        if ino > MERGED_EPOCHS {
+            return Some(Inode::RootFile(MERGED));
         }
         if let Some(number) = ino.checked_sub(DYNAMIC_BASE) {
             return match self.lock().dynamic.get(number as usize)? {

@@ -17,8 +17,8 @@ use crate::status;
 use crate::store::StoreError;
 use handle::{Handle, Handles};
 use inode::{
-    Inode, Inodes, DAYS, FEED_FILES, FOLLOW, HEALTH, JOBS_DIR, MERGED, PUBLISH, ROOT, ROOT_FILES,
-    STATUS, WHOAMI,
+    merged_ino, Inode, Inodes, DAYS, FEED_FILES, FOLLOW, HEALTH, JOBS_DIR, MERGED, PUBLISH, ROOT,
+    ROOT_FILES, STATUS, WHOAMI,
 };
 use linebuf::{LineBuffer, LineError};
 
@@ -50,6 +50,9 @@ pub enum FsError {
     /// The handle is not open.
     #[error("bad file handle")]
     BadHandle,
+    /// The inode is of an earlier epoch of `merged.log`.
+    #[error("stale inode")]
+    Stale,
 }
 
 impl From<NodeError> for FsError {
@@ -151,12 +154,21 @@ impl ScuttleFs {
         &self.node
     }
 
+    /// The inode a root file has now: `merged.log`'s changes with its
+    /// epoch.
+    fn root_file_ino(&self, ino: u64) -> u64 {
+        match (ino, self.views()) {
+            (MERGED, Ok(views)) => merged_ino(views.merged_epoch()),
+            _ => ino,
+        }
+    }
+
     /// Looks `name` up in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         match self.inodes.resolve(parent).ok_or(FsError::NotFound)? {
             Inode::Root => {
                 if let Some((_, ino)) = ROOT_FILES.iter().find(|(n, _)| *n == name) {
-                    return self.getattr(*ino);
+                    return self.getattr(self.root_file_ino(*ino));
                 }
                 if name == "days" {
                     return self.getattr(DAYS);
@@ -249,7 +261,7 @@ impl ScuttleFs {
             Inode::Root => {
                 let mut out: Vec<(u64, Kind, String)> = ROOT_FILES
                     .iter()
-                    .map(|(name, ino)| (*ino, Kind::File, name.to_string()))
+                    .map(|(name, ino)| (self.root_file_ino(*ino), Kind::File, name.to_string()))
                     .collect();
                 out.push((DAYS, Kind::Dir, "days".into()));
                 for (name, feed) in self.feed_dirs() {
@@ -303,13 +315,21 @@ impl ScuttleFs {
             Inode::JobLog(feed, number) => {
                 Handle::JobLog(feed, self.inodes.source(number).ok_or(FsError::NotFound)?)
             }
-            Inode::DayLog(day) => Handle::Day(self.views()?.day_snapshot(day)),
+            Inode::DayLog(day) => Handle::Day(self.views()?.day_snapshot(day)?),
             Inode::RootFile(PUBLISH) => Handle::Publish(LineBuffer::default()),
             Inode::RootFile(FOLLOW) => {
                 Handle::Follow(self.follow_text().into_bytes(), LineBuffer::default())
             }
             Inode::RootFile(WHOAMI) => Handle::Bytes(self.whoami_text().into_bytes()),
-            Inode::RootFile(MERGED) => Handle::Merged(self.views()?.merged_snapshot()),
+            Inode::RootFile(MERGED) => {
+                let snapshot = self.views()?.merged_snapshot()?;
+                // A lookup made in an earlier epoch: the kernel looks the
+                // name up again.
+                if merged_ino(snapshot.epoch()) != ino {
+                    return Err(FsError::Stale);
+                }
+                Handle::Merged(snapshot)
+            }
             Inode::RootFile(STATUS) => Handle::Bytes(self.status_text().into_bytes()),
             Inode::RootFile(HEALTH) => Handle::Bytes(self.health_text().into_bytes()),
             Inode::RootFile(_) => return Err(FsError::NotFound),
@@ -329,11 +349,14 @@ impl ScuttleFs {
         Ok(fh)
     }
 
-    /// A file whose bytes are exactly what a handle of `ino` opened now
-    /// would read, for the kernel to read directly (FUSE passthrough).
-    pub fn backing_file(&self, ino: u64) -> Option<&std::fs::File> {
-        match ino {
-            MERGED => self.views().ok()?.merged_backing_file(),
+    /// A file whose bytes are exactly what handle `fh` reads, for the
+    /// kernel to read directly (FUSE passthrough), with a number that
+    /// names the file among those this returns.
+    pub fn backing_file(&self, fh: u64) -> Option<(u64, Arc<std::fs::File>)> {
+        let handle = self.handles.get(fh)?;
+        let handle = handle.lock().unwrap_or_else(|e| e.into_inner());
+        match &*handle {
+            Handle::Merged(snapshot) => snapshot.direct_file(),
             _ => None,
         }
     }

@@ -18,14 +18,14 @@
 //!   `pread` without holding the lock.
 
 pub mod line;
-pub mod merged;
+mod sorted;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::feed::json::js_number;
 use chrono::NaiveDate;
@@ -33,7 +33,8 @@ use chrono::NaiveDate;
 use crate::feed::{FeedId, MsgId};
 use crate::health::JobTable;
 use crate::store::{timestamp_from_ordered, RawMessage, Store, StoreError, Stored};
-use merged::{LineRef, MergedIndex};
+pub use sorted::MergedSnapshot;
+use sorted::{MergedFile, NewLine};
 
 /// Where a feed's `log` lies in the line file: its lines in sequence order,
 /// as runs of lines that are contiguous in the file.
@@ -138,10 +139,6 @@ impl From<&Stored> for ViewEntry {
 struct ViewState {
     /// The latest sequence of each feed that the line views hold.
     seen: HashMap<FeedId, u64>,
-    merged: MergedIndex,
-    /// Whether every line so far went to the end of the timestamp order, so
-    /// that the line file itself reads as `merged.log`.
-    in_file_order: bool,
     file_len: u64,
     feeds: HashMap<FeedId, FeedLines>,
     jsonl: HashMap<FeedId, JsonlIndex>,
@@ -157,8 +154,8 @@ struct ViewState {
 /// lines in arrival order, found in the line file as they are read.
 pub struct DaySnapshot {
     day: NaiveDate,
-    index: MergedIndex,
-    /// The day's range in `index`'s byte order.
+    merged: MergedSnapshot,
+    /// The day's range in `merged`'s byte order.
     from: u64,
     to: u64,
     /// How far the line file has been searched for the day's later lines.
@@ -232,18 +229,18 @@ fn line_day(line: &[u8]) -> Option<NaiveDate> {
     day_of(t.and_utc().timestamp_millis() as f64)
 }
 
-/// What one open handle of `merged.log` reads: the lines known at open in
-/// timestamp order, then every later line in arrival order.
-#[derive(Clone)]
-pub struct MergedSnapshot {
-    index: MergedIndex,
-}
-
 /// The filesystem's views of the store.
 pub struct Views {
-    file: File,
+    /// Every line once, in arrival order (since the build, which writes
+    /// them in timestamp order): what the per-feed, job and day views read.
+    file: Arc<File>,
+    /// `merged.log`: the same lines, kept in timestamp order.
+    merged: MergedFile,
     state: RwLock<ViewState>,
 }
+
+/// Lines indexed at once while building.
+const BUILD_CHUNK: usize = 8192;
 
 impl Views {
     /// Rebuilds the line file at `line_file` from the store's timestamp
@@ -260,8 +257,11 @@ impl Views {
             .truncate(true)
             .open(line_file)
             .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, &file);
-        let mut merged = MergedIndex::default();
+        let file = Arc::new(file);
+        let io_error = |e| StoreError::Sled(sled::Error::Io(e));
+        let merged = MergedFile::new(line_file, file.clone()).map_err(io_error)?;
+        let mut writer = BufWriter::with_capacity(1 << 20, &*file);
+        let mut new_lines = Vec::with_capacity(BUILD_CHUNK);
         let mut by_feed: HashMap<FeedId, Vec<(u64, u64, u32)>> = HashMap::new();
         let mut pos = 0u64;
         let mut lines = 0u64;
@@ -277,21 +277,23 @@ impl Views {
             writer
                 .write_all(&entry.line)
                 .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-            merged.insert(LineRef {
-                key: (entry.timestamp, entry.recv),
-                pos,
+            new_lines.push(NewLine {
+                ts: entry.timestamp,
                 len,
             });
+            if new_lines.len() == BUILD_CHUNK {
+                merged.add_built(&new_lines).map_err(io_error)?;
+                new_lines.clear();
+            }
             by_feed
                 .entry(entry.author)
                 .or_default()
                 .push((entry.seq, pos, len));
             pos += u64::from(len);
         }
-        writer
-            .flush()
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+        writer.flush().map_err(io_error)?;
         drop(writer);
+        merged.add_built(&new_lines).map_err(io_error)?;
         if lines != store.line_count() {
             // sled's recovery can silently keep an older version of a node.
             return Err(StoreError::Corrupt(format!(
@@ -333,10 +335,9 @@ impl Views {
             .collect();
         Ok(Views {
             file,
+            merged,
             state: RwLock::new(ViewState {
                 seen,
-                merged,
-                in_file_order: true,
                 file_len: pos,
                 feeds,
                 jsonl: HashMap::new(),
@@ -374,17 +375,17 @@ impl Views {
                 }
             }
         }
+        let mut new_lines = Vec::with_capacity(fresh.len());
         for entry in fresh {
             state.seen.insert(entry.author, entry.seq);
             let Some(line) = &entry.line else { continue };
             let pos = state.file_len;
             let len = line.len() as u32;
             state.file_len += u64::from(len);
-            let key = (crate::store::ordered_timestamp(entry.timestamp), entry.recv);
-            if state.merged.last_key().is_some_and(|last| key < last) {
-                state.in_file_order = false;
-            }
-            state.merged.insert(LineRef { key, pos, len });
+            new_lines.push(NewLine {
+                ts: crate::store::ordered_timestamp(entry.timestamp),
+                len,
+            });
             state.feeds.entry(entry.author).or_default().push(pos, len);
             if let Some(day) = state.day_cache.day_of(entry.timestamp) {
                 *state.days.entry(day).or_default() += u64::from(len);
@@ -399,7 +400,9 @@ impl Views {
                     .push(pos, len);
             }
         }
-        Ok(())
+        // Under the views' lock, so that the merged file takes batches in
+        // the line file's order.
+        self.merged.append(&bytes, &new_lines)
     }
 
     /// The sources of `feed`'s lines (its jobs), sorted.
@@ -452,21 +455,20 @@ impl Views {
     /// A snapshot for a newly opened `days/<day>.log` handle: the day's
     /// lines known now in timestamp order, then later ones in arrival
     /// order, as `merged.log` handles read.
-    pub fn day_snapshot(&self, day: NaiveDate) -> DaySnapshot {
-        let state = self.read();
+    pub fn day_snapshot(&self, day: NaiveDate) -> io::Result<DaySnapshot> {
         let (start, end) = day_bounds(day);
-        let index = state.merged.clone();
-        let from = index.offset_of_key((crate::store::ordered_timestamp(start), 0));
-        let to = index.offset_of_key((crate::store::ordered_timestamp(end), 0));
-        DaySnapshot {
+        let merged = self.merged.snapshot()?;
+        let from = merged.offset_of_ts(crate::store::ordered_timestamp(start))?;
+        let to = merged.offset_of_ts(crate::store::ordered_timestamp(end))?;
+        Ok(DaySnapshot {
             day,
-            searched_to: index.bytes(),
-            index,
+            searched_to: merged.known(),
+            merged,
             from,
             to,
             tail: Vec::new(),
             tail_bytes: 0,
-        }
+        })
     }
 
     /// Reads `days/<day>.log` as `snapshot`'s handle sees it.
@@ -479,13 +481,9 @@ impl Views {
         let mut segments = Segments::new(size);
         let known = snapshot.to - snapshot.from;
         if offset < known {
-            let mut at = snapshot.from + offset;
-            let end = snapshot.to;
-            snapshot.index.visit_from(at, |line, skip| {
-                let len = (u64::from(line.len) - skip).min(end - at);
-                at += len;
-                segments.push(line.pos + skip, len) && at < end
-            });
+            snapshot
+                .merged
+                .read_into(snapshot.from + offset, snapshot.to, &mut segments);
         }
         if !segments.full() {
             self.search_tail(snapshot, offset.max(known) - known + u64::from(size as u32))?;
@@ -502,7 +500,7 @@ impl Views {
                 skip = 0;
             }
         }
-        segments.read(&self.file)
+        snapshot.merged.read(segments)
     }
 
     /// Finds the snapshot's day's lines that arrived after it, until it
@@ -512,7 +510,9 @@ impl Views {
         let mut chunk = vec![0u8; 1 << 20];
         while snapshot.tail_bytes < wanted && snapshot.searched_to < file_len {
             let n = ((file_len - snapshot.searched_to) as usize).min(chunk.len());
-            self.file
+            snapshot
+                .merged
+                .file()
                 .read_exact_at(&mut chunk[..n], snapshot.searched_to)?;
             let mut start = 0;
             let mut whole = 0;
@@ -537,24 +537,39 @@ impl Views {
         Ok(())
     }
 
-    /// The line file, when it currently reads exactly as `merged.log` (every
-    /// line arrived in timestamp order since the daemon started). A handle
-    /// opened now may then read the file directly: lines arriving later are
-    /// appended in arrival order, which is what the handle must see anyway.
-    pub fn merged_backing_file(&self) -> Option<&File> {
-        self.read().in_file_order.then_some(&self.file)
-    }
-
     /// The size of `merged.log`.
     pub fn merged_len(&self) -> u64 {
-        self.read().file_len
+        self.merged.len()
     }
 
-    /// A snapshot for a newly opened `merged.log` handle.
-    pub fn merged_snapshot(&self) -> MergedSnapshot {
-        MergedSnapshot {
-            index: self.read().merged.clone(),
-        }
+    /// A snapshot for a newly opened `merged.log` handle. While every line
+    /// is in timestamp order, the handle reads its file as it lies
+    /// ([`MergedSnapshot::direct_file`]).
+    pub fn merged_snapshot(&self) -> io::Result<MergedSnapshot> {
+        self.merged.snapshot()
+    }
+
+    /// Whether lines that arrived out of order wait to be merged into
+    /// `merged.log`'s order, and it is time to.
+    pub fn merge_due(&self) -> bool {
+        self.merged.merge_due()
+    }
+
+    /// Merges the lines that arrived out of order into `merged.log`'s file
+    /// (see [`MergedFile::merge`]); returns whether there were any.
+    pub fn merge(&self) -> io::Result<bool> {
+        self.merged.merge()
+    }
+
+    /// How a handle of `merged.log` opened now reads, as a number that
+    /// changes whenever that does (see [`MergedSnapshot::epoch`]).
+    pub fn merged_epoch(&self) -> u64 {
+        self.merged.epoch()
+    }
+
+    /// Lines of `merged.log` that arrived out of order and wait for a merge.
+    pub fn unmerged_lines(&self) -> usize {
+        self.merged.unsorted_lines()
     }
 
     /// Reads `merged.log` as `snapshot`'s handle sees it.
@@ -565,22 +580,8 @@ impl Views {
         size: usize,
     ) -> io::Result<Vec<u8>> {
         let mut segments = Segments::new(size);
-        let known = snapshot.index.bytes();
-        if offset < known {
-            snapshot.index.visit_from(offset, |line, skip| {
-                segments.push(line.pos + skip, u64::from(line.len) - skip)
-            });
-        }
-        if !segments.full() {
-            // Lines that arrived after the snapshot follow it in the line
-            // file, in arrival order.
-            let tail_start = offset.max(known);
-            let file_len = self.merged_len();
-            if tail_start < file_len {
-                segments.push(tail_start, file_len - tail_start);
-            }
-        }
-        segments.read(&self.file)
+        snapshot.read_into(offset, self.merged_len(), &mut segments);
+        snapshot.read(segments)
     }
 
     /// The size of `feed`'s `log`.

@@ -295,7 +295,11 @@ pub fn assert_feed_verifies(store: &scuttlefs::store::Store, feed: &scuttlefs::f
 /// All of `merged.log` as a handle opened now reads it.
 pub fn merged_text(views: &scuttlefs::view::Views) -> String {
     let bytes = views
-        .read_merged(&views.merged_snapshot(), 0, views.merged_len() as usize)
+        .read_merged(
+            &views.merged_snapshot().expect("snapshot"),
+            0,
+            views.merged_len() as usize,
+        )
         .expect("reads merged.log");
     String::from_utf8(bytes).expect("utf8")
 }

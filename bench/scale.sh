@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Scale benchmark (issue 12). Needs root and /dev/fuse.
+#   bench/scale.sh [LINES] [MACHINES] [BURST] [RUNS]   (default 1000000 4 5000 5)
+#
+# MACHINES feeds are made offline with `publish --stdin`, in interleaved
+# bursts of BURST lines (machine 1's burst, machine 2's, …, then again), so
+# that their timestamps interleave. Each is then served by its own daemon,
+# and one mounted node that follows them all dials every one at once and
+# replicates LINES lines. Prints:
+#   - the replication rate into the mounted node;
+#   - its resident memory after replication, and after a restart and a full
+#     read of merged.log;
+#   - bytes on disk per line (the whole --path: store and views), and bytes
+#     the daemon wrote per line while replicating (/proc/PID/io);
+#   - `cat merged.log` and `grep -c` on it against a plain copy of the same
+#     bytes (median of RUNS, interleaved, warm cache);
+#   - `tail -n 10 merged.log` (median of 11);
+#   - restart until mounted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES=${1:-1000000}
+MACHINES=${2:-4}
+BURST=${3:-5000}
+RUNS=${4:-5}
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/scuttlefs
+fi
+WORK=${WORK:-$(mktemp -d)}
+MNT=$WORK/mount
+KEY=$(head -c 32 /dev/urandom | base64)
+trap 'pkill -f "$WORK/" 2>/dev/null; sleep 1; fusermount3 -uz $MNT 2>/dev/null; umount -l $MNT 2>/dev/null; rm -rf $WORK' EXIT
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+now() { date +%s.%N; }
+rss_mb() { echo $(( $(awk '/VmRSS/ {print $2}' /proc/$1/status) / 1024 )); }
+
+per_machine=$((LINES / MACHINES))
+t0=$(now)
+made=0
+while [ $made -lt $per_machine ]; do
+  n=$(( per_machine - made < BURST ? per_machine - made : BURST ))
+  for m in $(seq "$MACHINES"); do
+    seq $((made + 1)) $((made + n)) | sed "s/^/backup of \/home on machine $m chunk /; s/\$/ finished ok/" \
+      | $BIN publish --stdin --path $WORK/src$m --type log --source backup > /dev/null
+  done
+  made=$((made + n))
+done
+echo "made $MACHINES feeds of $per_machine lines in bursts of $BURST: $(echo "$(now) - $t0" | bc | cut -c1-6)s"
+
+peers=()
+total=0
+for m in $(seq "$MACHINES"); do
+  id=$($BIN whoami --path $WORK/src$m | grep -o '@[^"]*')
+  key=${id#@}; key=${key%.ed25519}
+  $BIN follow "$id" --path $WORK/sink > /dev/null
+  peers+=(--peer "net:127.0.0.1:$((9400 + m))~shs:$key")
+  RUST_LOG=warn $BIN serve --no-mount --no-discovery --path $WORK/src$m --port $((9400 + m)) --caps.shs "$KEY" &
+  total=$((total + per_machine + 1))   # the lines and the machine's name
+done
+sleep 1
+
+start_sink() {
+  RUST_LOG=warn $BIN serve --path $WORK/sink --mount $MNT --name sink --no-discovery --port 9400 \
+    --caps.shs "$KEY" "${peers[@]}" > $WORK/sink.log 2>&1 &
+  echo $! > $WORK/pid
+  for _ in $(seq 1200); do [ -s $MNT/whoami ] && return; sleep 0.05; done
+  echo "the sink did not mount" >&2; cat $WORK/sink.log >&2; exit 1
+}
+# The sum of the sequences the sink holds of the machines' feeds.
+held() {
+  $BIN status --json --path $WORK/sink 2>/dev/null | awk '
+    /"feeds":/ {feeds=1}
+    feeds && $1 == "\"seq\":" {gsub(",", "", $2); sum += $2}
+    END {print sum + 0}'
+}
+
+t0=$(now)
+start_sink
+PID=$(cat $WORK/pid)
+own=1   # the sink's own name message
+while [ "$(held)" -lt $((total + own)) ]; do sleep 0.1; done
+t1=$(now)
+secs=$(echo "$t1 - $t0" | bc -l)
+echo "replicated $total messages from $MACHINES peers into the mounted node in $(echo $secs | cut -c1-6)s = $(echo "$total / $secs" | bc) msg/s (from daemon start)"
+written=$(awk '/^write_bytes/ {print $2}' /proc/$PID/io)
+echo "daemon RSS after replication: $(rss_mb $PID) MB"
+lines=$(wc -l < $MNT/merged.log)
+# The daemon merges lines that arrived out of order into merged.log's file
+# in the background; wait for it (status says how many lines wait).
+unmerged() { $BIN status --json --path $WORK/sink | awk '/"unmerged_lines":/ {gsub(",", "", $2); print ($2 == "null" ? 0 : $2)}'; }
+t0=$(now)
+while [ "$(unmerged)" != 0 ]; do sleep 0.1; done
+echo "merged.log's late lines merged $(echo "$(now) - $t0" | bc | cut -c1-5)s after the last message"
+echo "daemon RSS then: $(rss_mb $PID) MB"
+disk=$(du -sb $WORK/sink | cut -f1)
+echo "lines in merged.log: $lines; on disk: $((disk / 1024 / 1024)) MB = $((disk / lines)) bytes/line; written while replicating: $((written / 1024 / 1024)) MB = $((written / lines)) bytes/line"
+for f in $WORK/sink/* $WORK/sink/db/*; do echo "  $(du -sb $f)"; done
+
+cp $MNT/merged.log $WORK/plain.log
+cmp $MNT/merged.log $WORK/plain.log && echo "merged.log: $(stat -c %s $WORK/plain.log) bytes, same as the plain copy"
+sort -s -k1,1 $WORK/plain.log | cmp -s - $WORK/plain.log && echo "merged.log is in timestamp order"
+sync; sleep 2
+: > $WORK/cat_plain; : > $WORK/cat_fuse; : > $WORK/grep_plain; : > $WORK/grep_fuse
+for _ in $(seq "$RUNS"); do
+  s=$(now); cat $WORK/plain.log > /dev/null; e=$(now); echo "$e - $s" | bc -l >> $WORK/cat_plain
+  s=$(now); cat $MNT/merged.log > /dev/null; e=$(now); echo "$e - $s" | bc -l >> $WORK/cat_fuse
+  s=$(now); grep -c chunk $WORK/plain.log > $WORK/count; e=$(now); echo "$e - $s" | bc -l >> $WORK/grep_plain
+  s=$(now); grep -c chunk $MNT/merged.log > $WORK/count; e=$(now); echo "$e - $s" | bc -l >> $WORK/grep_fuse
+done
+cp_s=$(median < $WORK/cat_plain); cf_s=$(median < $WORK/cat_fuse)
+gp_s=$(median < $WORK/grep_plain); gf_s=$(median < $WORK/grep_fuse)
+echo "cat: plain ${cp_s}s, merged.log ${cf_s}s, ratio $(echo "$cp_s / $cf_s" | bc -l | cut -c1-5)"
+echo "grep -c: plain ${gp_s}s, merged.log ${gf_s}s, ratio $(echo "$gp_s / $gf_s" | bc -l | cut -c1-5)"
+tail_ms=$(for _ in $(seq 11); do s=$(now); tail -n 10 $MNT/merged.log > /dev/null; e=$(now); echo "($e - $s) * 1000" | bc -l; done | median)
+plain_tail_ms=$(for _ in $(seq 11); do s=$(now); tail -n 10 $WORK/plain.log > /dev/null; e=$(now); echo "($e - $s) * 1000" | bc -l; done | median)
+echo "tail -n 10 merged.log: $(echo $tail_ms | cut -c1-6) ms (plain file $(echo $plain_tail_ms | cut -c1-6) ms)"
+
+kill -TERM $PID; while kill -0 $PID 2>/dev/null; do sleep 0.05; done
+t0=$(now); start_sink; t1=$(now)
+echo "restart with $lines lines: $(echo "$t1 - $t0" | bc -l | cut -c1-5)s until mounted"
+cat $MNT/merged.log > /dev/null
+echo "daemon RSS after restart and a full read: $(rss_mb $(cat $WORK/pid)) MB"

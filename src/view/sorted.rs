@@ -1,0 +1,918 @@
+//! `merged.log`'s own file: every line in timestamp order, so that opening
+//! it can use FUSE passthrough even after lines arrived out of order.
+//!
+//! A *generation* is a file that begins with lines in timestamp order (the
+//! prefix), followed by the lines that arrived since in arrival order (the
+//! tail), and a keys file with each prefix line's ordered timestamp and
+//! where it ends. While lines arrive in order the prefix grows and the tail
+//! stays empty, and the generation is the line file itself; the first line
+//! that arrives out of order starts the tail. [`MergedFile::merge`], run in
+//! the background, writes the next generation: the prefix and the sorted
+//! tail merged (the part before the first insertion point copied as it is),
+//! then the lines that arrived meanwhile.
+//!
+//! Invariants:
+//! - Every tail line arrived after every prefix line, so it goes after the
+//!   prefix lines of equal timestamp: the keys need no receive position,
+//!   and tail lines order by (timestamp, position).
+//! - Every generation still in use (the current one, or one an open handle
+//!   holds) receives every new line at the same offset, so all of them have
+//!   `merged.log`'s length, and a line that arrived after a snapshot lies at
+//!   the same offset in each.
+//! - A snapshot fixes its order at open: the prefix and the sorted tail of
+//!   then, followed by the file's later bytes (arrival order).
+//! - Only the prefix's keys are ever read, and a generation never rewrites
+//!   them, so snapshots read keys without a lock.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::Segments;
+
+/// Bytes of one keys entry: ordered timestamp, end of the line.
+const KEY_ENTRY: u64 = 16;
+
+/// Keys entries read at once.
+const KEY_CHUNK: u64 = 4096;
+
+/// A tail no line has joined for this long is merged.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// A tail of this many lines is merged whatever else holds: its entries are
+/// what the merged file keeps in memory.
+const MAX_TAIL_LINES: usize = 1 << 20;
+
+/// Below this, a growing tail waits for quiet.
+const MIN_TAIL_BYTES: u64 = 1 << 20;
+
+/// One line to add: ordered timestamp and length.
+#[derive(Clone, Copy, Debug)]
+pub struct NewLine {
+    /// The line's ordered timestamp.
+    pub ts: u64,
+    /// Its length, newline included.
+    pub len: u32,
+}
+
+/// One generation of the merged file.
+pub struct Generation {
+    number: u64,
+    lines: Arc<File>,
+    keys: File,
+    /// The files to remove once a later generation replaces this one
+    /// (not the line file, which generation 0 shares).
+    own_paths: Vec<PathBuf>,
+}
+
+impl Generation {
+    /// Whether this generation is the line file itself.
+    fn is_line_file(&self) -> bool {
+        self.number == 0
+    }
+}
+
+/// A line past the prefix, in arrival order.
+#[derive(Clone, Copy, Debug)]
+struct TailLine {
+    ts: u64,
+    pos: u64,
+    len: u32,
+}
+
+struct State {
+    current: Arc<Generation>,
+    /// Replaced generations, which keep receiving lines while a handle
+    /// holds them.
+    older: Vec<Weak<Generation>>,
+    /// `merged.log`'s length: the bytes of every generation in use.
+    len: u64,
+    sorted_len: u64,
+    sorted_lines: u64,
+    /// The prefix's last timestamp.
+    last_ts: u64,
+    tail: Vec<TailLine>,
+    tail_bytes: u64,
+    merging: bool,
+    last_line_at: Instant,
+    /// Counts the changes of how a handle opened now reads: a first late
+    /// line (reads go through the daemon from then on) and each merge (a
+    /// new file). Each epoch is shown as its own inode, because the kernel
+    /// lets all handles of one inode use only one backing file, and no
+    /// other kind of handle beside them.
+    epoch: u64,
+}
+
+/// The merged file and its generations.
+pub struct MergedFile {
+    /// The line file's path, which names the generations' files.
+    base: PathBuf,
+    state: Mutex<State>,
+}
+
+/// What one open handle of `merged.log` reads.
+#[derive(Clone)]
+pub struct MergedSnapshot {
+    /// The epoch it was opened in.
+    epoch: u64,
+    generation: Arc<Generation>,
+    /// Bytes known at open, in timestamp order.
+    known: u64,
+    /// Where the known bytes lie in the file, when not where they read:
+    /// `(start in the snapshot, position in the file, length)`, in order.
+    /// Empty for a snapshot of a file that was in order.
+    pieces: Vec<(u64, u64, u64)>,
+    /// The prefix lines at open, and the tail lines sorted: `(ts, len)`.
+    prefix_lines: u64,
+    sorted_tail: Vec<(u64, u32)>,
+}
+
+impl MergedFile {
+    /// The merged file of a fresh line file `lines`, at `path`: generation
+    /// 0 is the line file itself, whose lines [`MergedFile::append`] then
+    /// indexes. Later generations are files beside it
+    /// (`<path>.sorted-N`, `<path>.keys-N`); those of an earlier run are
+    /// removed.
+    pub fn new(path: &Path, lines: Arc<File>) -> io::Result<MergedFile> {
+        remove_generations(path)?;
+        let keys_path = generation_path(path, "keys", 0);
+        let keys = create(&keys_path)?;
+        let generation = Arc::new(Generation {
+            number: 0,
+            lines,
+            keys,
+            own_paths: vec![keys_path],
+        });
+        Ok(MergedFile {
+            base: path.to_path_buf(),
+            state: Mutex::new(State {
+                current: generation,
+                older: Vec::new(),
+                len: 0,
+                sorted_len: 0,
+                sorted_lines: 0,
+                last_ts: 0,
+                tail: Vec::new(),
+                tail_bytes: 0,
+                merging: false,
+                last_line_at: Instant::now(),
+                epoch: 0,
+            }),
+        })
+    }
+
+    /// `merged.log`'s length.
+    pub fn len(&self) -> u64 {
+        self.lock().len
+    }
+
+    /// The current epoch (see `State::epoch`).
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Lines past the sorted prefix, waiting for a merge.
+    pub fn unsorted_lines(&self) -> usize {
+        self.lock().tail.len()
+    }
+
+    /// Adds `lines`, whose bytes `bytes` the line file already holds at
+    /// the current length, to every generation in use.
+    pub fn append(&self, bytes: &[u8], lines: &[NewLine]) -> io::Result<()> {
+        let mut state = self.lock();
+        let start = state.len;
+        state.older.retain(|g| g.strong_count() > 0);
+        let mut generations: Vec<Arc<Generation>> =
+            state.older.iter().filter_map(Weak::upgrade).collect();
+        generations.push(state.current.clone());
+        for generation in generations.iter().filter(|g| !g.is_line_file()) {
+            generation.lines.write_all_at(bytes, start)?;
+        }
+        file_lines(&mut state, lines, start)?;
+        if !lines.is_empty() {
+            state.last_line_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Indexes lines the line file holds from the current length on, while
+    /// it is the only generation (as the views are built).
+    pub fn add_built(&self, lines: &[NewLine]) -> io::Result<()> {
+        let mut state = self.lock();
+        debug_assert!(state.current.is_line_file() && state.older.is_empty());
+        let start = state.len;
+        file_lines(&mut state, lines, start)
+    }
+
+    /// A snapshot for a handle opened now.
+    pub fn snapshot(&self) -> io::Result<MergedSnapshot> {
+        let (epoch, generation, known, sorted_len, prefix_lines, mut tail) = {
+            let state = self.lock();
+            (
+                state.epoch,
+                state.current.clone(),
+                state.len,
+                state.sorted_len,
+                state.sorted_lines,
+                state.tail.clone(),
+            )
+        };
+        let mut snapshot = MergedSnapshot {
+            epoch,
+            generation,
+            known,
+            pieces: Vec::new(),
+            prefix_lines,
+            sorted_tail: Vec::new(),
+        };
+        if tail.is_empty() {
+            return Ok(snapshot);
+        }
+        tail.sort_by_key(|t| (t.ts, t.pos));
+        let mut keys = KeyReader::new(&snapshot.generation.keys, prefix_lines);
+        let mut pieces = Pieces::default();
+        let (mut line, mut byte) = (0, 0);
+        for t in &tail {
+            let next = keys.upper_bound(t.ts, line)?;
+            let end = keys.end_before(next)?;
+            pieces.push(byte, end - byte);
+            pieces.push(t.pos, u64::from(t.len));
+            (line, byte) = (next, end);
+        }
+        pieces.push(byte, sorted_len - byte);
+        snapshot.pieces = pieces.0;
+        snapshot.sorted_tail = tail.iter().map(|t| (t.ts, t.len)).collect();
+        Ok(snapshot)
+    }
+
+    /// Whether a merge is due: lines wait in the tail, and either none has
+    /// joined them for a while or there are enough of them to be worth it.
+    pub fn merge_due(&self) -> bool {
+        let state = self.lock();
+        !state.merging
+            && !state.tail.is_empty()
+            && (state.last_line_at.elapsed() >= QUIET
+                || state.tail.len() >= MAX_TAIL_LINES
+                || (state.tail_bytes >= MIN_TAIL_BYTES && state.tail_bytes * 4 >= state.sorted_len))
+    }
+
+    /// Writes the next generation: the prefix and the tail merged in
+    /// timestamp order. Lines keep arriving meanwhile; they follow, and
+    /// the next generation replaces the current one. Returns whether there
+    /// was anything to merge.
+    pub fn merge(&self) -> io::Result<bool> {
+        let (old, sorted_lines, sorted_len, mut tail, merged_len) = {
+            let mut state = self.lock();
+            if state.merging || state.tail.is_empty() {
+                return Ok(false);
+            }
+            state.merging = true;
+            (
+                state.current.clone(),
+                state.sorted_lines,
+                state.sorted_len,
+                state.tail.clone(),
+                state.len,
+            )
+        };
+        let result = self.write_next(&old, sorted_lines, sorted_len, &mut tail, merged_len);
+        let mut state = self.lock();
+        state.merging = false;
+        let next = result?;
+        // Lines that arrived during the merge follow, in arrival order.
+        if let Err(e) = copy_range(&old.lines, &next.lines, merged_len, state.len - merged_len) {
+            for path in &next.own_paths {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        let arrived: Vec<TailLine> = state
+            .tail
+            .iter()
+            .filter(|t| t.pos >= merged_len)
+            .copied()
+            .collect();
+        let last_ts = tail
+            .iter()
+            .map(|t| t.ts)
+            .chain(std::iter::once(state.last_ts))
+            .max()
+            .unwrap_or(0);
+        let replaced = std::mem::replace(&mut state.current, Arc::new(next));
+        if !replaced.is_line_file() {
+            state.older.push(Arc::downgrade(&replaced));
+        }
+        for path in &replaced.own_paths {
+            let _ = std::fs::remove_file(path);
+        }
+        drop(replaced);
+        state.sorted_len = merged_len;
+        state.sorted_lines = sorted_lines + tail.len() as u64;
+        state.last_ts = last_ts;
+        state.tail.clear();
+        state.tail_bytes = 0;
+        state.epoch += 1;
+        // The newcomers again: those in order extend the new prefix.
+        let lines: Vec<NewLine> = arrived
+            .iter()
+            .map(|t| NewLine {
+                ts: t.ts,
+                len: t.len,
+            })
+            .collect();
+        file_lines(&mut state, &lines, merged_len)?;
+        Ok(true)
+    }
+
+    fn write_next(
+        &self,
+        old: &Generation,
+        sorted_lines: u64,
+        sorted_len: u64,
+        tail: &mut [TailLine],
+        merged_len: u64,
+    ) -> io::Result<Generation> {
+        tail.sort_by_key(|t| (t.ts, t.pos));
+        let number = old.number + 1;
+        let lines_path = generation_path(&self.base, "sorted", number);
+        let keys_path = generation_path(&self.base, "keys", number);
+        let lines = create(&lines_path)?;
+        let keys_file = create(&keys_path)?;
+        let mut keys = KeyReader::new(&old.keys, sorted_lines);
+        // Everything before the first insertion point stays as it is.
+        let first = keys.upper_bound(tail[0].ts, 0)?;
+        let first_byte = keys.end_before(first)?;
+        copy_range(&old.lines, &lines, 0, first_byte)?;
+        copy_range(&old.keys, &keys_file, 0, first * KEY_ENTRY)?;
+        let mut out = PositionedWriter::new(&lines, first_byte);
+        let mut keys_out = PositionedWriter::new(&keys_file, first * KEY_ENTRY);
+        let (mut line, mut byte, mut shift) = (first, first_byte, 0u64);
+        let mut buffer = Vec::new();
+        for t in tail.iter() {
+            let next = keys.upper_bound(t.ts, line)?;
+            for i in line..next {
+                let (ts, end) = keys.entry(i)?;
+                keys_out.put_key(ts, end + shift)?;
+            }
+            let end = keys.end_before(next)?;
+            out.copy_from(&old.lines, byte, end - byte, &mut buffer)?;
+            (line, byte) = (next, end);
+            out.copy_from(&old.lines, t.pos, u64::from(t.len), &mut buffer)?;
+            shift += u64::from(t.len);
+            keys_out.put_key(t.ts, byte + shift)?;
+        }
+        for i in line..sorted_lines {
+            let (ts, end) = keys.entry(i)?;
+            keys_out.put_key(ts, end + shift)?;
+        }
+        out.copy_from(&old.lines, byte, sorted_len - byte, &mut buffer)?;
+        out.flush()?;
+        keys_out.flush()?;
+        if out.at != merged_len {
+            return Err(io::Error::other(format!(
+                "merged {} bytes, not {merged_len}",
+                out.at
+            )));
+        }
+        Ok(Generation {
+            number,
+            lines: Arc::new(lines),
+            keys: keys_file,
+            own_paths: vec![lines_path, keys_path],
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MergedSnapshot {
+    /// Whether the snapshot reads its file as it lies (the file was in
+    /// order at open), so that the kernel may read it directly.
+    pub fn direct_file(&self) -> Option<(u64, Arc<File>)> {
+        self.pieces
+            .is_empty()
+            .then(|| (self.generation.number, self.generation.lines.clone()))
+    }
+
+    /// The epoch it was opened in.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Bytes known at open.
+    pub fn known(&self) -> u64 {
+        self.known
+    }
+
+    /// Queues the bytes from `offset` up to `end` (at most `len_now`, the
+    /// file's current length) as this snapshot orders them.
+    pub(super) fn read_into(&self, offset: u64, end: u64, segments: &mut Segments) {
+        let mut at = offset;
+        if at < self.known && !self.pieces.is_empty() {
+            let first = self.pieces.partition_point(|(start, _, _)| *start <= at) - 1;
+            for &(start, pos, len) in &self.pieces[first..] {
+                if at >= end {
+                    return;
+                }
+                let skip = at - start;
+                let take = (len - skip).min(end - at);
+                if !segments.push(pos + skip, take) {
+                    return;
+                }
+                at += take;
+            }
+        }
+        // In order, or past the snapshot: the file as it lies.
+        if at < end {
+            segments.push(at, end - at);
+        }
+    }
+
+    /// Reads the queued bytes from this snapshot's file.
+    pub(super) fn read(&self, segments: Segments) -> io::Result<Vec<u8>> {
+        segments.read(&self.generation.lines)
+    }
+
+    /// Scans this snapshot's file, which holds every line at the same
+    /// offset as the line file after [`MergedSnapshot::known`].
+    pub(super) fn file(&self) -> &File {
+        &self.generation.lines
+    }
+
+    /// The bytes of every known line whose timestamp is below `ts`.
+    pub fn offset_of_ts(&self, ts: u64) -> io::Result<u64> {
+        let mut keys = KeyReader::new(&self.generation.keys, self.prefix_lines);
+        let below = keys.lower_bound(ts)?;
+        let prefix = keys.end_before(below)?;
+        let tail: u64 = self
+            .sorted_tail
+            .iter()
+            .take_while(|(t, _)| *t < ts)
+            .map(|(_, len)| u64::from(*len))
+            .sum();
+        Ok(prefix + tail)
+    }
+}
+
+/// Files `lines`, which the current generation holds from `start` on:
+/// each extends the prefix while none waits in the tail and it is in
+/// order, and joins the tail otherwise.
+fn file_lines(state: &mut State, lines: &[NewLine], start: u64) -> io::Result<()> {
+    let first_key = state.sorted_lines;
+    let mut keys = Vec::new();
+    let mut pos = start;
+    for line in lines {
+        let len = u64::from(line.len);
+        let in_order =
+            state.tail.is_empty() && (state.sorted_lines == 0 || line.ts >= state.last_ts);
+        if in_order {
+            state.sorted_len += len;
+            state.sorted_lines += 1;
+            state.last_ts = line.ts;
+            keys.extend_from_slice(&line.ts.to_be_bytes());
+            keys.extend_from_slice(&(pos + len).to_be_bytes());
+        } else {
+            if state.tail.is_empty() {
+                state.epoch += 1;
+            }
+            state.tail.push(TailLine {
+                ts: line.ts,
+                pos,
+                len: line.len,
+            });
+            state.tail_bytes += len;
+        }
+        pos += len;
+    }
+    state.len = pos;
+    if !keys.is_empty() {
+        state
+            .current
+            .keys
+            .write_all_at(&keys, first_key * KEY_ENTRY)?;
+    }
+    Ok(())
+}
+
+/// Reads a generation's keys, a chunk at a time.
+struct KeyReader<'a> {
+    file: &'a File,
+    count: u64,
+    chunk_start: u64,
+    chunk: Vec<u8>,
+}
+
+impl<'a> KeyReader<'a> {
+    fn new(file: &'a File, count: u64) -> Self {
+        KeyReader {
+            file,
+            count,
+            chunk_start: 0,
+            chunk: Vec::new(),
+        }
+    }
+
+    /// Entry `i`: the line's ordered timestamp and end.
+    fn entry(&mut self, i: u64) -> io::Result<(u64, u64)> {
+        let in_chunk = |start: u64, len: usize| i >= start && i < start + (len as u64 / KEY_ENTRY);
+        if !in_chunk(self.chunk_start, self.chunk.len()) {
+            let start = i - i % KEY_CHUNK;
+            let n = KEY_CHUNK.min(self.count - start);
+            self.chunk.resize((n * KEY_ENTRY) as usize, 0);
+            self.file
+                .read_exact_at(&mut self.chunk, start * KEY_ENTRY)?;
+            self.chunk_start = start;
+        }
+        let at = ((i - self.chunk_start) * KEY_ENTRY) as usize;
+        let word = |from: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&self.chunk[from..from + 8]);
+            u64::from_be_bytes(bytes)
+        };
+        Ok((word(at), word(at + 8)))
+    }
+
+    /// Where the bytes before line `i` end.
+    fn end_before(&mut self, i: u64) -> io::Result<u64> {
+        if i == 0 {
+            return Ok(0);
+        }
+        Ok(self.entry(i - 1)?.1)
+    }
+
+    /// The first line at or after `from` whose timestamp is above `ts`.
+    fn upper_bound(&mut self, ts: u64, from: u64) -> io::Result<u64> {
+        self.search(from, |key| key <= ts)
+    }
+
+    /// The first line whose timestamp is at or above `ts`.
+    fn lower_bound(&mut self, ts: u64) -> io::Result<u64> {
+        self.search(0, |key| key < ts)
+    }
+
+    /// The first line at or after `from` for which `before` fails: a
+    /// galloping search, as lines mostly insert near the last.
+    fn search(&mut self, from: u64, before: impl Fn(u64) -> bool) -> io::Result<u64> {
+        let (mut low, mut step) = (from, 1u64);
+        let mut high = from;
+        while high < self.count && before(self.entry(high)?.0) {
+            low = high + 1;
+            high = (high + step).min(self.count);
+            step *= 2;
+        }
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if before(self.entry(mid)?.0) {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        Ok(low)
+    }
+}
+
+/// A snapshot's pieces being built, joined where contiguous.
+#[derive(Default)]
+struct Pieces(Vec<(u64, u64, u64)>);
+
+impl Pieces {
+    fn push(&mut self, pos: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let start = self.0.last().map_or(0, |(s, _, l)| s + l);
+        match self.0.last_mut() {
+            Some((_, p, l)) if *p + *l == pos => *l += len,
+            _ => self.0.push((start, pos, len)),
+        }
+    }
+}
+
+/// Writes sequentially at a position, in large pieces.
+struct PositionedWriter<'a> {
+    file: &'a File,
+    at: u64,
+    buffer: Vec<u8>,
+}
+
+impl<'a> PositionedWriter<'a> {
+    const SIZE: usize = 1 << 20;
+
+    fn new(file: &'a File, at: u64) -> Self {
+        PositionedWriter {
+            file,
+            at,
+            buffer: Vec::with_capacity(Self::SIZE),
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= Self::SIZE {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn put_key(&mut self, ts: u64, end: u64) -> io::Result<()> {
+        self.put(&ts.to_be_bytes())?;
+        self.put(&end.to_be_bytes())
+    }
+
+    /// Copies `len` bytes at `pos` of `from`.
+    fn copy_from(
+        &mut self,
+        from: &File,
+        pos: u64,
+        len: u64,
+        scratch: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(Self::SIZE as u64) as usize;
+            scratch.resize(n, 0);
+            from.read_exact_at(scratch, pos + done)?;
+            self.put(scratch)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.write_all_at(&self.buffer, self.at)?;
+        self.at += self.buffer.len() as u64;
+        self.buffer.clear();
+        Ok(())
+    }
+}
+
+/// Copies `len` bytes at `pos` of `from` to the same offset of `to`.
+fn copy_range(from: &File, to: &File, pos: u64, len: u64) -> io::Result<()> {
+    let mut writer = PositionedWriter::new(to, pos);
+    writer.copy_from(from, pos, len, &mut Vec::new())?;
+    writer.flush()
+}
+
+fn create(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+}
+
+/// `<base>.<kind>-<number>`.
+fn generation_path(base: &Path, kind: &str, number: u64) -> PathBuf {
+    let mut name = base.as_os_str().to_owned();
+    name.push(format!(".{kind}-{number}"));
+    PathBuf::from(name)
+}
+
+/// Removes the generation files an earlier run left beside `base`.
+fn remove_generations(base: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (base.parent(), base.file_name()) else {
+        return Ok(());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefixes = [".sorted-", ".keys-"].map(|kind| {
+        let mut prefix = name.to_owned();
+        prefix.push(kind);
+        prefix.to_string_lossy().into_owned()
+    });
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if prefixes.iter().any(|p| file_name.starts_with(p.as_str())) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// A line file and its merged file, with what each snapshot must read.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        lines: Arc<File>,
+        merged: Arc<MergedFile>,
+        /// Every line so far, in arrival order: (ts, text).
+        arrived: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let lines = Arc::new(create(&dir.path().join("lines")).unwrap());
+            let merged =
+                Arc::new(MergedFile::new(&dir.path().join("lines"), lines.clone()).unwrap());
+            Harness {
+                _dir: dir,
+                lines,
+                merged,
+                arrived: Vec::new(),
+            }
+        }
+
+        /// Adds lines of timestamps `stamps` as one batch, as the views do.
+        fn add(&mut self, stamps: &[u64]) {
+            let mut bytes = Vec::new();
+            let mut new = Vec::new();
+            for ts in stamps {
+                let text = format!(
+                    "{ts:08} line {} {}\n",
+                    self.arrived.len(),
+                    "x".repeat((*ts % 7) as usize)
+                );
+                bytes.extend_from_slice(text.as_bytes());
+                new.push(NewLine {
+                    ts: *ts,
+                    len: text.len() as u32,
+                });
+                self.arrived.push((*ts, text.into_bytes()));
+            }
+            self.lines.write_all_at(&bytes, self.merged.len()).unwrap();
+            self.merged.append(&bytes, &new).unwrap();
+        }
+
+        /// What a snapshot taken after `known` lines reads: those in
+        /// timestamp order (ties in arrival order), then the rest as they
+        /// arrived.
+        fn expected(&self, known: usize) -> Vec<u8> {
+            let mut sorted: Vec<&(u64, Vec<u8>)> = self.arrived[..known].iter().collect();
+            sorted.sort_by_key(|(ts, _)| *ts);
+            let mut out: Vec<u8> = sorted.into_iter().flat_map(|(_, t)| t.clone()).collect();
+            for (_, text) in &self.arrived[known..] {
+                out.extend_from_slice(text);
+            }
+            out
+        }
+
+        fn read(&self, snapshot: &MergedSnapshot, offset: u64, size: usize) -> Vec<u8> {
+            let mut segments = Segments::new(size);
+            snapshot.read_into(offset, self.merged.len(), &mut segments);
+            snapshot.read(segments).unwrap()
+        }
+
+        fn read_all(&self, snapshot: &MergedSnapshot) -> Vec<u8> {
+            let mut out = Vec::new();
+            loop {
+                let chunk = self.read(snapshot, out.len() as u64, 4096);
+                if chunk.is_empty() {
+                    return out;
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+
+    #[test]
+    fn snapshots_read_timestamp_order_then_arrivals_across_merges() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut h = Harness::new();
+        let mut snapshots: Vec<(MergedSnapshot, usize)> = Vec::new();
+        let mut clock = 1000u64;
+        for round in 0..200 {
+            // Mostly in order, with late lines now and then, and ties.
+            let batch: Vec<u64> = (0..rng.gen_range(1..40))
+                .map(|_| {
+                    clock += rng.gen_range(0..3);
+                    if rng.gen_bool(0.2) {
+                        clock.saturating_sub(rng.gen_range(0..500))
+                    } else {
+                        clock
+                    }
+                })
+                .collect();
+            h.add(&batch);
+            if rng.gen_bool(0.2) {
+                snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+            }
+            if round % 17 == 0 || rng.gen_bool(0.1) {
+                h.merged.merge().unwrap();
+                assert_eq!(h.merged.unsorted_lines(), 0);
+            }
+        }
+        snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+        for (snapshot, known) in &snapshots {
+            assert_eq!(
+                h.read_all(snapshot),
+                h.expected(*known),
+                "snapshot after {known} lines"
+            );
+        }
+        // A read at any offset agrees with the whole.
+        let (snapshot, known) = &snapshots[snapshots.len() / 2];
+        let whole = h.expected(*known);
+        for _ in 0..300 {
+            let offset = rng.gen_range(0..whole.len());
+            let size = rng.gen_range(1..300);
+            let end = (offset + size).min(whole.len());
+            assert_eq!(h.read(snapshot, offset as u64, size), &whole[offset..end]);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_of_an_ordered_file_reads_it_directly_and_a_merge_restores_that() {
+        let mut h = Harness::new();
+        h.add(&[1, 2, 3]);
+        assert!(h.merged.snapshot().unwrap().direct_file().is_some());
+        h.add(&[2]);
+        let late = h.merged.snapshot().unwrap();
+        assert!(late.direct_file().is_none());
+        assert!(h.merged.merge().unwrap());
+        let merged = h.merged.snapshot().unwrap();
+        let (number, file) = merged.direct_file().expect("in order after the merge");
+        assert_eq!(number, 1);
+        let mut bytes = vec![0; h.merged.len() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        assert_eq!(bytes, h.expected(4));
+        // The replaced generation still takes new lines for the handle
+        // that holds it, in arrival order after what it knew.
+        h.add(&[0]);
+        assert_eq!(h.read_all(&late), h.expected(4));
+        assert_eq!(h.read_all(&merged), h.expected(4));
+    }
+
+    #[test]
+    fn lines_that_arrive_during_a_merge_follow_it() {
+        let h = std::sync::Mutex::new(Harness::new());
+        let merged = h.lock().unwrap().merged.clone();
+        let mut snapshots = Vec::new();
+        std::thread::scope(|scope| {
+            let merger = scope.spawn(|| {
+                let mut merges = 0;
+                while merges < 30 {
+                    if merged.merge().unwrap() {
+                        merges += 1;
+                    }
+                }
+            });
+            let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+            let mut clock = 100_000u64;
+            while !merger.is_finished() {
+                let batch: Vec<u64> = (0..50)
+                    .map(|_| {
+                        clock += 1;
+                        clock - rng.gen_range(0..2000)
+                    })
+                    .collect();
+                let mut h = h.lock().unwrap();
+                h.add(&batch);
+                if rng.gen_bool(0.05) {
+                    snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+                }
+            }
+        });
+        let h = h.into_inner().unwrap();
+        h.merged.merge().unwrap();
+        snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+        for (snapshot, known) in &snapshots {
+            assert_eq!(
+                h.read_all(snapshot),
+                h.expected(*known),
+                "snapshot after {known} lines"
+            );
+        }
+        assert!(snapshots.last().unwrap().0.direct_file().is_some());
+    }
+
+    #[test]
+    fn offsets_of_timestamps_count_the_known_lines_below() {
+        let mut h = Harness::new();
+        h.add(&[10, 20, 30, 40]);
+        h.add(&[15, 35, 35]);
+        for merge in [false, true] {
+            if merge {
+                h.merged.merge().unwrap();
+            }
+            let snapshot = h.merged.snapshot().unwrap();
+            let sorted = h.expected(h.arrived.len());
+            for ts in [0, 10, 15, 16, 35, 36, 50] {
+                let below: usize = h
+                    .arrived
+                    .iter()
+                    .filter(|(t, _)| *t < ts)
+                    .map(|(_, text)| text.len())
+                    .sum();
+                assert_eq!(snapshot.offset_of_ts(ts).unwrap(), below as u64, "{ts}");
+                assert!(below <= sorted.len());
+            }
+        }
+    }
+}

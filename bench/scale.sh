@@ -35,8 +35,17 @@ now() { date +%s.%N; }
 rss_mb() { echo $(( $(awk '/VmRSS/ {print $2}' /proc/$1/status) / 1024 )); }
 
 per_machine=$((LINES / MACHINES))
+# FEEDS=dir keeps the made feeds there, and reuses them when they are
+# there already (the sink is always made afresh).
+if [ -n "${FEEDS:-}" ]; then
+  mkdir -p "$FEEDS"
+  for m in $(seq "$MACHINES"); do
+    if [ -d "$FEEDS/src$m" ]; then cp -r "$FEEDS/src$m" $WORK/; fi
+  done
+fi
 t0=$(now)
 made=0
+[ -d $WORK/src1 ] && made=$per_machine
 while [ $made -lt $per_machine ]; do
   n=$(( per_machine - made < BURST ? per_machine - made : BURST ))
   for m in $(seq "$MACHINES"); do
@@ -46,6 +55,9 @@ while [ $made -lt $per_machine ]; do
   made=$((made + n))
 done
 echo "made $MACHINES feeds of $per_machine lines in bursts of $BURST: $(echo "$(now) - $t0" | bc | cut -c1-6)s"
+if [ -n "${FEEDS:-}" ] && [ ! -d "$FEEDS/src1" ]; then
+  for m in $(seq "$MACHINES"); do cp -r $WORK/src$m "$FEEDS/"; done
+fi
 
 peers=()
 total=0

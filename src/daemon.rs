@@ -128,7 +128,8 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
                 tracing::error!("control socket {}: {e}", control_socket.display());
             }
         });
-        // The job table is a cache: saved now and then, and at the end.
+        // The job table and the views' checkpoint are caches: saved now
+        // and then, and at the end.
         let saver = node.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
@@ -136,7 +137,11 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
             loop {
                 every.tick().await;
                 let node = saver.clone();
-                let _ = tokio::task::spawn_blocking(move || node.save_jobs()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    node.save_jobs();
+                    node.save_views();
+                })
+                .await;
             }
         });
         net::start(
@@ -165,6 +170,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&socket);
     node.flush()?;
     node.save_jobs();
+    node.save_views();
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     result

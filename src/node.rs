@@ -133,7 +133,7 @@ impl Node {
         let (jobs, views) = if with_views {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let jobs = load_jobs(&config.jobs_cache(), &store)?;
-                let views = Views::build(&config.line_file(), &store, &jobs)?;
+                let views = Views::open(&config.line_file(), &store)?;
                 Ok::<_, NodeError>((jobs, views))
             }));
             match built {
@@ -154,7 +154,7 @@ impl Node {
                     // The cache may hold what the damaged index showed.
                     let _ = std::fs::remove_file(config.jobs_cache());
                     let jobs = load_jobs(&config.jobs_cache(), &store)?;
-                    let views = Views::build(&config.line_file(), &store, &jobs)?;
+                    let views = Views::rebuild(&config.line_file(), &store)?;
                     (Some(jobs), Some(views))
                 }
             }
@@ -413,6 +413,16 @@ impl Node {
         }
     }
 
+    /// Saves a checkpoint of the views (see [`Views::save`]), so that the
+    /// next start reads only what was stored after it.
+    pub fn save_views(&self) {
+        if let Some(views) = &self.views {
+            if let Err(e) = views.save(&self.store) {
+                tracing::warn!("could not save the views' checkpoint: {e}");
+            }
+        }
+    }
+
     /// Makes everything stored so far durable.
     pub fn flush(&self) -> Result<(), NodeError> {
         Ok(self.store.flush()?)
@@ -535,14 +545,9 @@ impl Node {
     }
 }
 
-/// Opens the store, with a fresh renderer for every rebuild attempt.
+/// Opens the store.
 fn open_store(dir: &std::path::Path) -> Result<Store, StoreError> {
-    // Should the indexes be rebuilt from the log, lines are rendered as
-    // they were on arrival: each feed in order, names as known then.
-    Store::open(dir, |names| {
-        let mut renderer = LineRenderer::new(names);
-        move |msg: &Message| renderer.render(msg, |_, _| None)
-    })
+    Store::open(dir)
 }
 
 /// When a committed batch reaches the views.

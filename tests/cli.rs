@@ -237,14 +237,12 @@ fn lock_holder_child() {
     let dir = std::env::var("SCUTTLEFS_LOCK_DIR")
         .expect("SCUTTLEFS_LOCK_DIR: run only by a_store_locked_by_a_silent_process_is_reported");
     let opened = (0..200).find_map(|_| {
-        scuttlefs::store::Store::open(std::path::Path::new(&dir), |_| {
-            |_: &scuttlefs::feed::Message| None
-        })
-        .ok()
-        .or_else(|| {
-            std::thread::sleep(Duration::from_millis(50));
-            None
-        })
+        scuttlefs::store::Store::open(std::path::Path::new(&dir))
+            .ok()
+            .or_else(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            })
     });
     let _store = opened.expect("gets the lock eventually");
     println!("holding");

@@ -424,13 +424,70 @@ fn lose_index_entries(path: &Path, prefix: &[u8], step: usize) {
 }
 
 #[test]
-fn timestamp_entries_sled_lost_are_noticed_and_rebuilt() {
-    // Lines would silently vanish from merged.log.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let durable = durable_node(dir.path(), 400);
-    lose_index_entries(dir.path(), b"t", 50);
-    assert_comes_back(dir.path(), &durable);
-    assert_eq!(set_aside(dir.path()).len(), 1, "kept for diagnosis");
+fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
+    // Lines would vanish from merged.log, or show twice.
+    let damages: [(&str, Damage); 4] = [
+        ("the line file cut short", |line_file| {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(line_file)
+                .expect("opens");
+            let len = file.metadata().expect("stat").len();
+            file.set_len(len / 2).expect("cuts");
+        }),
+        ("the checkpoint garbled", |line_file| {
+            fs::write(checkpoint_of(line_file), b"{\"version\":1,\"log_").expect("writes");
+        }),
+        ("the checkpoint ahead of the store", |line_file| {
+            let path = checkpoint_of(line_file);
+            let mut saved: Value =
+                serde_json::from_slice(&fs::read(&path).expect("reads")).expect("json");
+            saved["log_end"] = json!(saved["log_end"].as_u64().expect("log_end") + 4096);
+            fs::write(path, serde_json::to_vec(&saved).expect("json")).expect("writes");
+        }),
+        ("the merged file lost", |line_file| {
+            for entry in fs::read_dir(line_file.parent().expect("dir")).expect("lists") {
+                let path = entry.expect("entry").path();
+                if path.to_string_lossy().contains(".sorted-")
+                    || path.to_string_lossy().contains(".keys-")
+                {
+                    fs::remove_file(path).expect("removes");
+                }
+            }
+        }),
+    ];
+    for (damage, apply) in damages {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let durable = durable_node(dir.path(), 400);
+        // A start that leaves a checkpoint of everything.
+        drop(Node::open(config(dir.path()), Keypair::from_seed(&[1; 32]), true).expect("opens"));
+        apply(&config(dir.path()).line_file());
+        {
+            let node = Node::open(config(dir.path()), Keypair::from_seed(&[1; 32]), true)
+                .unwrap_or_else(|e| panic!("{damage}: {e}"));
+            let merged = common::merged_text(node.views().expect("views"));
+            assert_eq!(
+                merged.lines().count(),
+                durable.len(),
+                "{damage}: each line once"
+            );
+        }
+        assert_comes_back(dir.path(), &durable);
+        assert!(
+            set_aside(dir.path()).is_empty(),
+            "{damage}: the store's index was sound"
+        );
+    }
+}
+
+/// Something a power cut can do to the views' files at a line file.
+type Damage = fn(&Path);
+
+/// Where the views at `line_file` keep their checkpoint.
+fn checkpoint_of(line_file: &Path) -> PathBuf {
+    let mut name = line_file.as_os_str().to_owned();
+    name.push(".state");
+    PathBuf::from(name)
 }
 
 #[test]

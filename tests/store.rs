@@ -34,7 +34,7 @@ fn no_line(_: &Message) -> Option<Vec<u8>> {
 #[test]
 fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), |_| no_line).expect("opens");
+    let store = Store::open(dir.path()).expect("opens");
     let keys = Keypair::generate();
     let msgs = chain(&keys, 3);
     store
@@ -94,7 +94,7 @@ fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
 fn crash_child() {
     let dir = std::env::var("SCUTTLEFS_CRASH_CHILD_DIR")
         .expect("SCUTTLEFS_CRASH_CHILD_DIR: run only by acknowledged_messages_survive_sigkill");
-    let store = Store::open(std::path::Path::new(&dir), |_| no_line).expect("opens");
+    let store = Store::open(std::path::Path::new(&dir)).expect("opens");
     let keys = Keypair::from_seed(&[3; 32]);
     let mut tip: Option<FeedTip> = None;
     for i in 0.. {
@@ -150,7 +150,7 @@ fn acknowledged_messages_survive_sigkill() {
     child.wait().expect("reaped");
     assert!(acked >= 300, "the child stopped early at {acked}");
 
-    let store = Store::open(dir.path(), |_| no_line).expect("reopens after SIGKILL");
+    let store = Store::open(dir.path()).expect("reopens after SIGKILL");
     let feed = Keypair::from_seed(&[3; 32]).id();
     let tip = store.tip(&feed).expect("has a tip");
     assert!(

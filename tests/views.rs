@@ -10,7 +10,6 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use scuttlefs::feed::{FeedId, Keypair, Message};
-use scuttlefs::health::JobTable;
 use scuttlefs::node::Node;
 use scuttlefs::view::Views;
 
@@ -174,12 +173,8 @@ fn every_view_equals_a_rebuild_after_concurrent_ingests_publishes_and_reads() {
 
     let views = node.views().expect("views");
     let live = snapshot(views, &node, &feeds);
-    let rebuilt_views = Views::build(
-        &dir.path().join("rebuilt.cache"),
-        &node.store,
-        &jobs_of(&node),
-    )
-    .expect("rebuilds");
+    let rebuilt_views =
+        Views::rebuild(&dir.path().join("rebuilt.cache"), &node.store).expect("rebuilds");
     let rebuilt = snapshot(&rebuilt_views, &node, &feeds);
     assert_eq!(views.merged_len(), rebuilt_views.merged_len());
     assert!(
@@ -247,9 +242,17 @@ fn every_view_equals_a_rebuild_after_concurrent_ingests_publishes_and_reads() {
     // And a node reopened from the store shows the same.
     let merged = live.0;
     drop(node);
-    let node = Node::open(config(dir.path()), keys, true).expect("reopens");
+    let node = Node::open(config(dir.path()), keys.clone(), true).expect("reopens");
     let reopened = snapshot(node.views().expect("views"), &node, &feeds);
     assert!(reopened.0 == merged, "merged.log after a restart");
+    assert!(reopened.1 == live.1, "every feed's files after a restart");
+    // Reopened again, from the checkpoint the last start saved, with
+    // nothing to read: the same.
+    drop(node);
+    let node = Node::open(config(dir.path()), keys, true).expect("reopens");
+    let restored = snapshot(node.views().expect("views"), &node, &feeds);
+    assert!(restored.0 == merged, "merged.log from a checkpoint");
+    assert!(restored.1 == live.1, "every feed's files from a checkpoint");
     let text = String::from_utf8(merged).expect("utf8");
     let parts = (0..PER_FEED).filter(|i| i % 97 == 5).count();
     assert_eq!(
@@ -328,14 +331,10 @@ fn a_feed_jsonl_first_read_during_replication_counts_each_message_once() {
         });
         let views = node.views().expect("views");
         let live = views.jsonl_len(&node.store, &keys.id()).expect("size");
-        let rebuilt = Views::build(
-            &dir.path().join("rebuilt.cache"),
-            &node.store,
-            &jobs_of(&node),
-        )
-        .expect("rebuilds")
-        .jsonl_len(&node.store, &keys.id())
-        .expect("size");
+        let rebuilt = Views::rebuild(&dir.path().join("rebuilt.cache"), &node.store)
+            .expect("rebuilds")
+            .jsonl_len(&node.store, &keys.id())
+            .expect("size");
         assert_eq!(
             live, rebuilt,
             "round {round}: feed.jsonl's size equals a rebuild's"
@@ -346,11 +345,4 @@ fn a_feed_jsonl_first_read_during_replication_counts_each_message_once() {
         let lines = all.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count();
         assert_eq!(lines, msgs.len(), "round {round}: one line per message");
     }
-}
-
-/// The job table a fresh start would build from `node`'s store.
-fn jobs_of(node: &Node) -> JobTable {
-    let mut jobs = JobTable::default();
-    jobs.catch_up(&node.store).expect("reads the store");
-    jobs
 }

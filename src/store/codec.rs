@@ -4,21 +4,6 @@ use crate::feed::{FeedId, FeedTip, Message, MsgId};
 
 use super::{self_given_name, StoreError};
 
-/// One entry of the timestamp index.
-#[derive(Clone, Debug)]
-pub struct TimestampEntry {
-    /// The message's claimed timestamp, order-preserving (see [`ordered_timestamp`]).
-    pub timestamp: u64,
-    /// Its position in the receive log (its record's log offset).
-    pub recv: u64,
-    /// Its feed.
-    pub author: FeedId,
-    /// Its sequence.
-    pub seq: u64,
-    /// Its rendered log line.
-    pub line: sled::IVec,
-}
-
 /// Maps a timestamp to a `u64` whose unsigned order is the numeric order.
 pub fn ordered_timestamp(ms: f64) -> u64 {
     let bits = ms.to_bits();
@@ -108,13 +93,6 @@ pub fn decode_extent(value: &[u8]) -> Result<LogExtent, StoreError> {
     })
 }
 
-fn author_seq(feed: &FeedId, seq: u64) -> [u8; 40] {
-    let mut v = [0u8; 40];
-    v[..32].copy_from_slice(&feed.0);
-    v[32..].copy_from_slice(&seq.to_be_bytes());
-    v
-}
-
 fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
     let mut key = [0u8; 33];
     key[0] = prefix;
@@ -169,36 +147,10 @@ pub fn position_at(value: &[u8], i: u64) -> Result<(u64, usize), StoreError> {
     Ok((decode_u64(&entry[..8])?, u32::from_be_bytes(len) as usize))
 }
 
-/// Adds the index entries of `msg`, whose record is at log offset
-/// `offset`, to `batch`, all but its position (see [`put_positions`]).
-///
-/// A line longer than `inline_line` bytes is kept out of its timestamp
-/// entry, in chunks of that size under `l` offset(8) part(4); the entry's
-/// value is then just author and sequence (a line is never empty: it ends
-/// in a newline). A self-given name is cut to `max_name` bytes.
-pub fn put_index_entries(
-    batch: &mut sled::Batch,
-    offset: u64,
-    msg: &Message,
-    line: Option<&[u8]>,
-    (inline_line, max_name): (usize, usize),
-) {
-    if let Some(line) = line {
-        let mut ts_key = [0u8; 17];
-        ts_key[0] = b't';
-        ts_key[1..9].copy_from_slice(&ordered_timestamp(msg.timestamp).to_be_bytes());
-        ts_key[9..].copy_from_slice(&offset.to_be_bytes());
-        let mut value = Vec::with_capacity(40 + line.len().min(inline_line));
-        value.extend_from_slice(&author_seq(&msg.author, msg.sequence));
-        if line.len() <= inline_line {
-            value.extend_from_slice(line);
-        } else {
-            for (part, chunk) in line.chunks(inline_line).enumerate() {
-                batch.insert(&long_line_key(offset, part as u32)[..], chunk);
-            }
-        }
-        batch.insert(&ts_key[..], value);
-    }
+/// Adds the index entries of `msg` besides its position (see
+/// [`put_positions`]) to `batch`: its self-given name, cut to `max_name`
+/// bytes, and its follow edge.
+pub fn put_index_entries(batch: &mut sled::Batch, msg: &Message, max_name: usize) {
     if let Some(name) = self_given_name(msg) {
         let mut cut = name.len().min(max_name);
         while !name.is_char_boundary(cut) {
@@ -309,49 +261,6 @@ pub fn decode_tip(key: &[u8], value: &[u8]) -> Result<(FeedId, FeedTip), StoreEr
             timestamp,
         },
     ))
-}
-
-/// The key of part `part` of the long line of the message at log offset
-/// `offset`.
-fn long_line_key(offset: u64, part: u32) -> [u8; 13] {
-    let mut key = [0u8; 13];
-    key[0] = b'l';
-    key[1..9].copy_from_slice(&offset.to_be_bytes());
-    key[9..].copy_from_slice(&part.to_be_bytes());
-    key
-}
-
-/// Decodes a timestamp-index entry, reading a long line's parts from `tree`.
-pub fn decode_timestamp_entry(
-    (key, value): (sled::IVec, sled::IVec),
-    tree: &sled::Tree,
-) -> Result<TimestampEntry, StoreError> {
-    if key.len() != 17 || value.len() < 40 {
-        return Err(StoreError::Corrupt("timestamp entry".into()));
-    }
-    let (author, seq) = decode_author_seq(&value)?;
-    let recv = decode_u64(&key[9..17])?;
-    let line = if value.len() > 40 {
-        value.subslice(40, value.len() - 40)
-    } else {
-        let mut line = Vec::new();
-        for part in tree.scan_prefix(&long_line_key(recv, 0)[..9]) {
-            line.extend_from_slice(&part?.1);
-        }
-        if line.is_empty() {
-            return Err(StoreError::Corrupt(format!(
-                "the long line at {recv} is missing"
-            )));
-        }
-        sled::IVec::from(line)
-    };
-    Ok(TimestampEntry {
-        timestamp: decode_u64(&key[1..9])?,
-        recv,
-        author,
-        seq,
-        line,
-    })
 }
 
 #[cfg(test)]

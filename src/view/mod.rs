@@ -17,12 +17,13 @@
 //! - A line is in the file before any index points at it, so readers can
 //!   `pread` without holding the lock.
 
+mod checkpoint;
 pub mod line;
 mod sorted;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -31,8 +32,8 @@ use crate::feed::json::js_number;
 use chrono::NaiveDate;
 
 use crate::feed::{FeedId, MsgId};
-use crate::health::JobTable;
-use crate::store::{timestamp_from_ordered, RawMessage, Store, StoreError, Stored};
+use crate::store::{RawMessage, Store, StoreError, Stored};
+use checkpoint::Checkpoint;
 pub use sorted::MergedSnapshot;
 use sorted::{MergedFile, NewLine};
 
@@ -43,7 +44,7 @@ use sorted::{MergedFile, NewLine};
 /// feed's lines are mostly contiguous (all of a machine's own lines when it
 /// alone writes, whole replicated batches otherwise), so this costs far less
 /// than an entry per line.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct FeedLines {
     /// `(offset in the feed's log, offset in the line file)` where each run
     /// starts; the run ends where the next one starts.
@@ -113,32 +114,67 @@ pub struct ViewEntry {
     pub line: Option<Vec<u8>>,
     /// The `source` of a line that has one: its job.
     pub source: Option<String>,
+    /// The name it gives its author, if it is such an `about`.
+    pub name: Option<String>,
+    /// Where its log record ends.
+    pub log_end: u64,
 }
 
-impl From<&Stored> for ViewEntry {
-    fn from(stored: &Stored) -> Self {
+impl ViewEntry {
+    /// The entry of `msg`, stored at log offset `recv`.
+    pub fn new(
+        msg: &crate::feed::Message,
+        recv: u64,
+        received_ms: f64,
+        json_len: usize,
+        line: Option<Vec<u8>>,
+    ) -> ViewEntry {
         ViewEntry {
-            author: stored.msg.author,
-            seq: stored.msg.sequence,
-            key: stored.msg.key,
-            timestamp: stored.msg.timestamp,
-            recv: stored.recv,
-            received_ms: stored.received_ms,
-            json_len: stored.json_len,
-            line: stored.line.clone(),
-            source: stored
-                .line
+            author: msg.author,
+            seq: msg.sequence,
+            key: msg.key,
+            timestamp: msg.timestamp,
+            recv,
+            received_ms,
+            json_len,
+            source: line
                 .as_ref()
-                .and_then(|_| stored.msg.content().get("source"))
+                .and_then(|_| msg.content().get("source"))
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_string),
+            line,
+            name: crate::store::self_given_name(msg).map(str::to_string),
+            log_end: crate::store::record_end(recv, json_len),
         }
     }
 }
 
+impl From<&Stored> for ViewEntry {
+    fn from(stored: &Stored) -> Self {
+        ViewEntry::new(
+            &stored.msg,
+            stored.recv,
+            stored.received_ms,
+            stored.json_len,
+            stored.line.clone(),
+        )
+    }
+}
+
+fn io_error(e: io::Error) -> StoreError {
+    StoreError::Sled(sled::Error::Io(e))
+}
+
+#[derive(Default)]
 struct ViewState {
+    /// Where the log record of the last message the views took ends.
+    log_end: u64,
+    /// That message's record offset and id.
+    last: Option<(u64, MsgId)>,
     /// The latest sequence of each feed that the line views hold.
     seen: HashMap<FeedId, u64>,
+    /// The names the feeds gave themselves, as of `log_end`.
+    names: HashMap<FeedId, String>,
     file_len: u64,
     feeds: HashMap<FeedId, FeedLines>,
     jsonl: HashMap<FeedId, JsonlIndex>,
@@ -231,6 +267,8 @@ fn line_day(line: &[u8]) -> Option<NaiveDate> {
 
 /// The filesystem's views of the store.
 pub struct Views {
+    /// The line file's path, which names the files beside it.
+    path: std::path::PathBuf,
     /// Every line once, in arrival order (since the build, which writes
     /// them in timestamp order): what the per-feed, job and day views read.
     file: Arc<File>,
@@ -243,109 +281,132 @@ pub struct Views {
 const BUILD_CHUNK: usize = 8192;
 
 impl Views {
-    /// Rebuilds the line file at `line_file` from the store's timestamp
-    /// index and indexes it. Call it while no append commits (before the
-    /// node that feeds [`Views::add`] from its commit hook is shared).
-    ///
-    /// `jobs` tells which source each feed's lines have (its runs are
-    /// current up to every feed's tip).
-    pub fn build(line_file: &Path, store: &Store, jobs: &JobTable) -> Result<Views, StoreError> {
+    /// Opens the views kept at `line_file` and the files beside it: from
+    /// their last checkpoint, brought up to the store's end by reading the
+    /// messages committed since; or, when there is no checkpoint the store
+    /// and the files bear out, built afresh from every stored message. Call
+    /// it while no append commits (before the node that feeds
+    /// [`Views::add`] from its commit hook is shared).
+    pub fn open(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
+        let restored = match checkpoint::load(line_file, store) {
+            Ok(Some(saved)) => Views::restore(line_file, saved).map_err(|e| e.to_string()),
+            Ok(None) => return Views::rebuild(line_file, store),
+            Err(reason) => Err(reason),
+        };
+        let views = match restored {
+            Ok(views) => views,
+            Err(reason) => {
+                tracing::warn!("rebuilding the views: their checkpoint cannot be used ({reason})");
+                return Views::rebuild(line_file, store);
+            }
+        };
+        let names = views.read().names.clone();
+        let read = views.catch_up(store, names)?;
+        if read > 0 {
+            tracing::debug!("read {read} messages into the views");
+            views.save(store).map_err(io_error)?;
+        }
+        Ok(views)
+    }
+
+    /// Builds the views at `line_file` afresh from every stored message, in
+    /// receive order, as they were first made.
+    pub fn rebuild(line_file: &Path, store: &Store) -> Result<Views, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(line_file)
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
+            .map_err(io_error)?;
+        let _ = std::fs::remove_file(checkpoint::path(line_file));
         let file = Arc::new(file);
-        let io_error = |e| StoreError::Sled(sled::Error::Io(e));
         let merged = MergedFile::new(line_file, file.clone()).map_err(io_error)?;
-        let mut writer = BufWriter::with_capacity(1 << 20, &*file);
-        let mut new_lines = Vec::with_capacity(BUILD_CHUNK);
-        let mut by_feed: HashMap<FeedId, Vec<(u64, u64, u32)>> = HashMap::new();
-        let mut pos = 0u64;
-        let mut lines = 0u64;
-        let mut days: BTreeMap<NaiveDate, u64> = BTreeMap::new();
-        let mut day_cache = DayCache::default();
-        for entry in store.timestamp_index() {
-            let entry = entry?;
-            lines += 1;
-            let len = entry.line.len() as u32;
-            if let Some(day) = day_cache.day_of(timestamp_from_ordered(entry.timestamp)) {
-                *days.entry(day).or_default() += u64::from(len);
-            }
-            writer
-                .write_all(&entry.line)
-                .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?;
-            new_lines.push(NewLine {
-                ts: entry.timestamp,
-                len,
-            });
-            if new_lines.len() == BUILD_CHUNK {
-                merged.add_built(&new_lines).map_err(io_error)?;
-                new_lines.clear();
-            }
-            by_feed
-                .entry(entry.author)
-                .or_default()
-                .push((entry.seq, pos, len));
-            pos += u64::from(len);
-        }
-        writer.flush().map_err(io_error)?;
-        drop(writer);
-        merged.add_built(&new_lines).map_err(io_error)?;
-        if lines != store.line_count() {
-            // sled's recovery can silently keep an older version of a node.
-            return Err(StoreError::Corrupt(format!(
-                "the timestamp index holds {lines} lines, not {}",
-                store.line_count()
-            )));
-        }
-        let mut job_lines: HashMap<FeedId, HashMap<String, FeedLines>> = HashMap::new();
-        let feeds = by_feed
-            .into_iter()
-            .map(|(feed, mut lines)| {
-                lines.sort_unstable_by_key(|(seq, _, _)| *seq);
-                let mut feed_lines = FeedLines::default();
-                let runs = jobs.source_runs(&feed);
-                let mut run = 0;
-                for (seq, pos, len) in lines {
-                    feed_lines.push(pos, len);
-                    while runs.get(run).is_some_and(|r| r.1 < seq) {
-                        run += 1;
-                    }
-                    if let Some((first, _, source)) = runs.get(run) {
-                        if *first <= seq && !source.is_empty() {
-                            job_lines
-                                .entry(feed)
-                                .or_default()
-                                .entry(source.clone())
-                                .or_default()
-                                .push(pos, len);
-                        }
-                    }
-                }
-                (feed, feed_lines)
-            })
-            .collect();
-        let seen = store
-            .feeds()
-            .into_iter()
-            .map(|(feed, tip)| (feed, tip.sequence))
-            .collect();
-        Ok(Views {
+        let views = Views {
+            path: line_file.to_path_buf(),
             file,
             merged,
-            state: RwLock::new(ViewState {
-                seen,
-                file_len: pos,
-                feeds,
-                jsonl: HashMap::new(),
-                jobs: job_lines,
-                days,
-                day_cache,
-            }),
+            state: RwLock::new(ViewState::default()),
+        };
+        let read = views.catch_up(store, HashMap::new())?;
+        // Merged into order, so that merged.log opens read the file.
+        views.merge().map_err(io_error)?;
+        if read > 0 {
+            tracing::info!("built the views of {read} messages");
+        }
+        views.save(store).map_err(io_error)?;
+        Ok(views)
+    }
+
+    /// Views as a checkpoint left them.
+    fn restore(line_file: &Path, saved: Checkpoint) -> io::Result<Views> {
+        let file = OpenOptions::new().read(true).write(true).open(line_file)?;
+        // Lines past the checkpoint are read again from the store.
+        file.set_len(saved.file_len)?;
+        let file = Arc::new(file);
+        let merged = MergedFile::restore(line_file, file.clone(), &saved.merged, saved.file_len)?;
+        let state = saved.into_state();
+        Ok(Views {
+            path: line_file.to_path_buf(),
+            file,
+            merged,
+            state: RwLock::new(state),
         })
+    }
+
+    /// Adds the messages the store committed past the views' log end,
+    /// rendering their lines as they were rendered on arrival (names as
+    /// known then); returns how many it read.
+    fn catch_up(&self, store: &Store, names: HashMap<FeedId, String>) -> Result<u64, StoreError> {
+        let from = self.read().log_end;
+        let mut renderer = line::LineRenderer::new(names);
+        let mut batch = Vec::with_capacity(BUILD_CHUNK);
+        let mut read = 0;
+        for item in store.log_from(from) {
+            let (recv, _, raw) = item?;
+            let msg = raw.message()?;
+            let line = renderer.render(&msg, |feed, seq| store.get(feed, seq).ok().flatten());
+            batch.push(ViewEntry::new(
+                &msg,
+                recv,
+                raw.received_ms,
+                raw.json().len(),
+                line,
+            ));
+            read += 1;
+            if batch.len() == BUILD_CHUNK {
+                self.add(&batch).map_err(io_error)?;
+                batch.clear();
+                // Out-of-order lines merged as they pile up, so that the
+                // tail (in memory) stays small.
+                if self.merged.merge_due() {
+                    self.merge().map_err(io_error)?;
+                }
+            }
+        }
+        self.add(&batch).map_err(io_error)?;
+        Ok(read)
+    }
+
+    /// Saves a checkpoint of the views, so that the next start reads only
+    /// the messages committed after it. The files it names are made
+    /// durable first, and the store's log before them: a checkpoint never
+    /// claims what a power cut could take back.
+    pub fn save(&self, store: &Store) -> io::Result<()> {
+        store.sync_log().map_err(io::Error::other)?;
+        let (saved, pinned) = {
+            let state = self.read();
+            let merged = self.merged.checkpoint();
+            let pinned = merged.generation;
+            (Checkpoint::of(&state, merged), pinned)
+        };
+        let result = (|| {
+            self.file.sync_data()?;
+            self.merged.sync()?;
+            checkpoint::save(&self.path, &saved)
+        })();
+        self.merged.checkpoint_done(pinned, result.is_ok());
+        result
     }
 
     /// Adds committed messages, in commit order, to every view. Messages a
@@ -353,6 +414,12 @@ impl Views {
     /// feed) are skipped, so adding twice changes nothing.
     pub fn add(&self, entries: &[ViewEntry]) -> io::Result<()> {
         let mut state = self.write();
+        if let Some(last) = entries.iter().max_by_key(|e| e.log_end) {
+            if last.log_end > state.log_end {
+                state.log_end = last.log_end;
+                state.last = Some((last.recv, last.key));
+            }
+        }
         let fresh: Vec<&ViewEntry> = entries
             .iter()
             .filter(|e| state.seen.get(&e.author).is_none_or(|seen| e.seq > *seen))
@@ -378,6 +445,9 @@ impl Views {
         let mut new_lines = Vec::with_capacity(fresh.len());
         for entry in fresh {
             state.seen.insert(entry.author, entry.seq);
+            if let Some(name) = &entry.name {
+                state.names.insert(entry.author, name.clone());
+            }
             let Some(line) = &entry.line else { continue };
             let pos = state.file_len;
             let len = line.len() as u32;

@@ -104,6 +104,23 @@ struct State {
     /// lets all handles of one inode use only one backing file, and no
     /// other kind of handle beside them.
     epoch: u64,
+    /// Generations a checkpoint names (or one being written will): their
+    /// files stay when a merge replaces them.
+    pinned: Vec<u64>,
+    /// Replaced generations whose files stay while pinned.
+    retired: Vec<(u64, Vec<PathBuf>)>,
+}
+
+/// What a checkpoint keeps of the merged file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MergedCheckpoint {
+    /// The current generation.
+    pub generation: u64,
+    sorted_len: u64,
+    sorted_lines: u64,
+    last_ts: u64,
+    /// The tail: `(ts, pos, len)`.
+    tail: Vec<(u64, u64, u32)>,
 }
 
 /// The merged file and its generations.
@@ -160,8 +177,120 @@ impl MergedFile {
                 merging: false,
                 last_line_at: Instant::now(),
                 epoch: 0,
+                pinned: Vec::new(),
+                retired: Vec::new(),
             }),
         })
+    }
+
+    /// The merged file as `saved` describes it, over the line file `lines`
+    /// at `path` (already cut to `len`, the merged length). Its
+    /// generation's files are cut to what the checkpoint knew; any other
+    /// generation files are removed.
+    pub fn restore(
+        path: &Path,
+        lines: Arc<File>,
+        saved: &MergedCheckpoint,
+        len: u64,
+    ) -> io::Result<MergedFile> {
+        let number = saved.generation;
+        let open = |p: &Path, len: u64| -> io::Result<File> {
+            let file = OpenOptions::new().read(true).write(true).open(p)?;
+            if file.metadata()?.len() < len {
+                return Err(io::Error::other(format!(
+                    "{} is shorter than its checkpoint says",
+                    p.display()
+                )));
+            }
+            file.set_len(len)?;
+            Ok(file)
+        };
+        let keys_path = generation_path(path, "keys", number);
+        let keys = open(&keys_path, saved.sorted_lines * KEY_ENTRY)?;
+        let (lines, own_paths) = if number == 0 {
+            (lines, vec![keys_path])
+        } else {
+            let lines_path = generation_path(path, "sorted", number);
+            let file = open(&lines_path, len)?;
+            (Arc::new(file), vec![lines_path, keys_path])
+        };
+        remove_generations_but(path, &own_paths)?;
+        let tail: Vec<TailLine> = saved
+            .tail
+            .iter()
+            .map(|&(ts, pos, len)| TailLine { ts, pos, len })
+            .collect();
+        if tail.iter().any(|t| t.pos + u64::from(t.len) > len) || saved.sorted_len > len {
+            return Err(io::Error::other(
+                "the merged file's checkpoint does not add up",
+            ));
+        }
+        Ok(MergedFile {
+            base: path.to_path_buf(),
+            state: Mutex::new(State {
+                current: Arc::new(Generation {
+                    number,
+                    lines,
+                    keys,
+                    own_paths,
+                }),
+                older: Vec::new(),
+                len,
+                sorted_len: saved.sorted_len,
+                sorted_lines: saved.sorted_lines,
+                last_ts: saved.last_ts,
+                tail_bytes: tail.iter().map(|t| u64::from(t.len)).sum(),
+                tail,
+                merging: false,
+                last_line_at: Instant::now(),
+                epoch: 0,
+                pinned: vec![number],
+                retired: Vec::new(),
+            }),
+        })
+    }
+
+    /// What a checkpoint keeps of the merged file now. Its generation
+    /// stays on disk (see [`MergedFile::checkpoint_done`]).
+    pub fn checkpoint(&self) -> MergedCheckpoint {
+        let mut state = self.lock();
+        let generation = state.current.number;
+        state.pinned.push(generation);
+        MergedCheckpoint {
+            generation,
+            sorted_len: state.sorted_len,
+            sorted_lines: state.sorted_lines,
+            last_ts: state.last_ts,
+            tail: state.tail.iter().map(|t| (t.ts, t.pos, t.len)).collect(),
+        }
+    }
+
+    /// Makes the current generation's files durable.
+    pub fn sync(&self) -> io::Result<()> {
+        let current = self.lock().current.clone();
+        current.lines.sync_data()?;
+        current.keys.sync_data()
+    }
+
+    /// A checkpoint naming `generation` was written (`saved`) or not: the
+    /// generations only earlier checkpoints named may go.
+    pub fn checkpoint_done(&self, generation: u64, saved: bool) {
+        let mut state = self.lock();
+        if saved {
+            state.pinned.retain(|g| *g >= generation);
+        } else if let Some(at) = state.pinned.iter().rposition(|g| *g == generation) {
+            state.pinned.remove(at);
+        }
+        let pinned = state.pinned.clone();
+        state.retired.retain(|(number, paths)| {
+            let keep = pinned.contains(number);
+            if !keep {
+                for path in paths {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            keep
+        });
     }
 
     /// `merged.log`'s length.
@@ -196,15 +325,6 @@ impl MergedFile {
             state.last_line_at = Instant::now();
         }
         Ok(())
-    }
-
-    /// Indexes lines the line file holds from the current length on, while
-    /// it is the only generation (as the views are built).
-    pub fn add_built(&self, lines: &[NewLine]) -> io::Result<()> {
-        let mut state = self.lock();
-        debug_assert!(state.current.is_line_file() && state.older.is_empty());
-        let start = state.len;
-        file_lines(&mut state, lines, start)
     }
 
     /// A snapshot for a handle opened now.
@@ -305,8 +425,14 @@ impl MergedFile {
         if !replaced.is_line_file() {
             state.older.push(Arc::downgrade(&replaced));
         }
-        for path in &replaced.own_paths {
-            let _ = std::fs::remove_file(path);
+        if state.pinned.contains(&replaced.number) {
+            state
+                .retired
+                .push((replaced.number, replaced.own_paths.clone()));
+        } else {
+            for path in &replaced.own_paths {
+                let _ = std::fs::remove_file(path);
+            }
         }
         drop(replaced);
         state.sorted_len = merged_len;
@@ -677,6 +803,11 @@ fn generation_path(base: &Path, kind: &str, number: u64) -> PathBuf {
 
 /// Removes the generation files an earlier run left beside `base`.
 fn remove_generations(base: &Path) -> io::Result<()> {
+    remove_generations_but(base, &[])
+}
+
+/// Removes the generation files beside `base`, but `keep`.
+fn remove_generations_but(base: &Path, keep: &[PathBuf]) -> io::Result<()> {
     let (Some(dir), Some(name)) = (base.parent(), base.file_name()) else {
         return Ok(());
     };
@@ -694,7 +825,9 @@ fn remove_generations(base: &Path) -> io::Result<()> {
         let entry = entry?;
         let file_name = entry.file_name();
         let file_name = file_name.to_string_lossy();
-        if prefixes.iter().any(|p| file_name.starts_with(p.as_str())) {
+        if prefixes.iter().any(|p| file_name.starts_with(p.as_str()))
+            && !keep.contains(&entry.path())
+        {
             std::fs::remove_file(entry.path())?;
         }
     }

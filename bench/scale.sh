@@ -58,6 +58,8 @@ echo "made $MACHINES feeds of $per_machine lines in bursts of $BURST: $(echo "$(
 if [ -n "${FEEDS:-}" ] && [ ! -d "$FEEDS/src1" ]; then
   for m in $(seq "$MACHINES"); do cp -r $WORK/src$m "$FEEDS/"; done
 fi
+# MAKE_ONLY=1 stops here (with FEEDS, to make the feeds ahead of a run).
+[ -n "${MAKE_ONLY:-}" ] && exit 0
 
 peers=()
 total=0

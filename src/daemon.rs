@@ -322,8 +322,29 @@ fn spawn_merger(node: Arc<Node>) {
                 }
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
+            return_freed_memory(&node);
         });
     if let Err(e) = spawned {
         tracing::warn!("no background merging of merged.log: {e}");
+    }
+}
+
+/// Gives the memory that a burst of replication used and freed back to the
+/// system once the node is quiet again: glibc's allocator keeps freed
+/// pages in its arenas otherwise, and the daemon's resident size would
+/// stay at its highest for good.
+fn return_freed_memory(node: &Node) {
+    thread_local! {
+        static TRIMMED_AT: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+    }
+    let changed = node.last_change_ms();
+    let quiet = crate::node::now_ms() - changed > 1000.0;
+    if quiet && TRIMMED_AT.get() < changed {
+        TRIMMED_AT.set(changed);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory of the allocator.
+        unsafe {
+            libc::malloc_trim(0);
+        }
     }
 }

@@ -75,7 +75,9 @@ pub async fn run(
     close: CancellationToken,
 ) -> Result<(), SessionError> {
     let mut wire = Wire::start(conn.reader, conn.writer);
-    let (ingest_tx, ingest_rx) = mpsc::channel::<(FeedId, Value)>(4 * INGEST_BATCH);
+    // One batch waits while another is verified and a third stored: each
+    // parsed message costs a few KiB, and every peer has its own queue.
+    let (ingest_tx, ingest_rx) = mpsc::channel::<(FeedId, Value)>(INGEST_BATCH);
     let failed = CancellationToken::new();
     let ingester = tokio::spawn(ingest::ingest_loop(
         node.clone(),

@@ -7,7 +7,8 @@
 # that their timestamps interleave. Each is then served by its own daemon,
 # and one mounted node that follows them all dials every one at once and
 # replicates LINES lines. Prints:
-#   - the replication rate into the mounted node;
+#   - the replication rate into the mounted node, beside the reference: one
+#     of the feeds from one peer into a node without a mount, same run;
 #   - its resident memory after replication, and after a restart and a full
 #     read of merged.log;
 #   - bytes on disk per line (the whole --path: store and views), and bytes
@@ -73,6 +74,28 @@ for m in $(seq "$MACHINES"); do
 done
 sleep 1
 
+# The reference: one of those feeds replicated from one peer into a node
+# without a mount, as bench/replicate.sh does, in the same run.
+id1=$($BIN whoami --path $WORK/src1 | grep -o '@[^"]*')
+$BIN follow "$id1" --path $WORK/reference > /dev/null
+t0=$(now)
+RUST_LOG=warn $BIN serve --no-mount --no-discovery --path $WORK/reference --port 9399 \
+  --caps.shs "$KEY" "${peers[0]}" "${peers[1]}" > /dev/null 2>&1 &
+REF_PID=$!
+ref_total=$((per_machine + 1))
+ref_held() {
+  $BIN status --json --path $WORK/reference 2>/dev/null | awk -v id="\"$id1\"," '
+    /"feeds":/ {feeds=1}
+    feeds && $1 == "\"id\":" && $2 == id {hit=1}
+    hit && $1 == "\"seq\":" {gsub(",", "", $2); print $2; exit}'
+}
+while [ "$(ref_held)" != "$ref_total" ]; do sleep 0.1; done
+ref_secs=$(echo "$(now) - $t0" | bc -l)
+ref_rate=$(echo "$ref_total / $ref_secs" | bc)
+echo "reference: $ref_total messages from one peer into a node without a mount in $(echo $ref_secs | cut -c1-6)s = $ref_rate msg/s"
+kill -TERM $REF_PID; wait $REF_PID 2>/dev/null || true
+rm -rf $WORK/reference
+
 start_sink() {
   RUST_LOG=warn $BIN serve --path $WORK/sink --mount $MNT --name sink --no-discovery --port 9400 \
     --caps.shs "$KEY" "${peers[@]}" > $WORK/sink.log 2>&1 &
@@ -95,7 +118,8 @@ own=1   # the sink's own name message
 while [ "$(held)" -lt $((total + own)) ]; do sleep 0.1; done
 t1=$(now)
 secs=$(echo "$t1 - $t0" | bc -l)
-echo "replicated $total messages from $MACHINES peers into the mounted node in $(echo $secs | cut -c1-6)s = $(echo "$total / $secs" | bc) msg/s (from daemon start)"
+rate=$(echo "$total / $secs" | bc)
+echo "replicated $total messages from $MACHINES peers into the mounted node in $(echo $secs | cut -c1-6)s = $rate msg/s (from daemon start); $(echo "$rate / $ref_rate" | bc -l | cut -c1-4)x the reference"
 written=$(awk '/^write_bytes/ {print $2}' /proc/$PID/io)
 echo "daemon RSS after replication: $(rss_mb $PID) MB"
 lines=$(wc -l < $MNT/merged.log)

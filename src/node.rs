@@ -127,9 +127,9 @@ impl Node {
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
         let dir = config.store_dir();
         let mut store = open_store(&dir)?;
-        // The job table first (the views take each line's source from it),
-        // read and built under the same guard: damage either finds sets the
-        // index aside, and both are made again from the rebuilt one.
+        // The job table and the views, read and built under one guard:
+        // damage either finds sets the index aside, and both are made again
+        // from the rebuilt one.
         let (jobs, views) = if with_views {
             let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let jobs = load_jobs(&config.jobs_cache(), &store)?;

@@ -1,9 +1,11 @@
 //! What the filesystem shows, independent of FUSE.
 //!
-//! Rendered log lines are appended to a line file (a cache, rebuilt from
-//! the store's timestamp index at every start, so it begins in timestamp
-//! order). `merged.log` and each machine's `log` are indexes into that
-//! file, so a read is a few `pread`s of contiguous bytes.
+//! Rendered log lines are appended to a line file, in arrival order; each
+//! machine's `log`, its jobs and the days are indexes into it, so a read
+//! is a few `pread`s of contiguous bytes. `merged.log` has its own file,
+//! kept in timestamp order (`sorted.rs`). The files and a checkpoint of
+//! the indexes (`checkpoint.rs`) outlive the daemon; a start reads only
+//! the messages committed after the checkpoint.
 //!
 //! Invariants:
 //! - Every view is a function of what the store committed: it is built
@@ -269,11 +271,17 @@ fn line_day(line: &[u8]) -> Option<NaiveDate> {
 pub struct Views {
     /// The line file's path, which names the files beside it.
     path: std::path::PathBuf,
-    /// Every line once, in arrival order (since the build, which writes
-    /// them in timestamp order): what the per-feed, job and day views read.
+    /// Every line once, in arrival order: what the per-feed and job views
+    /// read.
     file: Arc<File>,
     /// `merged.log`: the same lines, kept in timestamp order.
     merged: MergedFile,
+    /// Set when a write to the views failed part-way: what they hold may
+    /// no longer match the store, so no checkpoint is saved, and the next
+    /// start builds them again.
+    broken: std::sync::atomic::AtomicBool,
+    /// One checkpoint is saved at a time.
+    saving: std::sync::Mutex<()>,
     state: RwLock<ViewState>,
 }
 
@@ -326,6 +334,8 @@ impl Views {
             path: line_file.to_path_buf(),
             file,
             merged,
+            broken: Default::default(),
+            saving: Default::default(),
             state: RwLock::new(ViewState::default()),
         };
         let read = views.catch_up(store, HashMap::new())?;
@@ -350,6 +360,8 @@ impl Views {
             path: line_file.to_path_buf(),
             file,
             merged,
+            broken: Default::default(),
+            saving: Default::default(),
             state: RwLock::new(state),
         })
     }
@@ -393,19 +405,27 @@ impl Views {
     /// durable first, and the store's log before them: a checkpoint never
     /// claims what a power cut could take back.
     pub fn save(&self, store: &Store) -> io::Result<()> {
-        store.sync_log().map_err(io::Error::other)?;
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = std::fs::remove_file(checkpoint::path(&self.path));
+            return Err(io::Error::other(
+                "a write to the views failed; they are built again at the next start",
+            ));
+        }
         let (saved, pinned) = {
             let state = self.read();
-            let merged = self.merged.checkpoint();
-            let pinned = merged.generation;
+            let (merged, pinned) = self.merged.checkpoint();
             (Checkpoint::of(&state, merged), pinned)
         };
+        let number = saved.merged.generation;
         let result = (|| {
+            // The log holds at least what the views took.
+            store.sync_log().map_err(io::Error::other)?;
             self.file.sync_data()?;
-            self.merged.sync()?;
+            pinned.sync()?;
             checkpoint::save(&self.path, &saved)
         })();
-        self.merged.checkpoint_done(pinned, result.is_ok());
+        self.merged.checkpoint_done(number, result.is_ok());
         result
     }
 
@@ -413,13 +433,19 @@ impl Views {
     /// view already holds (at or below its high-water sequence for their
     /// feed) are skipped, so adding twice changes nothing.
     pub fn add(&self, entries: &[ViewEntry]) -> io::Result<()> {
-        let mut state = self.write();
-        if let Some(last) = entries.iter().max_by_key(|e| e.log_end) {
-            if last.log_end > state.log_end {
-                state.log_end = last.log_end;
-                state.last = Some((last.recv, last.key));
-            }
+        let added = self.add_unchecked(entries);
+        if let Err(e) = &added {
+            tracing::error!(
+                "writing the views failed ({e}); they are built again at the next start"
+            );
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        added
+    }
+
+    fn add_unchecked(&self, entries: &[ViewEntry]) -> io::Result<()> {
+        let mut state = self.write();
         let fresh: Vec<&ViewEntry> = entries
             .iter()
             .filter(|e| state.seen.get(&e.author).is_none_or(|seen| e.seq > *seen))
@@ -433,6 +459,12 @@ impl Views {
             .copied()
             .collect();
         self.file.write_all_at(&bytes, state.file_len)?;
+        if let Some(last) = entries.iter().max_by_key(|e| e.log_end) {
+            if last.log_end > state.log_end {
+                state.log_end = last.log_end;
+                state.last = Some((last.recv, last.key));
+            }
+        }
         for entry in entries {
             if let Some(jsonl) = state.jsonl.get_mut(&entry.author) {
                 if entry.seq == jsonl.ends.len() as u64 + 1 {

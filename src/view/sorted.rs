@@ -58,6 +58,17 @@ pub struct NewLine {
     pub len: u32,
 }
 
+/// The generation a checkpoint names.
+pub struct Pinned(Arc<Generation>);
+
+impl Pinned {
+    /// Makes its files durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.0.lines.sync_data()?;
+        self.0.keys.sync_data()
+    }
+}
+
 /// One generation of the merged file.
 pub struct Generation {
     number: u64,
@@ -250,26 +261,22 @@ impl MergedFile {
         })
     }
 
-    /// What a checkpoint keeps of the merged file now. Its generation
-    /// stays on disk (see [`MergedFile::checkpoint_done`]).
-    pub fn checkpoint(&self) -> MergedCheckpoint {
+    /// What a checkpoint keeps of the merged file now, and the generation
+    /// it names, whose files stay on disk until
+    /// [`MergedFile::checkpoint_done`] and are to be made durable before
+    /// the checkpoint is written.
+    pub fn checkpoint(&self) -> (MergedCheckpoint, Pinned) {
         let mut state = self.lock();
         let generation = state.current.number;
         state.pinned.push(generation);
-        MergedCheckpoint {
+        let saved = MergedCheckpoint {
             generation,
             sorted_len: state.sorted_len,
             sorted_lines: state.sorted_lines,
             last_ts: state.last_ts,
             tail: state.tail.iter().map(|t| (t.ts, t.pos, t.len)).collect(),
-        }
-    }
-
-    /// Makes the current generation's files durable.
-    pub fn sync(&self) -> io::Result<()> {
-        let current = self.lock().current.clone();
-        current.lines.sync_data()?;
-        current.keys.sync_data()
+        };
+        (saved, Pinned(state.current.clone()))
     }
 
     /// A checkpoint naming `generation` was written (`saved`) or not: the
@@ -358,11 +365,11 @@ impl MergedFile {
         for t in &tail {
             let next = keys.upper_bound(t.ts, line)?;
             let end = keys.end_before(next)?;
-            pieces.push(byte, end - byte);
+            pieces.push(byte, span(byte, end)?);
             pieces.push(t.pos, u64::from(t.len));
             (line, byte) = (next, end);
         }
-        pieces.push(byte, sorted_len - byte);
+        pieces.push(byte, span(byte, sorted_len)?);
         snapshot.pieces = pieces.0;
         snapshot.sorted_tail = tail.iter().map(|t| (t.ts, t.len)).collect();
         Ok(snapshot)
@@ -401,7 +408,15 @@ impl MergedFile {
         let result = self.write_next(&old, sorted_lines, sorted_len, &mut tail, merged_len);
         let mut state = self.lock();
         state.merging = false;
-        let next = result?;
+        let next = match result {
+            Ok(next) => next,
+            Err(e) => {
+                for kind in ["sorted", "keys"] {
+                    let _ = std::fs::remove_file(generation_path(&self.base, kind, old.number + 1));
+                }
+                return Err(e);
+            }
+        };
         // Lines that arrived during the merge follow, in arrival order.
         if let Err(e) = copy_range(&old.lines, &next.lines, merged_len, state.len - merged_len) {
             for path in &next.own_paths {
@@ -484,7 +499,7 @@ impl MergedFile {
                 keys_out.put_key(ts, end + shift)?;
             }
             let end = keys.end_before(next)?;
-            out.copy_from(&old.lines, byte, end - byte, &mut buffer)?;
+            out.copy_from(&old.lines, byte, span(byte, end)?, &mut buffer)?;
             (line, byte) = (next, end);
             out.copy_from(&old.lines, t.pos, u64::from(t.len), &mut buffer)?;
             shift += u64::from(t.len);
@@ -494,7 +509,7 @@ impl MergedFile {
             let (ts, end) = keys.entry(i)?;
             keys_out.put_key(ts, end + shift)?;
         }
-        out.copy_from(&old.lines, byte, sorted_len - byte, &mut buffer)?;
+        out.copy_from(&old.lines, byte, span(byte, sorted_len)?, &mut buffer)?;
         out.flush()?;
         keys_out.flush()?;
         if out.at != merged_len {
@@ -535,8 +550,8 @@ impl MergedSnapshot {
         self.known
     }
 
-    /// Queues the bytes from `offset` up to `end` (at most `len_now`, the
-    /// file's current length) as this snapshot orders them.
+    /// Queues the bytes from `offset` up to `end` (at most the file's
+    /// current length) as this snapshot orders them.
     pub(super) fn read_into(&self, offset: u64, end: u64, segments: &mut Segments) {
         let mut at = offset;
         if at < self.known && !self.pieces.is_empty() {
@@ -623,6 +638,13 @@ fn file_lines(state: &mut State, lines: &[NewLine], start: u64) -> io::Result<()
             .write_all_at(&keys, first_key * KEY_ENTRY)?;
     }
     Ok(())
+}
+
+/// The bytes from `from` to `to`, two ends read from a keys file: an
+/// error, not an overflow, if the file says they run backwards.
+fn span(from: u64, to: u64) -> io::Result<u64> {
+    to.checked_sub(from)
+        .ok_or_else(|| io::Error::other(format!("a keys file runs backwards: {to} before {from}")))
 }
 
 /// Reads a generation's keys, a chunk at a time.

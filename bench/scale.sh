@@ -30,7 +30,16 @@ fi
 WORK=${WORK:-$(mktemp -d)}
 MNT=$WORK/mount
 KEY=$(head -c 32 /dev/urandom | base64)
-trap 'pkill -f "$WORK/" 2>/dev/null; sleep 1; fusermount3 -uz $MNT 2>/dev/null; umount -l $MNT 2>/dev/null; rm -rf $WORK' EXIT
+# The daemons save their checkpoints as they stop: wait for them, or the
+# directory (gigabytes at 10M lines) is removed from under them and stays.
+cleanup() {
+  pkill -f "$WORK/" 2>/dev/null || true
+  for _ in $(seq 600); do pgrep -f "$WORK/" > /dev/null || break; sleep 0.1; done
+  pkill -9 -f "$WORK/" 2>/dev/null || true
+  fusermount3 -uz $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true
+  rm -rf $WORK
+}
+trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 now() { date +%s.%N; }
 rss_mb() { echo $(( $(awk '/VmRSS/ {print $2}' /proc/$1/status) / 1024 )); }
@@ -63,9 +72,11 @@ fi
 [ -n "${MAKE_ONLY:-}" ] && exit 0
 
 peers=()
+ids=()
 total=0
 for m in $(seq "$MACHINES"); do
   id=$($BIN whoami --path $WORK/src$m | grep -o '@[^"]*')
+  ids+=("$id")
   key=${id#@}; key=${key%.ed25519}
   $BIN follow "$id" --path $WORK/sink > /dev/null
   peers+=(--peer "net:127.0.0.1:$((9400 + m))~shs:$key")
@@ -76,7 +87,7 @@ sleep 1
 
 # The reference: one of those feeds replicated from one peer into a node
 # without a mount, as bench/replicate.sh does, in the same run.
-id1=$($BIN whoami --path $WORK/src1 | grep -o '@[^"]*')
+id1=${ids[0]}
 $BIN follow "$id1" --path $WORK/reference > /dev/null
 t0=$(now)
 RUST_LOG=warn $BIN serve --no-mount --no-discovery --path $WORK/reference --port 9399 \

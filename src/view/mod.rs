@@ -280,8 +280,10 @@ pub struct Views {
     /// no longer match the store, so no checkpoint is saved, and the next
     /// start builds them again.
     broken: std::sync::atomic::AtomicBool,
-    /// One checkpoint is saved at a time.
-    saving: std::sync::Mutex<()>,
+    /// One checkpoint is saved at a time; what the last one saved was
+    /// taken at (log end, merged file's generation and length), so that an
+    /// idle node does not write the same checkpoint again.
+    saving: std::sync::Mutex<Option<(u64, u64, u64)>>,
     state: RwLock<ViewState>,
 }
 
@@ -405,7 +407,7 @@ impl Views {
     /// durable first, and the store's log before them: a checkpoint never
     /// claims what a power cut could take back.
     pub fn save(&self, store: &Store) -> io::Result<()> {
-        let _one_at_a_time = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_saved = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
             let _ = std::fs::remove_file(checkpoint::path(&self.path));
             return Err(io::Error::other(
@@ -418,6 +420,11 @@ impl Views {
             (Checkpoint::of(&state, merged), pinned)
         };
         let number = saved.merged.generation;
+        let taken_at = (saved.log_end, number, saved.file_len);
+        if *last_saved == Some(taken_at) {
+            self.merged.checkpoint_done(number, true);
+            return Ok(());
+        }
         let result = (|| {
             // The log holds at least what the views took.
             store.sync_log().map_err(io::Error::other)?;
@@ -426,6 +433,9 @@ impl Views {
             checkpoint::save(&self.path, &saved)
         })();
         self.merged.checkpoint_done(number, result.is_ok());
+        if result.is_ok() {
+            *last_saved = Some(taken_at);
+        }
         result
     }
 

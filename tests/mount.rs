@@ -625,12 +625,7 @@ fn a_child_closing_an_inherited_descriptor_does_not_split_the_line() {
 /// The port a daemon without a mount listens on, from `scuttlefs status`.
 fn listening_port(path: &Path) -> Option<u16> {
     let out = common::run(&["status", "--path", path.to_str()?]);
-    String::from_utf8(out.stdout)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("listening: "))
-        .and_then(|l| l.trim().rsplit(':').next())
-        .and_then(|p| p.parse().ok())
+    common::status_port(&String::from_utf8(out.stdout).ok()?)
 }
 
 #[test]

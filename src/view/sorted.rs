@@ -924,6 +924,17 @@ mod tests {
             snapshot.read(segments).unwrap()
         }
 
+        /// Each snapshot, taken after `known` lines, reads as it must.
+        fn assert_reads(&self, snapshots: &[(MergedSnapshot, usize)]) {
+            for (snapshot, known) in snapshots {
+                assert_eq!(
+                    self.read_all(snapshot),
+                    self.expected(*known),
+                    "snapshot after {known} lines"
+                );
+            }
+        }
+
         fn read_all(&self, snapshot: &MergedSnapshot) -> Vec<u8> {
             let mut out = Vec::new();
             loop {
@@ -964,13 +975,7 @@ mod tests {
             }
         }
         snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
-        for (snapshot, known) in &snapshots {
-            assert_eq!(
-                h.read_all(snapshot),
-                h.expected(*known),
-                "snapshot after {known} lines"
-            );
-        }
+        h.assert_reads(&snapshots);
         // A read at any offset agrees with the whole.
         let (snapshot, known) = &snapshots[snapshots.len() / 2];
         let whole = h.expected(*known);
@@ -1037,13 +1042,7 @@ mod tests {
         let h = h.into_inner().unwrap();
         h.merged.merge().unwrap();
         snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
-        for (snapshot, known) in &snapshots {
-            assert_eq!(
-                h.read_all(snapshot),
-                h.expected(*known),
-                "snapshot after {known} lines"
-            );
-        }
+        h.assert_reads(&snapshots);
         assert!(snapshots.last().unwrap().0.direct_file().is_some());
     }
 

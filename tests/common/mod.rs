@@ -101,6 +101,16 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// The port a status report (the mount's file, or `scuttlefs status`)
+/// says the daemon listens on.
+pub fn status_port(status: &str) -> Option<u16> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|l| l.trim().rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+}
+
 /// A running `scuttlefs serve` with its own data directory and mount.
 pub struct Daemon {
     /// The process.
@@ -196,12 +206,7 @@ impl Daemon {
 
     /// The TCP port the daemon listens on, from its status file.
     pub fn port(&self) -> u16 {
-        self.read("status")
-            .lines()
-            .find_map(|l| l.strip_prefix("listening: "))
-            .and_then(|l| l.trim().rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .expect("the status names the port")
+        status_port(&self.read("status")).expect("the status names the port")
     }
 
     /// This node's feed id.

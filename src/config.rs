@@ -280,19 +280,27 @@ fn ensure_dir(path: &Path) -> Result<(), ConfigError> {
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let io_err = |source| ConfigError::Io {
+    replace_file(path, bytes).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Replaces the file at `path` with `bytes`, readable by this user only,
+/// durably: a power cut leaves the old file or the new one, whole.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err)?;
-    file.write_all(bytes).map_err(io_err)?;
-    file.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }

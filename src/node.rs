@@ -126,7 +126,7 @@ impl Node {
     /// aside and rebuilt from the message log, as a failed open is.
     pub fn open(config: Config, keys: Keypair, with_views: bool) -> Result<Node, NodeError> {
         let dir = config.store_dir();
-        let mut store = open_store(&dir)?;
+        let mut store = Store::open(&dir)?;
         // The job table and the views, read and built under one guard:
         // damage either finds sets the index aside, and both are made again
         // from the rebuilt one.
@@ -150,7 +150,7 @@ impl Node {
                         "the index could not be read back ({reason}); moved it to {} and rebuilding it from the message log",
                         aside.map_or_else(|| "nowhere".into(), |p| p.display().to_string()),
                     );
-                    store = open_store(&dir)?;
+                    store = Store::open(&dir)?;
                     // The cache may hold what the damaged index showed.
                     let _ = std::fs::remove_file(config.jobs_cache());
                     let jobs = load_jobs(&config.jobs_cache(), &store)?;
@@ -543,11 +543,6 @@ impl Node {
     fn read_graph(&self) -> std::sync::RwLockReadGuard<'_, FollowGraph> {
         self.graph.read().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// Opens the store.
-fn open_store(dir: &std::path::Path) -> Result<Store, StoreError> {
-    Store::open(dir)
 }
 
 /// When a committed batch reaches the views.

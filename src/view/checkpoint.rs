@@ -6,7 +6,7 @@
 //! are built again from every message.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -144,17 +144,6 @@ pub fn load(line_file: &Path, store: &Store) -> Result<Option<Checkpoint>, Strin
 
 /// Writes `saved` for the views at `line_file`, durably, replacing the last.
 pub fn save(line_file: &Path, saved: &Checkpoint) -> io::Result<()> {
-    let target = path(line_file);
-    let mut tmp_name = target.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
     let bytes = serde_json::to_vec(saved).map_err(io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &target)?;
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::config::replace_file(&path(line_file), &bytes)
 }

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod commit_group;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::commit_group::CommitGroup;
 use crate::config::Config;
 use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
@@ -34,6 +35,33 @@ fn load_jobs(path: &std::path::Path, store: &Store) -> Result<JobTable, NodeErro
         }
     }
     Ok(table)
+}
+
+/// The messages of `batch` that extend their feeds past `tips` (or, for
+/// feeds not there, past `tip_of`), without those at or below a tip, and the
+/// tips they make. The first message that neither extends its feed nor is
+/// at or below its tip refuses the whole batch.
+fn extend_tips(
+    batch: Vec<Message>,
+    tips: &HashMap<FeedId, FeedTip>,
+    tip_of: &dyn Fn(&FeedId) -> Option<FeedTip>,
+) -> Result<(Vec<Message>, HashMap<FeedId, FeedTip>), FeedError> {
+    let mut extended: HashMap<FeedId, FeedTip> = HashMap::new();
+    let mut msgs = Vec::with_capacity(batch.len());
+    for msg in batch {
+        let tip = extended
+            .get(&msg.author)
+            .or_else(|| tips.get(&msg.author))
+            .copied()
+            .or_else(|| tip_of(&msg.author));
+        if msg.sequence <= tip.map_or(0, |t| t.sequence) {
+            continue;
+        }
+        FeedTip::check_next(tip.as_ref(), &msg)?;
+        extended.insert(msg.author, msg.tip());
+        msgs.push(msg);
+    }
+    Ok((msgs, extended))
 }
 
 /// Something the network layer or a view may want to react to.
@@ -101,6 +129,8 @@ pub struct Node {
     /// Every job's last run (the daemon's nodes only).
     jobs: Option<RwLock<JobTable>>,
     started_ms: f64,
+    /// Replicated batches from all sessions, stored together.
+    ingest_group: CommitGroup<Vec<Message>, Result<usize, NodeError>>,
 }
 
 /// Why a node operation failed.
@@ -115,6 +145,12 @@ pub enum NodeError {
     /// Writing a view failed.
     #[error("view: {0}")]
     View(#[from] std::io::Error),
+    /// The commit that took this batch along with others failed.
+    #[error(transparent)]
+    Shared(Arc<NodeError>),
+    /// The commit that took this batch along with others panicked.
+    #[error("the commit that took this batch panicked")]
+    CommitPanicked,
 }
 
 impl Node {
@@ -180,6 +216,7 @@ impl Node {
             net: RwLock::new(NetStatus::default()),
             jobs,
             started_ms: now_ms(),
+            ingest_group: CommitGroup::default(),
         })
     }
 
@@ -318,31 +355,54 @@ impl Node {
 
     /// Stores verified messages from replication, skipping those at or below
     /// their feed's tip: copies of what another peer already delivered. The
-    /// rest must extend their feeds. Returns how many were stored.
+    /// rest must extend their feeds; if one does not, none of `msgs` is
+    /// stored. Batches that other sessions hand in meanwhile are stored in
+    /// the same commit. Returns how many of `msgs` were stored.
     pub fn ingest_new(&self, msgs: Vec<Message>) -> Result<usize, NodeError> {
+        self.ingest_group
+            .submit(msgs, |batches| self.ingest_together(batches))
+            .unwrap_or(Err(NodeError::CommitPanicked))
+    }
+
+    /// Stores the batches of several sessions in one commit, and answers
+    /// each: how many of its messages were stored, or why none were.
+    fn ingest_together(&self, batches: Vec<Vec<Message>>) -> Vec<Result<usize, NodeError>> {
+        let count = batches.len();
+        let mut answers: Vec<Result<usize, NodeError>> = Vec::with_capacity(count);
         let stored = self.append(
             |tip_of| {
-                let mut next: HashMap<FeedId, u64> = HashMap::new();
-                Ok(msgs
-                    .into_iter()
-                    .filter(|m| {
-                        let n = next
-                            .entry(m.author)
-                            .or_insert_with(|| tip_of(&m.author).map_or(1, |t| t.sequence + 1));
-                        if m.sequence < *n {
-                            return false;
+                let mut tips: HashMap<FeedId, FeedTip> = HashMap::new();
+                let mut accepted = Vec::new();
+                for batch in batches {
+                    let answer = match extend_tips(batch, &tips, tip_of) {
+                        Ok((msgs, batch_tips)) => {
+                            tips.extend(batch_tips);
+                            let stored = msgs.len();
+                            accepted.extend(msgs);
+                            Ok(stored)
                         }
-                        if m.sequence == *n {
-                            *n += 1;
-                        }
-                        true
-                    })
-                    .collect())
+                        Err(e) => Err(NodeError::Store(StoreError::Rejected(e))),
+                    };
+                    answers.push(answer);
+                }
+                // Each feed's messages together, in order, so that its lines
+                // lie in one run of the line file.
+                accepted.sort_by_key(|m: &Message| m.author);
+                Ok(accepted)
             },
             now_ms(),
             ViewTiming::Now,
-        )?;
-        Ok(stored.len())
+        );
+        if let Err(e) = stored {
+            answers.resize_with(count, || Ok(0));
+            let shared = Arc::new(e);
+            for answer in &mut answers {
+                if answer.is_ok() {
+                    *answer = Err(NodeError::Shared(shared.clone()));
+                }
+            }
+        }
+        answers
     }
 
     /// Publishes a contact message about `feed`.
@@ -686,7 +746,48 @@ fn chunk_by_json_length(text: &str, budget: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_by_json_length;
+    use super::*;
+
+    fn signed(keys: &Keypair, n: usize) -> Vec<Message> {
+        let mut out: Vec<Message> = Vec::new();
+        for i in 0..n {
+            let tip = out.last().map(Message::tip);
+            let content = serde_json::json!({"type": "log", "text": format!("line {i}")});
+            out.push(Message::sign(keys, tip.as_ref(), 1e12 + i as f64, content).expect("signs"));
+        }
+        out
+    }
+
+    #[test]
+    fn batches_stored_together_are_refused_each_on_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            path: dir.path().to_path_buf(),
+            port: 0,
+            network_key: [7; 32],
+            hops: 2,
+            name: "here".into(),
+            host: None,
+        };
+        let node = Node::open(config, Keypair::from_seed(&[1; 32]), false).expect("opens");
+        let (x, y) = (Keypair::from_seed(&[2; 32]), Keypair::from_seed(&[3; 32]));
+        let xs = signed(&x, 5);
+        let mut ys = signed(&y, 3);
+        // The second is the first again, so the third skips a sequence.
+        ys[1] = signed(&y, 2).remove(0);
+        let answers = node.ingest_together(vec![xs[..3].to_vec(), ys, xs[1..].to_vec()]);
+        let counts: Vec<String> = answers
+            .iter()
+            .map(|a| match a {
+                Ok(n) => n.to_string(),
+                Err(NodeError::Store(StoreError::Rejected(_))) => "refused".into(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(counts, ["3", "refused", "2"]);
+        assert_eq!(node.store.tip(&x.id()).map(|t| t.sequence), Some(5));
+        assert_eq!(node.store.tip(&y.id()), None, "nothing of the refused batch");
+    }
 
     #[test]
     fn chunks_respect_escapes_and_characters() {

@@ -88,10 +88,7 @@ impl<T, R> CommitGroup<T, R> {
                 }
                 unused => {
                     commit = unused;
-                    state = self
-                        .finished
-                        .wait(state)
-                        .unwrap_or_else(|e| e.into_inner());
+                    state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
             }
         }
@@ -163,9 +160,16 @@ mod tests {
             })
             .collect();
         assert_eq!(first.join().expect("first"), Some(0));
-        let answers: Vec<_> = queued.into_iter().map(|t| t.join().expect("queued")).collect();
+        let answers: Vec<_> = queued
+            .into_iter()
+            .map(|t| t.join().expect("queued"))
+            .collect();
         assert_eq!(answers, vec![Some(10), Some(20), Some(30)]);
-        assert_eq!(*sizes.lock().expect("sizes"), vec![3], "one commit for all three");
+        assert_eq!(
+            *sizes.lock().expect("sizes"),
+            vec![3],
+            "one commit for all three"
+        );
     }
 
     #[test]
@@ -197,7 +201,11 @@ mod tests {
         let outcomes: Vec<_> = queued.into_iter().map(|t| t.join()).collect();
         let panicked = outcomes.iter().filter(|o| o.is_err()).count();
         let unanswered = outcomes.iter().filter(|o| matches!(o, Ok(None))).count();
-        assert_eq!((panicked, unanswered), (1, 1), "the leader panics, the other is told");
+        assert_eq!(
+            (panicked, unanswered),
+            (1, 1),
+            "the leader panics, the other is told"
+        );
         assert_eq!(group.submit(4, |items| items), Some(4));
     }
 }

@@ -786,7 +786,11 @@ mod tests {
             .collect();
         assert_eq!(counts, ["3", "refused", "2"]);
         assert_eq!(node.store.tip(&x.id()).map(|t| t.sequence), Some(5));
-        assert_eq!(node.store.tip(&y.id()), None, "nothing of the refused batch");
+        assert_eq!(
+            node.store.tip(&y.id()),
+            None,
+            "nothing of the refused batch"
+        );
     }
 
     #[test]

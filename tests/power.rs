@@ -25,7 +25,25 @@ fn index_dir(path: &Path) -> PathBuf {
 /// across messages) and a replicated feed; returns the lines' texts.
 fn durable_node(path: &Path, n: usize) -> Vec<String> {
     let node = Node::open(config(path), Keypair::from_seed(&[1; 32]), true).expect("opens");
+    let other = Keypair::from_seed(&[2; 32]);
+    let mut theirs: Vec<Message> = Vec::new();
+    let mut their_texts = Vec::new();
+    for i in 0..300 {
+        let tip = theirs.last().map(Message::tip);
+        let text = format!("replicated {i}");
+        their_texts.push(text.clone());
+        theirs.push(
+            Message::sign(
+                &other,
+                tip.as_ref(),
+                1e12 + f64::from(i),
+                json!({"type": "log", "text": text}),
+            )
+            .expect("signs"),
+        );
+    }
     let mut texts = Vec::new();
+    // The two feeds' lines interleave in the line file, in several runs.
     for batch in 0..4 {
         let contents: Vec<Value> = (0..n / 4)
             .map(|i| {
@@ -39,24 +57,10 @@ fn durable_node(path: &Path, n: usize) -> Vec<String> {
             })
             .collect();
         node.publish(contents).expect("publishes");
+        let part = batch * 75..(batch + 1) * 75;
+        texts.extend_from_slice(&their_texts[part.clone()]);
+        node.ingest(theirs[part].to_vec()).expect("ingests");
     }
-    let other = Keypair::from_seed(&[2; 32]);
-    let mut theirs: Vec<Message> = Vec::new();
-    for i in 0..300 {
-        let tip = theirs.last().map(Message::tip);
-        let text = format!("replicated {i}");
-        texts.push(text.clone());
-        theirs.push(
-            Message::sign(
-                &other,
-                tip.as_ref(),
-                1e12 + f64::from(i),
-                json!({"type": "log", "text": text}),
-            )
-            .expect("signs"),
-        );
-    }
-    node.ingest(theirs).expect("ingests");
     node.flush().expect("flushes");
     texts
 }
@@ -426,7 +430,7 @@ fn lose_index_entries(path: &Path, prefix: &[u8], step: usize) {
 #[test]
 fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
     // Lines would vanish from merged.log, or show twice.
-    let damages: [(&str, Damage); 4] = [
+    let damages: [(&str, Damage); 6] = [
         ("the line file cut short", |line_file| {
             let file = fs::OpenOptions::new()
                 .write(true)
@@ -455,6 +459,18 @@ fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
                 }
             }
         }),
+        ("the runs files lost", |line_file| {
+            fs::remove_dir_all(runs_of(line_file)).expect("removes");
+        }),
+        ("a runs file cut short", |line_file| {
+            for entry in fs::read_dir(runs_of(line_file)).expect("lists") {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(entry.expect("entry").path())
+                    .expect("opens");
+                file.set_len(0).expect("cuts");
+            }
+        }),
     ];
     for (damage, apply) in damages {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -465,11 +481,27 @@ fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
         {
             let node = Node::open(config(dir.path()), Keypair::from_seed(&[1; 32]), true)
                 .unwrap_or_else(|e| panic!("{damage}: {e}"));
-            let merged = common::merged_text(node.views().expect("views"));
+            let views = node.views().expect("views");
+            let merged = common::merged_text(views);
             assert_eq!(
                 merged.lines().count(),
                 durable.len(),
                 "{damage}: each line once"
+            );
+            let feeds = [node.id(), Keypair::from_seed(&[2; 32]).id()];
+            let per_feed: usize = feeds
+                .iter()
+                .map(|feed| {
+                    let log = views
+                        .read_feed_log(feed, 0, views.feed_log_len(feed) as usize)
+                        .unwrap_or_else(|e| panic!("{damage}: reads {feed}'s log: {e}"));
+                    log.split(|b| *b == b'\n').filter(|l| !l.is_empty()).count()
+                })
+                .sum();
+            assert_eq!(
+                per_feed,
+                durable.len(),
+                "{damage}: the machines' logs hold each line once"
             );
         }
         assert_comes_back(dir.path(), &durable);
@@ -482,6 +514,13 @@ fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
 
 /// Something a power cut can do to the views' files at a line file.
 type Damage = fn(&Path);
+
+/// Where the views at `line_file` keep their runs files.
+fn runs_of(line_file: &Path) -> PathBuf {
+    let mut name = line_file.as_os_str().to_owned();
+    name.push(".runs");
+    PathBuf::from(name)
+}
 
 /// Where the views at `line_file` keep their checkpoint.
 fn checkpoint_of(line_file: &Path) -> PathBuf {

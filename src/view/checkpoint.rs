@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
+use super::runs::FeedLines;
 use super::sorted::MergedCheckpoint;
-use super::{FeedLines, ViewState};
+use super::ViewState;
 use crate::feed::FeedId;
 use crate::store::Store;
 
 /// Changes whenever the format or the meaning of what is saved does.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// What the views held, and where in the log.
 #[derive(Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub struct Checkpoint {
     names: Vec<(FeedId, String)>,
     feeds: Vec<(FeedId, FeedLines)>,
     jobs: Vec<(FeedId, String, FeedLines)>,
+    /// The number the next view's runs file gets.
+    next_runs: u64,
     /// Days as days since 0001-01-01, with their bytes.
     days: Vec<(i32, u64)>,
     /// The merged file.
@@ -58,6 +61,7 @@ impl Checkpoint {
                 .iter()
                 .flat_map(|(f, jobs)| jobs.iter().map(|(s, l)| (*f, s.clone(), l.clone())))
                 .collect(),
+            next_runs: state.next_runs,
             days: state
                 .days
                 .iter()
@@ -88,6 +92,7 @@ impl Checkpoint {
             file_len: self.file_len,
             feeds: self.feeds.into_iter().collect(),
             jobs,
+            next_runs: self.next_runs,
             days,
             ..ViewState::default()
         }

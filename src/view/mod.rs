@@ -21,6 +21,7 @@
 
 mod checkpoint;
 pub mod line;
+mod runs;
 mod sorted;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,56 +37,9 @@ use chrono::NaiveDate;
 use crate::feed::{FeedId, MsgId};
 use crate::store::{RawMessage, Store, StoreError, Stored};
 use checkpoint::Checkpoint;
+use runs::FeedLines;
 pub use sorted::MergedSnapshot;
 use sorted::{MergedFile, NewLine};
-
-/// Where a feed's `log` lies in the line file: its lines in sequence order,
-/// as runs of lines that are contiguous in the file.
-///
-/// Reading a byte range needs no line boundaries, only the runs, and a
-/// feed's lines are mostly contiguous (all of a machine's own lines when it
-/// alone writes, whole replicated batches otherwise), so this costs far less
-/// than an entry per line.
-#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
-struct FeedLines {
-    /// `(offset in the feed's log, offset in the line file)` where each run
-    /// starts; the run ends where the next one starts.
-    runs: Vec<(u64, u64)>,
-    len: u64,
-}
-
-impl FeedLines {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn push(&mut self, pos: u64, len: u32) {
-        let contiguous = self
-            .runs
-            .last()
-            .is_some_and(|(start, file_pos)| file_pos + (self.len - start) == pos);
-        if !contiguous {
-            self.runs.push((self.len, pos));
-        }
-        self.len += u64::from(len);
-    }
-
-    /// Queues the bytes of the log from `offset` on.
-    fn read_into(&self, offset: u64, segments: &mut Segments) {
-        let first = self.runs.partition_point(|(start, _)| *start <= offset);
-        for i in first.saturating_sub(1)..self.runs.len() {
-            let (start, file_pos) = self.runs[i];
-            let end = self.runs.get(i + 1).map_or(self.len, |(next, _)| *next);
-            let skip = offset.saturating_sub(start);
-            if skip >= end - start {
-                continue;
-            }
-            if !segments.push(file_pos + skip, end - start - skip) {
-                break;
-            }
-        }
-    }
-}
 
 /// The cumulative line ends of a feed's `feed.jsonl`, built on first use.
 /// `ends[i]` is the end of sequence `i + 1`'s line, so its length is the
@@ -182,6 +136,10 @@ struct ViewState {
     jsonl: HashMap<FeedId, JsonlIndex>,
     /// Each feed's lines by `source`: `<machine>/jobs/<source>.log`.
     jobs: HashMap<FeedId, HashMap<String, FeedLines>>,
+    /// The number the next view's runs file gets.
+    next_runs: u64,
+    /// Runs files written since the last checkpoint.
+    unsynced_runs: std::collections::HashSet<u64>,
     /// The bytes of each local day's lines: `days/<date>.log`.
     days: BTreeMap<NaiveDate, u64>,
     day_cache: DayCache,
@@ -330,6 +288,12 @@ impl Views {
             .open(line_file)
             .map_err(io_error)?;
         let _ = std::fs::remove_file(checkpoint::path(line_file));
+        let runs_dir = runs::dir(line_file);
+        match std::fs::remove_dir_all(&runs_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error(e)),
+            _ => {}
+        }
+        std::fs::create_dir_all(&runs_dir).map_err(io_error)?;
         let file = Arc::new(file);
         let merged = MergedFile::new(line_file, file.clone()).map_err(io_error)?;
         let views = Views {
@@ -358,6 +322,14 @@ impl Views {
         let file = Arc::new(file);
         let merged = MergedFile::restore(line_file, file.clone(), &saved.merged, saved.file_len)?;
         let state = saved.into_state();
+        let runs_dir = runs::dir(line_file);
+        let views = state
+            .feeds
+            .values()
+            .chain(state.jobs.values().flat_map(HashMap::values));
+        for lines in views {
+            lines.check(&runs_dir)?;
+        }
         Ok(Views {
             path: line_file.to_path_buf(),
             file,
@@ -414,10 +386,11 @@ impl Views {
                 "a write to the views failed; they are built again at the next start",
             ));
         }
-        let (saved, pinned) = {
-            let state = self.read();
+        let (saved, pinned, unsynced_runs) = {
+            let mut state = self.write();
             let (merged, pinned) = self.merged.checkpoint();
-            (Checkpoint::of(&state, merged), pinned)
+            let unsynced_runs = std::mem::take(&mut state.unsynced_runs);
+            (Checkpoint::of(&state, merged), pinned, unsynced_runs)
         };
         let number = saved.merged.generation;
         let taken_at = (saved.log_end, number, saved.file_len);
@@ -430,11 +403,20 @@ impl Views {
             store.sync_log().map_err(io::Error::other)?;
             self.file.sync_data()?;
             pinned.sync()?;
+            let runs_dir = runs::dir(&self.path);
+            for number in &unsynced_runs {
+                FeedLines::sync(&runs_dir, *number)?;
+            }
+            if !unsynced_runs.is_empty() {
+                File::open(&runs_dir)?.sync_all()?;
+            }
             checkpoint::save(&self.path, &saved)
         })();
         self.merged.checkpoint_done(number, result.is_ok());
         if result.is_ok() {
             *last_saved = Some(taken_at);
+        } else {
+            self.write().unsynced_runs.extend(unsynced_runs);
         }
         result
     }
@@ -485,6 +467,8 @@ impl Views {
             }
         }
         let mut new_lines = Vec::with_capacity(fresh.len());
+        let runs_dir = runs::dir(&self.path);
+        let state = &mut *state;
         for entry in fresh {
             state.seen.insert(entry.author, entry.seq);
             if let Some(name) = &entry.name {
@@ -498,18 +482,31 @@ impl Views {
                 ts: crate::store::ordered_timestamp(entry.timestamp),
                 len,
             });
-            state.feeds.entry(entry.author).or_default().push(pos, len);
-            if let Some(day) = state.day_cache.day_of(entry.timestamp) {
-                *state.days.entry(day).or_default() += u64::from(len);
+            let next_runs = &mut state.next_runs;
+            let mut new_view = || {
+                *next_runs += 1;
+                FeedLines::new(*next_runs - 1)
+            };
+            let lines = state
+                .feeds
+                .entry(entry.author)
+                .or_insert_with(&mut new_view);
+            if lines.push(&runs_dir, pos, len)? {
+                state.unsynced_runs.insert(lines.number());
             }
             if let Some(source) = entry.source.as_ref().filter(|s| !s.is_empty()) {
-                state
+                let lines = state
                     .jobs
                     .entry(entry.author)
                     .or_default()
                     .entry(source.clone())
-                    .or_default()
-                    .push(pos, len);
+                    .or_insert_with(&mut new_view);
+                if lines.push(&runs_dir, pos, len)? {
+                    state.unsynced_runs.insert(lines.number());
+                }
+            }
+            if let Some(day) = state.day_cache.day_of(entry.timestamp) {
+                *state.days.entry(day).or_default() += u64::from(len);
             }
         }
         // Under the views' lock, so that the merged file takes batches in
@@ -549,7 +546,7 @@ impl Views {
     ) -> io::Result<Vec<u8>> {
         let mut segments = Segments::new(size);
         if let Some(lines) = self.read().jobs.get(feed).and_then(|j| j.get(source)) {
-            lines.read_into(offset, &mut segments);
+            lines.read_into(&runs::dir(&self.path), offset, &mut segments)?;
         }
         segments.read(&self.file)
     }
@@ -705,7 +702,7 @@ impl Views {
     pub fn read_feed_log(&self, feed: &FeedId, offset: u64, size: usize) -> io::Result<Vec<u8>> {
         let mut segments = Segments::new(size);
         if let Some(lines) = self.read().feeds.get(feed) {
-            lines.read_into(offset, &mut segments);
+            lines.read_into(&runs::dir(&self.path), offset, &mut segments)?;
         }
         segments.read(&self.file)
     }
@@ -853,15 +850,6 @@ impl Segments {
 mod tests {
     use super::*;
 
-    /// Bytes `segments` would read from `file`.
-    fn gather(segments: Segments, file: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (pos, len) in segments.ranges {
-            out.extend_from_slice(&file[pos as usize..pos as usize + len]);
-        }
-        out
-    }
-
     #[test]
     fn the_day_cache_agrees_with_day_of() {
         let mut cache = DayCache::default();
@@ -875,34 +863,5 @@ mod tests {
             assert_eq!(cache.day_of(ms), day_of(ms), "{ms}");
         }
         assert_eq!(cache.day_of(f64::NAN), None);
-    }
-
-    #[test]
-    fn a_feed_log_reads_the_same_from_runs_as_line_by_line() {
-        // Two feeds' lines interleaved in the file: a, a, b, a, b, b, a.
-        let mut file = Vec::new();
-        let mut feeds: [(FeedLines, Vec<u8>); 2] = Default::default();
-        for (i, owner) in [0, 0, 1, 0, 1, 1, 0].into_iter().enumerate() {
-            let line = format!("line {i} of feed {owner} {}\n", "x".repeat(i));
-            feeds[owner].0.push(file.len() as u64, line.len() as u32);
-            feeds[owner].1.extend_from_slice(line.as_bytes());
-            file.extend_from_slice(line.as_bytes());
-        }
-        assert_eq!(feeds[0].0.runs.len(), 3, "a a | a | a");
-        for (lines, expected) in &feeds {
-            assert_eq!(lines.len(), expected.len() as u64);
-            for offset in 0..=expected.len() {
-                for size in [1, 7, 4096] {
-                    let mut segments = Segments::new(size);
-                    lines.read_into(offset as u64, &mut segments);
-                    let end = (offset + size).min(expected.len());
-                    assert_eq!(
-                        gather(segments, &file),
-                        &expected[offset..end],
-                        "{offset} {size}"
-                    );
-                }
-            }
-        }
     }
 }

@@ -310,10 +310,16 @@ fn spawn_merger(node: Arc<Node>) {
             if views.merge_due() {
                 let started = std::time::Instant::now();
                 match views.merge() {
-                    Ok(true) => tracing::debug!(
-                        "merged out-of-order lines into merged.log in {:?}",
-                        started.elapsed()
-                    ),
+                    Ok(true) => {
+                        tracing::debug!(
+                            "merged out-of-order lines into merged.log in {:?}",
+                            started.elapsed()
+                        );
+                        // The last checkpoint names the generation before
+                        // the merge, which stays on disk until one names
+                        // the new one.
+                        node.save_views();
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::warn!("could not merge merged.log's late lines: {e}");

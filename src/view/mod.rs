@@ -20,6 +20,7 @@
 //!   `pread` without holding the lock.
 
 mod checkpoint;
+mod jsonl;
 pub mod line;
 mod runs;
 mod sorted;
@@ -37,17 +38,10 @@ use chrono::NaiveDate;
 use crate::feed::{FeedId, MsgId};
 use crate::store::{RawMessage, Store, StoreError, Stored};
 use checkpoint::Checkpoint;
+use jsonl::JsonlIndex;
 use runs::FeedLines;
 pub use sorted::MergedSnapshot;
 use sorted::{MergedFile, NewLine};
-
-/// The cumulative line ends of a feed's `feed.jsonl`, built on first use.
-/// `ends[i]` is the end of sequence `i + 1`'s line, so its length is the
-/// index's high-water sequence.
-#[derive(Default, Clone)]
-struct JsonlIndex {
-    ends: Vec<u64>,
-}
 
 /// What the views need of one committed message.
 #[derive(Clone, Debug)]
@@ -459,10 +453,8 @@ impl Views {
         }
         for entry in entries {
             if let Some(jsonl) = state.jsonl.get_mut(&entry.author) {
-                if entry.seq == jsonl.ends.len() as u64 + 1 {
-                    let end = jsonl.ends.last().copied().unwrap_or(0);
-                    let len = kvt_line_len(&entry.key, entry.json_len, entry.received_ms);
-                    jsonl.ends.push(end + len);
+                if entry.seq == jsonl.count() + 1 {
+                    jsonl.push(kvt_line_len(&entry.key, entry.json_len, entry.received_ms))?;
                 }
             }
         }
@@ -710,12 +702,7 @@ impl Views {
     /// The size of `feed`'s `feed.jsonl`.
     pub fn jsonl_len(&self, store: &Store, feed: &FeedId) -> Result<u64, StoreError> {
         self.ensure_jsonl(store, feed)?;
-        Ok(self
-            .read()
-            .jsonl
-            .get(feed)
-            .and_then(|j| j.ends.last().copied())
-            .unwrap_or(0))
+        Ok(self.read().jsonl.get(feed).map_or(0, JsonlIndex::len))
     }
 
     /// Reads `feed`'s `feed.jsonl`: every message as `{key, value, timestamp}`.
@@ -732,12 +719,10 @@ impl Views {
             let Some(index) = state.jsonl.get(feed) else {
                 return Ok(Vec::new());
             };
-            let i = index.ends.partition_point(|end| *end <= offset);
-            if i == index.ends.len() {
+            let Some((i, start)) = index.find(offset).map_err(io_error)? else {
                 return Ok(Vec::new());
-            }
-            let start = if i == 0 { 0 } else { index.ends[i - 1] };
-            (i as u64 + 1, offset - start)
+            };
+            (i + 1, offset - start)
         };
         let mut out = Vec::with_capacity(size);
         for item in store.history(feed, first_seq) {
@@ -765,12 +750,13 @@ impl Views {
         if state.jsonl.contains_key(feed) {
             return Ok(());
         }
-        let mut index = JsonlIndex::default();
-        let mut end = 0;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut index = JsonlIndex::new(dir).map_err(io_error)?;
         for item in store.history(feed, 1) {
             let (_, raw) = item?;
-            end += kvt_line_len(&raw.key, raw.json().len(), raw.received_ms);
-            index.ends.push(end);
+            index
+                .push(kvt_line_len(&raw.key, raw.json().len(), raw.received_ms))
+                .map_err(io_error)?;
         }
         state.jsonl.insert(*feed, index);
         Ok(())

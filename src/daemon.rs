@@ -300,8 +300,9 @@ fn detach_mount(mountpoint: &Path) -> bool {
     })
 }
 
-/// Merges lines that arrived out of order into `merged.log`'s file in the
-/// background, so that opening it reads the file directly again.
+/// The background thread: merges lines that arrived out of order into
+/// `merged.log`'s file, so that opening it reads the file directly again;
+/// compresses the message log's older records; gives freed memory back.
 fn spawn_merger(node: Arc<Node>) {
     let spawned = std::thread::Builder::new()
         .name("merge".into())
@@ -326,6 +327,10 @@ fn spawn_merger(node: Arc<Node>) {
                         std::thread::sleep(std::time::Duration::from_secs(10));
                     }
                 }
+            }
+            if let Err(e) = node.store.seal_cold(crate::store::HOT_LOG_BYTES) {
+                tracing::warn!("could not compress the message log's older records: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(60));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
             return_freed_memory(&node);

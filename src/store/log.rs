@@ -16,7 +16,11 @@ use std::path::Path;
 
 use crate::feed::MsgId;
 
+use super::cold::{ColdLog, BLOCK_BYTES};
 use super::StoreError;
+
+/// The most raw bytes one [`MessageLog::seal`] compresses.
+pub const SEAL_BYTES: u64 = 16 << 20;
 
 /// Bytes before a record's JSON.
 pub const HEADER_LEN: usize = 44;
@@ -90,9 +94,10 @@ fn io_error(e: io::Error) -> StoreError {
     StoreError::Sled(sled::Error::Io(e))
 }
 
-/// The log file.
+/// The log file, and its older records compressed (`cold.rs`).
 pub struct MessageLog {
     file: File,
+    cold: ColdLog,
 }
 
 impl MessageLog {
@@ -105,7 +110,8 @@ impl MessageLog {
             .truncate(false)
             .open(path)
             .map_err(io_error)?;
-        Ok(MessageLog { file })
+        let cold = ColdLog::open(&path.with_extension("cold"), &file).map_err(io_error)?;
+        Ok(MessageLog { file, cold })
     }
 
     /// The file's length, committed or not.
@@ -115,7 +121,79 @@ impl MessageLog {
 
     /// Cuts the file to `len` bytes.
     pub fn truncate(&self, len: u64) -> Result<(), StoreError> {
+        if len < self.cold.end() {
+            return Err(StoreError::Corrupt(format!(
+                "cutting the log to {len} bytes would cut compressed records"
+            )));
+        }
         self.file.set_len(len).map_err(io_error)
+    }
+
+    /// The log offset up to which records are compressed.
+    #[cfg(test)]
+    pub fn cold_end(&self) -> u64 {
+        self.cold.end()
+    }
+
+    /// Fills `buf` with the log's bytes at `offset`, compressed or not.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), StoreError> {
+        let cold = self.cold.view();
+        let served = cold.read(offset, buf).map_err(io_error)?;
+        self.file
+            .read_exact_at(&mut buf[served..], offset + served as u64)
+            .map_err(io_error)
+    }
+
+    /// Fills as much of `buf` as the log holds at `offset`; returns how much.
+    fn read_at_most(&self, buf: &mut [u8], offset: u64) -> Result<usize, StoreError> {
+        let cold = self.cold.view();
+        let mut filled = cold.read(offset, buf).map_err(io_error)?;
+        while filled < buf.len() {
+            match self
+                .file
+                .read_at(&mut buf[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_error(e)),
+            }
+        }
+        Ok(filled)
+    }
+
+    /// Compresses whole records from where the compressed part ends up to
+    /// at most `limit` (and at most [`SEAL_BYTES`]), in blocks, and frees
+    /// their bytes in the log file; returns how many bytes it compressed.
+    /// `limit` must not pass what is durable in the log.
+    pub fn seal(&self, limit: u64) -> Result<u64, StoreError> {
+        let start = self.cold.end();
+        if limit < start + BLOCK_BYTES as u64 {
+            return Ok(0);
+        }
+        let to = limit.min(start + SEAL_BYTES);
+        let mut cuts = Vec::new();
+        let mut reader = self.reader();
+        let (mut offset, mut block_start) = (start, start);
+        while offset < to {
+            let record = reader.read(offset, None)?;
+            let end = offset + record_len(record.json.len());
+            if end > to {
+                break;
+            }
+            offset = end;
+            if offset - block_start >= BLOCK_BYTES as u64 {
+                cuts.push((offset - start) as usize);
+                block_start = offset;
+            }
+        }
+        let Some(&sealed) = cuts.last() else {
+            return Ok(0);
+        };
+        let mut raw = vec![0u8; sealed];
+        self.read_exact_at(&mut raw, start)?;
+        self.cold.seal(&self.file, &raw, &cuts).map_err(io_error)?;
+        Ok(sealed as u64)
     }
 
     /// Writes encoded records at `offset`.
@@ -131,9 +209,7 @@ impl MessageLog {
     /// The record at `offset`, whose JSON is `json_len` bytes long.
     pub fn read(&self, offset: u64, json_len: usize) -> Result<LogRecord, StoreError> {
         let mut bytes = vec![0u8; HEADER_LEN + json_len];
-        self.file
-            .read_exact_at(&mut bytes, offset)
-            .map_err(io_error)?;
+        self.read_exact_at(&mut bytes, offset)?;
         let record = decode_record(&bytes)?;
         if record.json.len() != json_len {
             return Err(StoreError::Corrupt(format!("log record at {offset}")));
@@ -144,9 +220,7 @@ impl MessageLog {
     /// The record at `offset`, length unknown.
     pub fn read_unsized(&self, offset: u64) -> Result<LogRecord, StoreError> {
         let mut header = [0u8; HEADER_LEN];
-        self.file
-            .read_exact_at(&mut header, offset)
-            .map_err(io_error)?;
+        self.read_exact_at(&mut header, offset)?;
         let (len, _, _) = decode_header(&header)?;
         self.read(offset, len)
     }
@@ -198,19 +272,7 @@ impl LogReader<'_> {
             self.start = offset;
             let window = (self.buf.len() * 2).clamp(FIRST_WINDOW, MAX_WINDOW);
             self.buf.resize(window.max(len), 0);
-            let mut filled = 0;
-            while filled < self.buf.len() {
-                match self
-                    .log
-                    .file
-                    .read_at(&mut self.buf[filled..], offset + filled as u64)
-                {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_error(e)),
-                }
-            }
+            let filled = self.log.read_at_most(&mut self.buf, offset)?;
             self.buf.truncate(filled);
             if filled < len {
                 return Err(StoreError::Corrupt(format!(

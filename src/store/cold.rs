@@ -56,6 +56,7 @@ pub struct ColdLog {
     file: File,
     blocks: RwLock<Vec<Block>>,
     cache: Mutex<Vec<(u64, Arc<Vec<u8>>)>>,
+    sealing: Mutex<()>,
 }
 
 /// Blocks as a reader sees them: held while it reads the log's own bytes
@@ -104,6 +105,7 @@ impl ColdLog {
             file,
             blocks: RwLock::new(Vec::new()),
             cache: Mutex::new(Vec::new()),
+            sealing: Mutex::new(()),
         };
         // The last blocks written may not have reached the disk whole.
         let mut keep = blocks.len();
@@ -161,26 +163,39 @@ impl ColdLog {
         self.view().end()
     }
 
-    /// Compresses `raw`, the log's bytes from [`ColdLog::end`], whole records
-    /// cut at `cuts` (offsets within `raw` where blocks end), syncs them, and
-    /// then punches them out of `log`.
-    pub fn seal(&self, log: &File, raw: &[u8], cuts: &[usize]) -> io::Result<()> {
-        let start = self.end();
-        let file_end = self.file.metadata()?.len();
+    /// Compresses `raw`, the log's bytes from `from` (which must be
+    /// [`ColdLog::end`]), whole records cut at `cuts` (offsets within `raw`
+    /// where blocks end), syncs them, and then punches them out of `log`.
+    pub fn seal(&self, log: &File, from: u64, raw: &[u8], cuts: &[usize]) -> io::Result<()> {
+        let _one_at_a_time = self.sealing.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, file_end) = {
+            let blocks = self.blocks.read().unwrap_or_else(|e| e.into_inner());
+            let last = blocks.last();
+            (
+                last.map_or(0, Block::log_end),
+                last.map_or(0, |b| b.data_at + u64::from(b.comp_len)),
+            )
+        };
+        if start != from {
+            return Err(io::Error::other("the compressed part grew meanwhile"));
+        }
+        // Frames a failed seal left past the last block would be read at
+        // the next open as blocks, and end the scan before the new ones.
+        self.file.set_len(file_end)?;
         let mut frames = Vec::new();
         let mut new_blocks = Vec::new();
         let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
         compressor.include_checksum(true)?;
-        let mut from = 0;
-        for &to in cuts {
-            let piece = &raw[from..to];
+        let mut piece_start = 0;
+        for &piece_end in cuts {
+            let piece = &raw[piece_start..piece_end];
             let compressed = compressor.compress(piece)?;
             let back = zstd::bulk::decompress(&compressed, piece.len())?;
             if back != piece {
                 return Err(io::Error::other("a compressed block did not read back"));
             }
             let block = Block {
-                log_start: start + from as u64,
+                log_start: start + piece_start as u64,
                 raw_len: u32::try_from(piece.len()).map_err(io::Error::other)?,
                 data_at: file_end + (frames.len() + FRAME_HEADER) as u64,
                 comp_len: u32::try_from(compressed.len()).map_err(io::Error::other)?,
@@ -191,7 +206,7 @@ impl ColdLog {
             frames.extend_from_slice(&block.comp_len.to_be_bytes());
             frames.extend_from_slice(&compressed);
             new_blocks.push(block);
-            from = to;
+            piece_start = piece_end;
         }
         let Some(last) = new_blocks.last().copied() else {
             return Ok(());

@@ -192,7 +192,9 @@ impl MessageLog {
         };
         let mut raw = vec![0u8; sealed];
         self.read_exact_at(&mut raw, start)?;
-        self.cold.seal(&self.file, &raw, &cuts).map_err(io_error)?;
+        self.cold
+            .seal(&self.file, start, &raw, &cuts)
+            .map_err(io_error)?;
         Ok(sealed as u64)
     }
 

@@ -37,6 +37,8 @@ cleanup() {
   for _ in $(seq 600); do pgrep -f "$WORK/" > /dev/null || break; sleep 0.1; done
   pkill -9 -f "$WORK/" 2>/dev/null || true
   fusermount3 -uz $MNT 2>/dev/null || umount -l $MNT 2>/dev/null || true
+  # KEEP=1 leaves the directory, to look into.
+  [ -n "${KEEP:-}" ] && echo "kept $WORK" && return
   rm -rf $WORK
 }
 trap cleanup EXIT
@@ -134,6 +136,8 @@ echo "replicated $total messages from $MACHINES peers into the mounted node in $
 written=$(awk '/^write_bytes/ {print $2}' /proc/$PID/io)
 echo "daemon RSS after replication: $(rss_mb $PID) MB"
 lines=$(wc -l < $MNT/merged.log)
+# The checkpoint saved after the merge lets the generation before it go.
+gone_before() { [ "$(ls $WORK/sink | grep -c '\.sorted-')" -le 1 ]; }
 # The daemon merges lines that arrived out of order into merged.log's file
 # in the background; wait for it (status says how many lines wait).
 unmerged() { $BIN status --json --path $WORK/sink | awk '/"unmerged_lines":/ {gsub(",", "", $2); print ($2 == "null" ? 0 : $2)}'; }
@@ -141,9 +145,16 @@ t0=$(now)
 while [ "$(unmerged)" != 0 ]; do sleep 0.1; done
 echo "merged.log's late lines merged $(echo "$(now) - $t0" | bc | cut -c1-5)s after the last message"
 echo "daemon RSS then: $(rss_mb $PID) MB"
-disk=$(du -sb $WORK/sink | cut -f1)
+for _ in $(seq 600); do gone_before && break; sleep 0.1; done
+# The log's older records are compressed in the background, as they
+# become durable: wait until its file stops shrinking.
+log_blocks() { du -B1 $WORK/sink/db/messages.log | cut -f1; }
+t0=$(now)
+for _ in $(seq 60); do a=$(log_blocks); sleep 2; [ "$(log_blocks)" = "$a" ] && break; done
+echo "the message log's older records compressed $(echo "$(now) - $t0" | bc | cut -c1-5)s later"
+disk=$(du -sB1 $WORK/sink | cut -f1)
 echo "lines in merged.log: $lines; on disk: $((disk / 1024 / 1024)) MB = $((disk / lines)) bytes/line; written while replicating: $((written / 1024 / 1024)) MB = $((written / lines)) bytes/line"
-for f in $WORK/sink/* $WORK/sink/db/*; do echo "  $(du -sb $f)"; done
+for f in $WORK/sink/* $WORK/sink/db/*; do echo "  $(du -sB1 $f)"; done
 
 cp $MNT/merged.log $WORK/plain.log
 cmp $MNT/merged.log $WORK/plain.log && echo "merged.log: $(stat -c %s $WORK/plain.log) bytes, same as the plain copy"

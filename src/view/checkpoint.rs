@@ -114,10 +114,19 @@ pub fn load(line_file: &Path, store: &Store) -> Result<Option<Checkpoint>, Strin
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let saved: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    if saved.version != VERSION {
-        return Err(format!("version {}", saved.version));
+    // The version first: an older checkpoint would not parse as this one.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
     }
+    let versioned: Versioned = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if versioned.version != VERSION {
+        return Err(format!(
+            "it is of version {}, not {VERSION}",
+            versioned.version
+        ));
+    }
+    let saved: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
     if saved.log_end > store.log_end() {
         return Err("it holds messages the store lacks".into());
     }

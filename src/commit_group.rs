@@ -52,44 +52,46 @@ impl<T, R> CommitGroup<T, R> {
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push((ticket, item));
-        let mut commit = Some(commit);
+        // Until a commit answers this caller, or none runs: then its item
+        // is still queued, and it leads the next.
         loop {
             if let Some(answer) = state.answers.remove(&ticket) {
                 return answer;
             }
-            match commit.take() {
-                Some(commit) if !state.leading => {
-                    state.leading = true;
-                    let (tickets, items): (Vec<u64>, Vec<T>) =
-                        std::mem::take(&mut state.queue).into_iter().unzip();
-                    drop(state);
-                    let outcome = panic::catch_unwind(AssertUnwindSafe(|| commit(items)));
-                    state = self.lock();
-                    state.leading = false;
-                    match outcome {
-                        Ok(answers) => {
-                            debug_assert_eq!(answers.len(), tickets.len());
-                            let mut answers = answers.into_iter();
-                            for ticket in tickets {
-                                let answer = answers.next();
-                                state.answers.insert(ticket, answer);
-                            }
-                            self.finished.notify_all();
-                        }
-                        Err(panic) => {
-                            for ticket in tickets {
-                                state.answers.insert(ticket, None);
-                            }
-                            self.finished.notify_all();
-                            drop(state);
-                            panic::resume_unwind(panic);
-                        }
+            if !state.leading {
+                break;
+            }
+            state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.leading = true;
+        let (tickets, items): (Vec<u64>, Vec<T>) =
+            std::mem::take(&mut state.queue).into_iter().unzip();
+        drop(state);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| commit(items)));
+        let mut state = self.lock();
+        state.leading = false;
+        self.finished.notify_all();
+        match outcome {
+            Ok(answers) => {
+                debug_assert_eq!(answers.len(), tickets.len());
+                let mut answers = answers.into_iter();
+                let mut mine = None;
+                for t in tickets {
+                    let answer = answers.next();
+                    if t == ticket {
+                        mine = answer;
+                    } else {
+                        state.answers.insert(t, answer);
                     }
                 }
-                unused => {
-                    commit = unused;
-                    state = self.finished.wait(state).unwrap_or_else(|e| e.into_inner());
+                mine
+            }
+            Err(panic) => {
+                for t in tickets.into_iter().filter(|t| *t != ticket) {
+                    state.answers.insert(t, None);
                 }
+                drop(state);
+                panic::resume_unwind(panic);
             }
         }
     }
@@ -130,16 +132,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn callers_queued_behind_a_commit_share_the_next() {
-        let group: Arc<CommitGroup<u32, u32>> = Arc::default();
+    /// Starts a caller whose commit of `item` holds on, once it has begun,
+    /// until `behind` more callers queue; returns once it has begun.
+    fn hold_first_commit(
+        group: &Arc<CommitGroup<u32, u32>>,
+        item: u32,
+        behind: usize,
+    ) -> std::thread::JoinHandle<Option<u32>> {
         let entered = Arc::new(Barrier::new(2));
         let first = {
             let (group, entered) = (group.clone(), entered.clone());
             std::thread::spawn(move || {
-                group.submit(0, |items| {
+                group.submit(item, |items| {
                     entered.wait();
-                    while group.lock().queue.len() < 3 {
+                    while group.lock().queue.len() < behind {
                         std::thread::yield_now();
                     }
                     items
@@ -147,6 +153,13 @@ mod tests {
             })
         };
         entered.wait();
+        first
+    }
+
+    #[test]
+    fn callers_queued_behind_a_commit_share_the_next() {
+        let group: Arc<CommitGroup<u32, u32>> = Arc::default();
+        let first = hold_first_commit(&group, 0, 3);
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let queued: Vec<_> = (1..4)
             .map(|item| {
@@ -175,22 +188,9 @@ mod tests {
     #[test]
     fn a_panicking_commit_answers_none_to_the_others_and_the_group_goes_on() {
         let group: Arc<CommitGroup<u32, u32>> = Arc::default();
-        let entered = Arc::new(Barrier::new(2));
         // The first commit holds on until two more callers queue behind it;
         // whichever of them leads the next commit takes both, and panics.
-        let first = {
-            let (group, entered) = (group.clone(), entered.clone());
-            std::thread::spawn(move || {
-                group.submit(1, |items| {
-                    entered.wait();
-                    while group.lock().queue.len() < 2 {
-                        std::thread::yield_now();
-                    }
-                    items
-                })
-            })
-        };
-        entered.wait();
+        let first = hold_first_commit(&group, 1, 2);
         let queued: Vec<_> = (2..4)
             .map(|item| {
                 let group = group.clone();

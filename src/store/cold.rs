@@ -9,8 +9,8 @@
 //!
 //! A block is written, read back and synced before its bytes leave the log,
 //! so a power cut can leave at most a block the log still holds: opening
-//! checks the last blocks and drops one that does not decompress to what
-//! the log holds.
+//! decompresses the last blocks, and drops one that does not decompress
+//! while the log still holds its bytes.
 //!
 //! The file is a run of frames: `magic | log offset (u64) | raw length
 //! (u32) | compressed length (u32) | zstd frame`, integers big-endian.
@@ -78,6 +78,13 @@ impl ColdLog {
             .truncate(false)
             .open(path)?;
         let file_len = file.metadata()?.len();
+        if file_len == 0 {
+            // Its name must outlive a power cut before any block's bytes
+            // leave the log.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         let mut blocks: Vec<Block> = Vec::new();
         let mut at = 0u64;
         let mut header = [0u8; FRAME_HEADER];
@@ -121,9 +128,7 @@ impl ColdLog {
         }
         if keep < blocks.len() {
             let dropped = blocks[keep];
-            let mut first = [0u8; super::log::HEADER_LEN];
-            log.read_exact_at(&mut first, dropped.log_start)?;
-            if first.iter().all(|b| *b == 0) {
+            if !log_holds(log, &dropped)? {
                 return Err(io::Error::other(format!(
                     "the compressed block at log offset {} is damaged and the log no longer holds it",
                     dropped.log_start
@@ -253,6 +258,8 @@ impl ColdLog {
         drop(cache);
         let bytes = Arc::new(self.decompress(block)?);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        // Another reader may have put it there meanwhile.
+        cache.retain(|(start, _)| *start != block.log_start);
         cache.insert(0, (block.log_start, bytes.clone()));
         cache.truncate(CACHED_BLOCKS);
         Ok(bytes)
@@ -286,6 +293,23 @@ impl ColdView<'_> {
         }
         Ok(done)
     }
+}
+
+/// Whether `log` still holds `block`'s bytes: no punched (all-zero) page
+/// in them. A record is never a page of zeros, and the punch frees whole
+/// pages only, so a block whose bytes were punched shows one unless it is
+/// shorter than a page.
+fn log_holds(log: &File, block: &Block) -> io::Result<bool> {
+    const PAGE: usize = 4096;
+    let mut bytes = vec![0u8; block.raw_len as usize];
+    log.read_exact_at(&mut bytes, block.log_start)?;
+    let skip = (block.log_start.div_ceil(PAGE as u64) * PAGE as u64 - block.log_start) as usize;
+    let punched = bytes
+        .get(skip..)
+        .unwrap_or_default()
+        .chunks_exact(PAGE)
+        .any(|page| page.iter().all(|b| *b == 0));
+    Ok(!punched && bytes.iter().any(|b| *b != 0))
 }
 
 /// Frees the whole pages of `file` between `from` and `to`, keeping its

@@ -5,10 +5,10 @@
 //! The index lives in an unnamed file (`O_TMPFILE`) beside the line file:
 //! nothing is left behind, and each start makes it again on first use.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 /// Ends kept in memory before they are written out together.
 const PENDING: usize = 4096;
@@ -16,21 +16,25 @@ const PENDING: usize = 4096;
 /// The cumulative line ends of one feed's `feed.jsonl`: entry `i` is where
 /// sequence `i + 1`'s line ends, so the count is the highest sequence held.
 pub struct JsonlIndex {
-    file: File,
+    dir: PathBuf,
+    /// Made when the first ends are written out: most feeds never need one,
+    /// and an open file per feed would run into the limit on open files.
+    file: Option<File>,
     written: u64,
     pending: Vec<u64>,
     last_end: u64,
 }
 
 impl JsonlIndex {
-    /// An empty index in an unnamed file in `dir`.
-    pub fn new(dir: &Path) -> io::Result<JsonlIndex> {
-        Ok(JsonlIndex {
-            file: unnamed_file(dir)?,
+    /// An empty index, whose ends go to an unnamed file in `dir`.
+    pub fn new(dir: &Path) -> JsonlIndex {
+        JsonlIndex {
+            dir: dir.to_path_buf(),
+            file: None,
             written: 0,
             pending: Vec::with_capacity(PENDING),
             last_end: 0,
-        })
+        }
     }
 
     /// How many messages it holds.
@@ -49,7 +53,11 @@ impl JsonlIndex {
         self.pending.push(self.last_end);
         if self.pending.len() >= PENDING {
             let bytes: Vec<u8> = self.pending.iter().flat_map(|e| e.to_be_bytes()).collect();
-            self.file.write_all_at(&bytes, self.written * 8)?;
+            let file = match &mut self.file {
+                Some(file) => file,
+                empty => empty.insert(tempfile::tempfile_in(&self.dir)?),
+            };
+            file.write_all_at(&bytes, self.written * 8)?;
             self.written += self.pending.len() as u64;
             self.pending.clear();
         }
@@ -94,36 +102,13 @@ impl JsonlIndex {
                 .copied()
                 .ok_or_else(|| io::Error::other("feed.jsonl index read past its end"));
         }
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("feed.jsonl index read past its end"))?;
         let mut bytes = [0u8; 8];
-        self.file.read_exact_at(&mut bytes, i * 8)?;
+        file.read_exact_at(&mut bytes, i * 8)?;
         Ok(u64::from_be_bytes(bytes))
-    }
-}
-
-/// A file in `dir` that has no name, and so goes when it is closed.
-fn unnamed_file(dir: &Path) -> io::Result<File> {
-    let opened = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_TMPFILE)
-        .open(dir);
-    match opened {
-        Ok(file) => Ok(file),
-        // A filesystem without O_TMPFILE: a named file, unlinked at once.
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            let path = dir.join(format!(".jsonl-index-{}", std::process::id()));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)?;
-            std::fs::remove_file(&path)?;
-            Ok(file)
-        }
-        Err(e) => Err(e),
     }
 }
 
@@ -134,7 +119,7 @@ mod tests {
     #[test]
     fn finds_each_byte_in_memory_and_on_disk() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut index = JsonlIndex::new(dir.path()).expect("makes");
+        let mut index = JsonlIndex::new(dir.path());
         let lens: Vec<u64> = (0..PENDING as u64 * 2 + 77).map(|i| 1 + i % 5).collect();
         for len in &lens {
             index.push(*len).expect("pushes");

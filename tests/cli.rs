@@ -258,7 +258,7 @@ fn commands_go_through_a_running_daemon_and_print_the_same() {
         "publish", "--path", path_s, "--type", "log", "--text", "local",
     ]))
     .expect("json");
-    let mut daemon = common::spawn_headless_daemon(path_s);
+    let mut daemon = common::spawn_headless_daemon(path_s, &[]);
     let socket = path.join("scuttlefs.sock");
     assert!(common::wait_until(Duration::from_secs(10), || socket.exists()));
     let remote: Value = serde_json::from_str(&run_ok(&[

@@ -637,22 +637,11 @@ fn lines_that_arrive_out_of_order_are_merged_into_order_while_tail_f_keeps_its_o
     // Another machine's lines, written before anything the mounted node
     // writes, so that they arrive late.
     let other = dir.path().join("other");
-    let mut publish = Command::new(bin())
-        .args(["publish", "--stdin", "--type", "log", "--path"])
-        .arg(&other)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("publish starts");
+    let other_path = other.to_str().expect("utf8");
     let old: String = (1..=300).map(|i| format!("old {i}\n")).collect();
-    publish
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(old.as_bytes())
-        .expect("writes");
-    assert!(publish.wait().expect("publish ends").success());
-    let other_id = common::run_ok(&["whoami", "--path", other.to_str().expect("utf8")]);
+    let published = common::publish_stdin(other_path, old.as_bytes(), &["--type", "log"]);
+    assert!(published.status.success());
+    let other_id = common::run_ok(&["whoami", "--path", other_path]);
     let other_id = other_id
         .split('"')
         .find(|s| s.starts_with('@'))
@@ -660,13 +649,7 @@ fn lines_that_arrive_out_of_order_are_merged_into_order_while_tail_f_keeps_its_o
         .to_string();
     // Both on one private network.
     const KEY: &str = "Y2FwcyBmb3IgdGhlIG1lcmdlIHRlc3QsIDMyIGJ5dGU=";
-    let mut server = Command::new(bin())
-        .args(["serve", "--no-mount", "--no-discovery", "--port", "0"])
-        .args(["--caps.shs", KEY, "--path"])
-        .arg(&other)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("daemon starts");
+    let mut server = common::spawn_headless_daemon(other_path, &["--caps.shs", KEY]);
     let mut port = None;
     assert!(
         wait_until(Duration::from_secs(20), || {

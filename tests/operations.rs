@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{fuse_available, run, run_ok, system_available, wait_until};
+use common::{fuse_available, publish_stdin, run, run_ok, system_available, wait_until};
 use serde_json::Value;
 
 use scuttlefs::feed::{FeedTip, Message};
@@ -18,24 +17,6 @@ fn log_values(path: &str) -> Vec<Value> {
         .filter(|s| !s.trim().is_empty())
         .map(|s| serde_json::from_str(s).expect("JSON"))
         .collect()
-}
-
-fn publish_stdin(path: &str, input: &[u8], extra: &[&str]) -> std::process::Output {
-    let mut child = Command::new(common::bin())
-        .args(["publish", "--stdin", "--path", path])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write");
-    child.wait_with_output().expect("finishes")
 }
 
 #[test]
@@ -98,7 +79,7 @@ fn publish_stdin_goes_through_a_running_daemon() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("node");
     let path_s = path.to_str().expect("utf8");
-    let mut daemon = common::spawn_headless_daemon(path_s);
+    let mut daemon = common::spawn_headless_daemon(path_s, &[]);
     let socket = path.join("scuttlefs.sock");
     assert!(wait_until(Duration::from_secs(10), || socket.exists()
         && run(&["status", "--path", path_s]).status.success()));
@@ -176,7 +157,7 @@ fn status_exit_codes_tell_a_monitor_what_is_wrong() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon"));
 
-    let mut daemon = common::spawn_headless_daemon(path_s);
+    let mut daemon = common::spawn_headless_daemon(path_s, &[]);
     assert!(wait_until(Duration::from_secs(10), || run(&[
         "status", "--path", path_s
     ])

@@ -517,16 +517,12 @@ type Damage = fn(&Path);
 
 /// Where the views at `line_file` keep their runs files.
 fn runs_of(line_file: &Path) -> PathBuf {
-    let mut name = line_file.as_os_str().to_owned();
-    name.push(".runs");
-    PathBuf::from(name)
+    scuttlefs::view::beside(line_file, ".runs")
 }
 
 /// Where the views at `line_file` keep their checkpoint.
 fn checkpoint_of(line_file: &Path) -> PathBuf {
-    let mut name = line_file.as_os_str().to_owned();
-    name.push(".state");
-    PathBuf::from(name)
+    scuttlefs::view::beside(line_file, ".state")
 }
 
 #[test]

@@ -148,7 +148,8 @@ fn acknowledged_messages_survive_sigkill() {
         if let Some(n) = line.strip_prefix("acked ") {
             acked = n.trim().parse().expect("number");
             // Past a few compressed blocks (256 KiB of records each).
-            let sealed = std::fs::metadata(dir.path().join("messages.cold")).map_or(0, |m| m.len());
+            let sealed = std::fs::metadata(scuttlefs::store::dir::cold_path(dir.path()))
+                .map_or(0, |m| m.len());
             if acked >= 300 && sealed > 0 && acked % 13 == 0 {
                 break;
             }
@@ -158,7 +159,7 @@ fn acknowledged_messages_survive_sigkill() {
     child.wait().expect("reaped");
     assert!(acked >= 300, "the child stopped early at {acked}");
     assert!(
-        std::fs::metadata(dir.path().join("messages.cold")).is_ok_and(|m| m.len() > 0),
+        std::fs::metadata(scuttlefs::store::dir::cold_path(dir.path())).is_ok_and(|m| m.len() > 0),
         "part of the log was compressed before the kill"
     );
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <store>/lock                  held (flock) by the process that has the store open
-//! <store>/messages.log          the message log: the truth
+//! <store>/messages.log          the message log: the truth (its older part a hole)
+//! <store>/messages.cold         the log's older records, compressed
 //! <store>/index/                sled: indexes derived from the log, a cache
 //! <store>/index.damaged-<time>/ the last index that failed to open, kept for diagnosis
 //! ```
@@ -26,6 +27,11 @@ pub fn index_dir(store: &Path) -> PathBuf {
 /// The message log inside the store.
 pub fn log_path(store: &Path) -> PathBuf {
     store.join("messages.log")
+}
+
+/// The message log's compressed older records (`cold.rs`).
+pub fn cold_path(store: &Path) -> PathBuf {
+    store.join("messages.cold")
 }
 
 /// An exclusive hold on a store directory, released when dropped (the

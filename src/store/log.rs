@@ -101,8 +101,9 @@ pub struct MessageLog {
 }
 
 impl MessageLog {
-    /// Opens (or creates) the log at `path`.
-    pub fn open(path: &Path) -> Result<MessageLog, StoreError> {
+    /// Opens (or creates) the log at `path`, with its compressed older
+    /// records at `cold`.
+    pub fn open(path: &Path, cold: &Path) -> Result<MessageLog, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -110,7 +111,7 @@ impl MessageLog {
             .truncate(false)
             .open(path)
             .map_err(io_error)?;
-        let cold = ColdLog::open(&path.with_extension("cold"), &file).map_err(io_error)?;
+        let cold = ColdLog::open(cold, &file).map_err(io_error)?;
         Ok(MessageLog { file, cold })
     }
 
@@ -171,27 +172,28 @@ impl MessageLog {
         if limit < start + BLOCK_BYTES as u64 {
             return Ok(0);
         }
-        let to = limit.min(start + SEAL_BYTES);
+        let mut raw = vec![0u8; (limit.min(start + SEAL_BYTES) - start) as usize];
+        self.read_exact_at(&mut raw, start)?;
+        // Blocks end at the first record end past BLOCK_BYTES; a record cut
+        // by the end of `raw` waits for the next seal.
+        let (mut at, mut block_start) = (0, 0);
         let mut cuts = Vec::new();
-        let mut reader = self.reader();
-        let (mut offset, mut block_start) = (start, start);
-        while offset < to {
-            let record = reader.read(offset, None)?;
-            let end = offset + record_len(record.json.len());
-            if end > to {
+        while raw.len() - at >= HEADER_LEN {
+            let (json_len, _, _) = decode_header(&raw[at..])?;
+            let end = at + HEADER_LEN + json_len;
+            if end > raw.len() {
                 break;
             }
-            offset = end;
-            if offset - block_start >= BLOCK_BYTES as u64 {
-                cuts.push((offset - start) as usize);
-                block_start = offset;
+            at = end;
+            if at - block_start >= BLOCK_BYTES {
+                cuts.push(at);
+                block_start = at;
             }
         }
         let Some(&sealed) = cuts.last() else {
             return Ok(0);
         };
-        let mut raw = vec![0u8; sealed];
-        self.read_exact_at(&mut raw, start)?;
+        raw.truncate(sealed);
         self.cold
             .seal(&self.file, start, &raw, &cuts)
             .map_err(io_error)?;
@@ -331,7 +333,8 @@ mod tests {
     #[test]
     fn records_read_back_directly_through_a_window_and_by_scan() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = MessageLog::open(&dir.path().join("log")).expect("opens");
+        let log =
+            MessageLog::open(&dir.path().join("log"), &dir.path().join("cold")).expect("opens");
         let mut bytes = Vec::new();
         let mut offsets = Vec::new();
         for i in 0..5000u32 {
@@ -367,7 +370,8 @@ mod tests {
     #[test]
     fn a_torn_or_zeroed_tail_ends_the_scan_with_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = MessageLog::open(&dir.path().join("log")).expect("opens");
+        let log =
+            MessageLog::open(&dir.path().join("log"), &dir.path().join("cold")).expect("opens");
         let mut bytes = Vec::new();
         encode_record(&mut bytes, &MsgId([1; 32]), 1.0, b"{\"a\":1}");
         let good = bytes.len() as u64;

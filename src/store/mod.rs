@@ -184,7 +184,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let lock = dir::lock(dir)?;
         dir::move_root_index(dir)?;
-        let log = MessageLog::open(&dir::log_path(dir))?;
+        let log = MessageLog::open(&dir::log_path(dir), &dir::cold_path(dir))?;
         // Whatever the log holds now may be sent to peers as this machine's
         // own messages: make it durable first, so that no later power cut
         // can take back a message a peer has (its successor would fork).
@@ -1120,6 +1120,18 @@ mod tests {
         }
     }
 
+    /// Compresses all but the last `keep_hot` bytes of the log, as the
+    /// daemon does a bounded step at a time; returns how many it did.
+    fn seal_all(store: &Store, keep_hot: u64) -> u64 {
+        let mut sealed = 0;
+        loop {
+            match store.seal_cold(keep_hot).expect("seals") {
+                0 => return sealed,
+                n => sealed += n,
+            }
+        }
+    }
+
     fn allocated(path: &Path) -> u64 {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(path).expect("stat").blocks() * 512
@@ -1134,14 +1146,7 @@ mod tests {
             let ids = fill(&store, (0..300).map(|b| b % 7 + 20));
             store.sync_log().expect("syncs");
             let before = allocated(&log);
-            let mut sealed = 0;
-            loop {
-                let n = store.seal_cold(64 * 1024).expect("seals");
-                if n == 0 {
-                    break;
-                }
-                sealed += n;
-            }
+            let sealed = seal_all(&store, 64 * 1024);
             assert!(sealed > 1 << 20, "sealed {sealed} bytes");
             assert!(
                 allocated(&log) + sealed / 2 < before,
@@ -1156,14 +1161,14 @@ mod tests {
         everything_reads(&store, &ids);
         let more = fill(&store, (0..4).map(|_| 10));
         store.sync_log().expect("syncs");
-        while store.seal_cold(0).expect("seals") > 0 {}
+        seal_all(&store, 0);
         everything_reads(&store, &[ids, more].concat());
     }
 
     #[test]
     fn a_compressed_block_a_power_cut_left_unfinished_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cold = dir.path().join("messages.cold");
+        let cold = dir::cold_path(dir.path());
         let ids = {
             let store = open(dir.path());
             let ids = fill(&store, (0..200).map(|_| 25));

@@ -101,9 +101,7 @@ impl Checkpoint {
 
 /// Where the checkpoint of the line file at `line_file` is kept.
 pub fn path(line_file: &Path) -> PathBuf {
-    let mut name = line_file.as_os_str().to_owned();
-    name.push(".state");
-    PathBuf::from(name)
+    super::beside(line_file, ".state")
 }
 
 /// Reads the checkpoint of the views at `line_file`: `None` when there is

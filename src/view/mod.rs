@@ -43,6 +43,14 @@ use runs::FeedLines;
 pub use sorted::MergedSnapshot;
 use sorted::{MergedFile, NewLine};
 
+/// A file of the views beside `line_file`: its name with `suffix` added
+/// (`lines.cache.state`, `lines.cache.runs`, …).
+pub fn beside(line_file: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = line_file.as_os_str().to_owned();
+    name.push(suffix);
+    std::path::PathBuf::from(name)
+}
+
 /// What the views need of one committed message.
 #[derive(Clone, Debug)]
 pub struct ViewEntry {
@@ -380,6 +388,13 @@ impl Views {
                 "a write to the views failed; they are built again at the next start",
             ));
         }
+        let now = {
+            let state = self.read();
+            (state.log_end, self.merged.generation(), state.file_len)
+        };
+        if *last_saved == Some(now) {
+            return Ok(());
+        }
         let (saved, pinned, unsynced_runs) = {
             let mut state = self.write();
             let (merged, pinned) = self.merged.checkpoint();
@@ -388,10 +403,6 @@ impl Views {
         };
         let number = saved.merged.generation;
         let taken_at = (saved.log_end, number, saved.file_len);
-        if *last_saved == Some(taken_at) {
-            self.merged.checkpoint_done(number, true);
-            return Ok(());
-        }
         let result = (|| {
             // The log holds at least what the views took.
             store.sync_log().map_err(io::Error::other)?;
@@ -537,7 +548,14 @@ impl Views {
         size: usize,
     ) -> io::Result<Vec<u8>> {
         let mut segments = Segments::new(size);
-        if let Some(lines) = self.read().jobs.get(feed).and_then(|j| j.get(source)) {
+        // Copied out, so that the runs file is read without the lock.
+        let lines = self
+            .read()
+            .jobs
+            .get(feed)
+            .and_then(|j| j.get(source))
+            .cloned();
+        if let Some(lines) = lines {
             lines.read_into(&runs::dir(&self.path), offset, &mut segments)?;
         }
         segments.read(&self.file)
@@ -693,7 +711,8 @@ impl Views {
     /// Reads `feed`'s `log`.
     pub fn read_feed_log(&self, feed: &FeedId, offset: u64, size: usize) -> io::Result<Vec<u8>> {
         let mut segments = Segments::new(size);
-        if let Some(lines) = self.read().feeds.get(feed) {
+        let lines = self.read().feeds.get(feed).cloned();
+        if let Some(lines) = lines {
             lines.read_into(&runs::dir(&self.path), offset, &mut segments)?;
         }
         segments.read(&self.file)
@@ -751,7 +770,7 @@ impl Views {
             return Ok(());
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut index = JsonlIndex::new(dir).map_err(io_error)?;
+        let mut index = JsonlIndex::new(dir);
         for item in store.history(feed, 1) {
             let (_, raw) = item?;
             index

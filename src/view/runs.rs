@@ -24,9 +24,7 @@ const READ_AHEAD: usize = 256;
 
 /// The directory of the runs files of the views at `line_file`.
 pub fn dir(line_file: &Path) -> PathBuf {
-    let mut name = line_file.as_os_str().to_owned();
-    name.push(".runs");
-    PathBuf::from(name)
+    super::beside(line_file, ".runs")
 }
 
 /// One view's lines: its size, and its runs in the file `number` of the

@@ -261,6 +261,11 @@ impl MergedFile {
         })
     }
 
+    /// The number of the generation opens read now.
+    pub fn generation(&self) -> u64 {
+        self.lock().current.number
+    }
+
     /// What a checkpoint keeps of the merged file now, and the generation
     /// it names, whose files stay on disk until
     /// [`MergedFile::checkpoint_done`] and are to be made durable before
@@ -818,9 +823,7 @@ fn create(path: &Path) -> io::Result<File> {
 
 /// `<base>.<kind>-<number>`.
 fn generation_path(base: &Path, kind: &str, number: u64) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
-    name.push(format!(".{kind}-{number}"));
-    PathBuf::from(name)
+    super::beside(base, &format!(".{kind}-{number}"))
 }
 
 /// Removes the generation files an earlier run left beside `base`.

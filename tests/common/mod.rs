@@ -7,6 +7,7 @@ pub mod room;
 pub mod sites;
 pub mod ssb_server;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -72,8 +73,9 @@ pub fn run_ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8 output")
 }
 
-/// Starts `scuttlefs serve` on `path` without a mount or networking.
-pub fn spawn_headless_daemon(path: &str) -> Child {
+/// Starts `scuttlefs serve` on `path` without a mount or discovery, on a
+/// free port, with `extra` arguments.
+pub fn spawn_headless_daemon(path: &str, extra: &[&str]) -> Child {
     Command::new(bin())
         .args([
             "serve",
@@ -84,9 +86,30 @@ pub fn spawn_headless_daemon(path: &str) -> Child {
             "--path",
             path,
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("daemon starts")
+}
+
+/// Runs `scuttlefs publish --stdin --path path` with `extra` arguments,
+/// feeding it `input`.
+pub fn publish_stdin(path: &str, input: &[u8], extra: &[&str]) -> Output {
+    let mut child = Command::new(bin())
+        .args(["publish", "--stdin", "--path", path])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("finishes")
 }
 
 /// Waits until `check` is true, up to `timeout`.

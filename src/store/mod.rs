@@ -233,6 +233,13 @@ impl Store {
             indexer.index_log_tail(&mut state, &mut committed)?;
         }
         indexer.check_readable(&committed)?;
+        // The check read every node of the index, and sled keeps what it
+        // read far past its cache's cap (250 MB at ten million messages):
+        // opened again, it starts with an empty cache.
+        drop(tree);
+        drop(db);
+        let db = open_sled(&dir::index_dir(dir))?;
+        let tree = db.open_tree("messages")?;
         Ok(OpenIndex {
             db,
             tree,

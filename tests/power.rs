@@ -61,6 +61,8 @@ fn durable_node(path: &Path, n: usize) -> Vec<String> {
         texts.extend_from_slice(&their_texts[part.clone()]);
         node.ingest(theirs[part].to_vec()).expect("ingests");
     }
+    // As the daemon does every second.
+    node.store.sync_positions().expect("syncs positions");
     node.flush().expect("flushes");
     texts
 }
@@ -408,25 +410,6 @@ fn open_index_db(path: &Path) -> sled::Db {
     panic!("the index database stays locked");
 }
 
-/// Removes every `step`th entry under `prefix` from the closed store's
-/// index, as sled's recovery may when it keeps an older version of a node.
-fn lose_index_entries(path: &Path, prefix: &[u8], step: usize) {
-    let db = open_index_db(path);
-    let tree = db.open_tree("messages").expect("tree");
-    let keys: Vec<sled::IVec> = tree
-        .scan_prefix(prefix)
-        .keys()
-        .skip(1)
-        .step_by(step)
-        .map(|k| k.expect("key"))
-        .collect();
-    assert!(!keys.is_empty());
-    for key in keys {
-        tree.remove(key).expect("removes");
-    }
-    db.flush().expect("flushes");
-}
-
 #[test]
 fn a_views_checkpoint_the_files_do_not_bear_out_is_thrown_away() {
     // Lines would vanish from merged.log, or show twice.
@@ -525,14 +508,75 @@ fn checkpoint_of(line_file: &Path) -> PathBuf {
     scuttlefs::view::beside(line_file, ".state")
 }
 
+/// The position files of the store at `path`, largest first.
+fn position_files(path: &Path) -> Vec<PathBuf> {
+    let dir = config(path).store_dir().join("positions");
+    let mut files: Vec<(u64, PathBuf)> = fs::read_dir(dir)
+        .expect("lists positions")
+        .map(|e| {
+            let e = e.expect("entry");
+            (e.metadata().expect("stat").len(), e.path())
+        })
+        .collect();
+    files.sort();
+    files.reverse();
+    files.into_iter().map(|(_, path)| path).collect()
+}
+
+fn cut_to(file: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("opens")
+        .set_len(len)
+        .expect("cuts");
+}
+
 #[test]
-fn positions_sled_lost_are_noticed_and_rebuilt() {
-    // A hole in a feed's positions: its history would end early.
+fn synced_positions_lost_are_noticed_and_rebuilt() {
+    // A feed's history would end early.
+    for damage in ["cut", "removed"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let durable = durable_node(dir.path(), 800);
+        let files = position_files(dir.path());
+        assert_eq!(files.len(), 2, "one per feed");
+        match damage {
+            "cut" => cut_to(&files[0], 12 * 100),
+            _ => fs::remove_file(&files[1]).expect("removes"),
+        }
+        assert_comes_back(dir.path(), &durable);
+        assert_eq!(
+            set_aside(dir.path()).len(),
+            1,
+            "{damage}: kept for diagnosis"
+        );
+    }
+}
+
+#[test]
+fn positions_lost_since_their_last_sync_are_written_again_without_a_rebuild() {
+    // Power loss after sled recorded the batches but before the position
+    // files were synced: sled still says they were synced up to some
+    // earlier point (here, not at all).
     let dir = tempfile::tempdir().expect("tempdir");
     let durable = durable_node(dir.path(), 800);
-    lose_index_entries(dir.path(), b"m", 3);
+    {
+        let db = open_index_db(dir.path());
+        let tree = db.open_tree("messages").expect("tree");
+        tree.remove(b"P").expect("removes");
+        db.flush().expect("flushes");
+    }
+    for file in position_files(dir.path()) {
+        let len = fs::metadata(&file).expect("stat").len();
+        cut_to(&file, len / 2);
+        // And a blank entry where a write never landed.
+        let mut bytes = fs::read(&file).expect("reads");
+        let blank = bytes.len() / 24 * 12;
+        bytes[blank..blank + 12].fill(0);
+        fs::write(&file, &bytes).expect("writes");
+    }
     assert_comes_back(dir.path(), &durable);
-    assert_eq!(set_aside(dir.path()).len(), 1, "kept for diagnosis");
+    assert!(set_aside(dir.path()).is_empty(), "no rebuild");
 }
 
 #[test]

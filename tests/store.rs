@@ -79,11 +79,9 @@ fn gaps_forks_and_wrong_previous_are_refused_and_leave_the_store_unchanged() {
         .append(msgs[1..].to_vec(), no_line, 1.0)
         .expect("the rest");
     assert_eq!(store.tip(&keys.id()).map(|t| t.sequence), Some(3));
-    let by_id = store
-        .get_by_id(&msgs[2].key)
-        .expect("reads")
-        .expect("found");
-    assert_eq!(by_id.value, msgs[2].value);
+    let third = store.get(&keys.id(), 3).expect("reads").expect("found");
+    assert_eq!(third.key, msgs[2].key);
+    assert_eq!(third.value, msgs[2].value);
 }
 
 /// Not a test: the child that `acknowledged_messages_survive_sigkill` runs

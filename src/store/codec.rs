@@ -31,26 +31,12 @@ pub fn message_key(feed: &FeedId, seq: u64) -> [u8; 41] {
     key
 }
 
-/// The key of the chunk of the id-index run starting at log offset
-/// `run_start` whose first entry has prefix `first_prefix`.
-pub fn id_chunk_key(run_start: u64, first_prefix: u64) -> [u8; 17] {
-    let mut key = [0u8; 17];
-    key[0] = b'i';
-    key[1..9].copy_from_slice(&run_start.to_be_bytes());
-    key[9..].copy_from_slice(&first_prefix.to_be_bytes());
-    key
-}
-
-/// The prefix shared by every chunk key of the run starting at `run_start`.
-pub fn id_run_prefix(run_start: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = b'i';
-    key[1..].copy_from_slice(&run_start.to_be_bytes());
-    key
-}
-
-/// The key of the id index's directory: its runs, oldest first.
+/// The key under which earlier versions kept the directory of an index
+/// by message id.
 pub const ID_DIRECTORY_KEY: &[u8] = b"I";
+
+/// The key of the log offset up to which the position files are synced.
+pub const POSITIONS_SYNCED_KEY: &[u8] = b"P";
 
 /// The key of the log's committed extent ([`LogExtent`]).
 pub const EXTENT_KEY: &[u8] = b"E";
@@ -98,53 +84,6 @@ fn feed_key(prefix: u8, feed: &FeedId) -> [u8; 33] {
     key[0] = prefix;
     key[1..].copy_from_slice(&feed.0);
     key
-}
-
-/// Bytes of one entry of a position block: log offset(8) JSON length(4).
-const POSITION_LEN: usize = 12;
-
-/// Most messages one position block holds (1.5 KiB), so that values stay
-/// small: see `INLINE_LINE` in the store.
-pub const POSITION_BLOCK: usize = 128;
-
-/// Adds a position block to `batch`: where the records of `feed`'s
-/// messages `first_seq`, `first_seq + 1`, … are in the log, as
-/// `(offset, JSON length)`.
-pub fn put_positions(
-    batch: &mut sled::Batch,
-    feed: &FeedId,
-    first_seq: u64,
-    positions: &[(u64, usize)],
-) {
-    let mut value = Vec::with_capacity(positions.len() * POSITION_LEN);
-    for (offset, json_len) in positions {
-        value.extend_from_slice(&offset.to_be_bytes());
-        value.extend_from_slice(&(*json_len as u32).to_be_bytes());
-    }
-    batch.insert(&message_key(feed, first_seq)[..], value);
-}
-
-/// A position block: the first sequence it covers (from its key) and how
-/// many it holds.
-pub fn decode_position_block(key: &[u8], value: &[u8]) -> Result<(u64, u64), StoreError> {
-    if key.len() != 41 || value.is_empty() || value.len() % POSITION_LEN != 0 {
-        return Err(StoreError::Corrupt("message position block".into()));
-    }
-    Ok((
-        decode_u64(&key[33..41])?,
-        (value.len() / POSITION_LEN) as u64,
-    ))
-}
-
-/// Entry `i` of a position block: `(offset, JSON length)`.
-pub fn position_at(value: &[u8], i: u64) -> Result<(u64, usize), StoreError> {
-    let at = i as usize * POSITION_LEN;
-    let entry = value
-        .get(at..at + POSITION_LEN)
-        .ok_or_else(|| StoreError::Corrupt("message position".into()))?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(&entry[8..]);
-    Ok((decode_u64(&entry[..8])?, u32::from_be_bytes(len) as usize))
 }
 
 /// Adds the index entries of `msg` besides its position (see

@@ -5,6 +5,7 @@
 //! <store>/messages.log          the message log: the truth (its older part a hole)
 //! <store>/messages.cold         the log's older records, compressed
 //! <store>/index/                sled: indexes derived from the log, a cache
+//! <store>/positions/            each feed's positions in the log, a cache too
 //! <store>/index.damaged-<time>/ the last index that failed to open, kept for diagnosis
 //! ```
 //!
@@ -17,11 +18,16 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::StoreError;
+use super::{io_error, StoreError};
 
 /// sled's directory inside the store.
 pub fn index_dir(store: &Path) -> PathBuf {
     store.join("index")
+}
+
+/// The position files inside the store (`positions.rs`).
+pub fn positions_dir(store: &Path) -> PathBuf {
+    store.join("positions")
 }
 
 /// The message log inside the store.
@@ -122,10 +128,6 @@ pub fn set_aside(store: &Path) -> Result<Option<PathBuf>, StoreError> {
     let aside = store.join(format!("index.damaged-{stamp}"));
     fs::rename(&index, &aside).map_err(io_error)?;
     Ok(Some(aside))
-}
-
-fn io_error(e: io::Error) -> StoreError {
-    StoreError::Sled(sled::Error::Io(e))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::path::Path;
 use crate::feed::MsgId;
 
 use super::cold::{ColdLog, BLOCK_BYTES};
-use super::StoreError;
+use super::{io_error, StoreError};
 
 /// The most raw bytes one [`MessageLog::seal`] compresses.
 pub const SEAL_BYTES: u64 = 16 << 20;
@@ -88,10 +88,6 @@ fn decode_record(bytes: &[u8]) -> Result<LogRecord, StoreError> {
         received_ms,
         json: json.to_vec(),
     })
-}
-
-fn io_error(e: io::Error) -> StoreError {
-    StoreError::Sled(sled::Error::Io(e))
 }
 
 /// The log file, and its older records compressed (`cold.rs`).

@@ -36,7 +36,7 @@ use crate::feed::json::js_number;
 use chrono::NaiveDate;
 
 use crate::feed::{FeedId, MsgId};
-use crate::store::{RawMessage, Store, StoreError, Stored};
+use crate::store::{io_error, RawMessage, Store, StoreError, Stored};
 use checkpoint::Checkpoint;
 use jsonl::JsonlIndex;
 use runs::FeedLines;
@@ -117,10 +117,6 @@ impl From<&Stored> for ViewEntry {
             stored.line.clone(),
         )
     }
-}
-
-fn io_error(e: io::Error) -> StoreError {
-    StoreError::Sled(sled::Error::Io(e))
 }
 
 #[derive(Default)]

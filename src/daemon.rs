@@ -76,6 +76,7 @@ pub enum DaemonError {
 
 /// Runs the daemon until a signal stops it.
 pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
+    limit_malloc_arenas();
     let keys = config.load_or_create_keys()?;
     let peers = options
         .peers
@@ -312,6 +313,7 @@ fn spawn_merger(node: Arc<Node>) {
         .name("merge".into())
         .spawn(move || {
             let mut positions_synced = std::time::Instant::now();
+            let mut freed = FreedMemory::default();
             loop {
                 let Some(views) = node.views() else { return };
                 if views.merge_due() {
@@ -326,6 +328,7 @@ fn spawn_merger(node: Arc<Node>) {
                             // the merge, which stays on disk until one names
                             // the new one.
                             node.save_views();
+                            freed.note_work();
                         }
                         Ok(false) => {}
                         Err(e) => {
@@ -334,9 +337,13 @@ fn spawn_merger(node: Arc<Node>) {
                         }
                     }
                 }
-                if let Err(e) = node.store.seal_cold(crate::store::HOT_LOG_BYTES) {
-                    tracing::warn!("could not compress the message log's older records: {e}");
-                    std::thread::sleep(std::time::Duration::from_secs(60));
+                match node.store.seal_cold(crate::store::HOT_LOG_BYTES) {
+                    Ok(0) => {}
+                    Ok(_) => freed.note_work(),
+                    Err(e) => {
+                        tracing::warn!("could not compress the message log's older records: {e}");
+                        std::thread::sleep(std::time::Duration::from_secs(60));
+                    }
                 }
                 // Each sync spares the next start rewriting those positions
                 // from the log; a second's worth is cheap either way.
@@ -347,7 +354,7 @@ fn spawn_merger(node: Arc<Node>) {
                     positions_synced = std::time::Instant::now();
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                return_freed_memory(&node);
+                freed.return_to_system(&node);
             }
         });
     if let Err(e) = spawned {
@@ -355,25 +362,52 @@ fn spawn_merger(node: Arc<Node>) {
     }
 }
 
-/// Gives memory the daemon freed back to the system, at most once a
-/// second while messages arrive and once more when they stop. glibc's
-/// allocator keeps freed pages in its heaps otherwise, between live
-/// allocations where it cannot trim them by itself: the views' merges
-/// and the stores' batches make large short-lived buffers, and after a
-/// burst of replication the daemon's resident size stayed at its highest
-/// for good (1.5 GB after ten million messages, 236 MB once trimmed).
-fn return_freed_memory(node: &Node) {
-    thread_local! {
-        static TRIMMED_AT: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+/// Caps glibc's heaps at two, before any thread starts. By default each
+/// thread that allocates while others hold the heaps gets one of its own
+/// (up to eight per core), and each keeps freed memory between its live
+/// allocations: the daemon's threads (FUSE, tokio, the merge, sled's)
+/// left more of it resident after replicating than they were using.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the
+    // daemon starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-    let now = crate::node::now_ms();
-    let trimmed_at = TRIMMED_AT.get();
-    if node.last_change_ms() > trimmed_at && now - trimmed_at >= 1000.0 {
-        TRIMMED_AT.set(now);
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free memory of the allocator.
-        unsafe {
-            libc::malloc_trim(0);
+}
+
+/// Gives memory the daemon freed back to the system, at most once a
+/// second while messages arrive or the background thread works (merges,
+/// compression), and once more when they stop. glibc's allocator keeps
+/// freed pages in its heaps otherwise, between live allocations where it
+/// cannot trim them by itself: the views' merges and the store's batches
+/// make large short-lived buffers, and after a burst of replication the
+/// daemon's resident size stayed at its highest for good (1.5 GB after
+/// ten million messages, 236 MB once trimmed). Half of what stayed
+/// resident after a merge at ten million was such free memory.
+#[derive(Default)]
+struct FreedMemory {
+    trimmed_at_ms: f64,
+    /// Background work since the last trim.
+    worked: bool,
+}
+
+impl FreedMemory {
+    fn note_work(&mut self) {
+        self.worked = true;
+    }
+
+    fn return_to_system(&mut self, node: &Node) {
+        let now = crate::node::now_ms();
+        let changed = node.last_change_ms() > self.trimmed_at_ms;
+        if (changed || self.worked) && now - self.trimmed_at_ms >= 1000.0 {
+            self.trimmed_at_ms = now;
+            self.worked = false;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory of the allocator.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 }

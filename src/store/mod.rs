@@ -444,6 +444,7 @@ impl Indexer<'_> {
             }
             runs.write(self.positions)?;
         }
+        let rewrote = synced < end;
         let tips = committed
             .by_feed
             .iter()
@@ -456,7 +457,14 @@ impl Indexer<'_> {
                 short.len()
             )));
         }
-        self.sync_positions(end)
+        self.sync_positions(end)?;
+        if rewrote {
+            // A short-lived process (`whoami`, `follow`) would otherwise
+            // exit before sled's own flush, and every open would write the
+            // same positions again.
+            self.tree.flush()?;
+        }
+        Ok(())
     }
 
     /// Syncs the position files, then records that the log is covered up

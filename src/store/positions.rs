@@ -22,6 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::feed::FeedId;
@@ -47,7 +48,7 @@ pub struct Positions {
     unsynced: Mutex<HashSet<FeedId>>,
     /// Whether a file was created since the last sync (the directory then
     /// needs a sync too).
-    created: Mutex<bool>,
+    created: AtomicBool,
 }
 
 impl Positions {
@@ -58,7 +59,7 @@ impl Positions {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashSet::new()),
-            created: Mutex::new(false),
+            created: AtomicBool::new(false),
         })
     }
 
@@ -88,7 +89,7 @@ impl Positions {
                     .create(true)
                     .truncate(false)
                     .open(&path)?;
-                *self.created.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                self.created.store(true, Ordering::Release);
                 file
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -171,7 +172,7 @@ impl Positions {
             .unwrap_or_else(|e| e.into_inner())
             .drain()
             .collect();
-        let created = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        let created = self.created.swap(false, Ordering::AcqRel);
         let result = self.sync_files(&feeds, created);
         if result.is_err() {
             // Put them back, so that the next sync tries again.
@@ -180,7 +181,7 @@ impl Positions {
                 .unwrap_or_else(|e| e.into_inner())
                 .extend(feeds);
             if created {
-                *self.created.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                self.created.store(true, Ordering::Release);
             }
         }
         result

@@ -105,7 +105,13 @@ struct State {
     sorted_lines: u64,
     /// The prefix's last timestamp.
     last_ts: u64,
+    /// The tail's lines that arrived since the merge under way began (all
+    /// of them when none is).
     tail: Vec<TailLine>,
+    /// The tail's lines the merge under way is merging, sorted; empty when
+    /// none is. Together with `tail`, the tail.
+    merging_tail: Arc<Vec<TailLine>>,
+    /// The bytes of the tail's lines, both parts.
     tail_bytes: u64,
     merging: bool,
     last_line_at: Instant,
@@ -184,6 +190,7 @@ impl MergedFile {
                 sorted_lines: 0,
                 last_ts: 0,
                 tail: Vec::new(),
+                merging_tail: Arc::new(Vec::new()),
                 tail_bytes: 0,
                 merging: false,
                 last_line_at: Instant::now(),
@@ -252,6 +259,7 @@ impl MergedFile {
                 last_ts: saved.last_ts,
                 tail_bytes: tail.iter().map(|t| u64::from(t.len)).sum(),
                 tail,
+                merging_tail: Arc::new(Vec::new()),
                 merging: false,
                 last_line_at: Instant::now(),
                 epoch: 0,
@@ -279,7 +287,12 @@ impl MergedFile {
             sorted_len: state.sorted_len,
             sorted_lines: state.sorted_lines,
             last_ts: state.last_ts,
-            tail: state.tail.iter().map(|t| (t.ts, t.pos, t.len)).collect(),
+            tail: state
+                .merging_tail
+                .iter()
+                .chain(&state.tail)
+                .map(|t| (t.ts, t.pos, t.len))
+                .collect(),
         };
         (saved, Pinned(state.current.clone()))
     }
@@ -317,7 +330,8 @@ impl MergedFile {
 
     /// Lines past the sorted prefix, waiting for a merge.
     pub fn unsorted_lines(&self) -> usize {
-        self.lock().tail.len()
+        let state = self.lock();
+        state.merging_tail.len() + state.tail.len()
     }
 
     /// Adds `lines`, whose bytes `bytes` the line file already holds at
@@ -349,7 +363,12 @@ impl MergedFile {
                 state.len,
                 state.sorted_len,
                 state.sorted_lines,
-                state.tail.clone(),
+                state
+                    .merging_tail
+                    .iter()
+                    .chain(&state.tail)
+                    .copied()
+                    .collect::<Vec<_>>(),
             )
         };
         let mut snapshot = MergedSnapshot {
@@ -396,26 +415,32 @@ impl MergedFile {
     /// the next generation replaces the current one. Returns whether there
     /// was anything to merge.
     pub fn merge(&self) -> io::Result<bool> {
-        let (old, sorted_lines, sorted_len, mut tail, merged_len) = {
+        let (old, sorted_lines, sorted_len, tail, merged_len) = {
             let mut state = self.lock();
             if state.merging || state.tail.is_empty() {
                 return Ok(false);
             }
             state.merging = true;
+            // Moved, not copied: at ten million lines the tail is a
+            // million entries, and lines keep arriving during the merge.
+            let mut tail = std::mem::take(&mut state.tail);
+            tail.sort_unstable_by_key(|t| (t.ts, t.pos));
+            state.merging_tail = Arc::new(tail);
             (
                 state.current.clone(),
                 state.sorted_lines,
                 state.sorted_len,
-                state.tail.clone(),
+                Arc::clone(&state.merging_tail),
                 state.len,
             )
         };
-        let result = self.write_next(&old, sorted_lines, sorted_len, &mut tail, merged_len);
+        let result = self.write_next(&old, sorted_lines, sorted_len, &tail, merged_len);
         let mut state = self.lock();
         state.merging = false;
         let next = match result {
             Ok(next) => next,
             Err(e) => {
+                put_back(&mut state, &tail);
                 for kind in ["sorted", "keys"] {
                     let _ = std::fs::remove_file(generation_path(&self.base, kind, old.number + 1));
                 }
@@ -427,14 +452,11 @@ impl MergedFile {
             for path in &next.own_paths {
                 let _ = std::fs::remove_file(path);
             }
+            put_back(&mut state, &tail);
             return Err(e);
         }
-        let arrived: Vec<TailLine> = state
-            .tail
-            .iter()
-            .filter(|t| t.pos >= merged_len)
-            .copied()
-            .collect();
+        // Every line in the tail now arrived during the merge.
+        let arrived = std::mem::take(&mut state.tail);
         let last_ts = tail
             .iter()
             .map(|t| t.ts)
@@ -458,7 +480,7 @@ impl MergedFile {
         state.sorted_len = merged_len;
         state.sorted_lines = sorted_lines + tail.len() as u64;
         state.last_ts = last_ts;
-        state.tail.clear();
+        state.merging_tail = Arc::new(Vec::new());
         state.tail_bytes = 0;
         state.epoch += 1;
         // The newcomers again: those in order extend the new prefix.
@@ -478,10 +500,9 @@ impl MergedFile {
         old: &Generation,
         sorted_lines: u64,
         sorted_len: u64,
-        tail: &mut [TailLine],
+        tail: &[TailLine],
         merged_len: u64,
     ) -> io::Result<Generation> {
-        tail.sort_by_key(|t| (t.ts, t.pos));
         let number = old.number + 1;
         let lines_path = generation_path(&self.base, "sorted", number);
         let keys_path = generation_path(&self.base, "keys", number);
@@ -605,6 +626,14 @@ impl MergedSnapshot {
     }
 }
 
+/// After a failed merge: the lines it was merging wait in the tail again.
+fn put_back(state: &mut State, merging: &[TailLine]) {
+    let arrived = std::mem::take(&mut state.tail);
+    state.tail = merging.to_vec();
+    state.tail.extend(arrived);
+    state.merging_tail = Arc::new(Vec::new());
+}
+
 /// Files `lines`, which the current generation holds from `start` on:
 /// each extends the prefix while none waits in the tail and it is in
 /// order, and joins the tail otherwise.
@@ -614,8 +643,8 @@ fn file_lines(state: &mut State, lines: &[NewLine], start: u64) -> io::Result<()
     let mut pos = start;
     for line in lines {
         let len = u64::from(line.len);
-        let in_order =
-            state.tail.is_empty() && (state.sorted_lines == 0 || line.ts >= state.last_ts);
+        let tail_empty = state.tail.is_empty() && state.merging_tail.is_empty();
+        let in_order = tail_empty && (state.sorted_lines == 0 || line.ts >= state.last_ts);
         if in_order {
             state.sorted_len += len;
             state.sorted_lines += 1;
@@ -623,7 +652,7 @@ fn file_lines(state: &mut State, lines: &[NewLine], start: u64) -> io::Result<()
             keys.extend_from_slice(&line.ts.to_be_bytes());
             keys.extend_from_slice(&(pos + len).to_be_bytes());
         } else {
-            if state.tail.is_empty() {
+            if tail_empty {
                 state.epoch += 1;
             }
             state.tail.push(TailLine {
@@ -1047,6 +1076,29 @@ mod tests {
         snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
         h.assert_reads(&snapshots);
         assert!(snapshots.last().unwrap().0.direct_file().is_some());
+    }
+
+    #[test]
+    fn a_failed_merge_leaves_its_lines_in_the_tail() {
+        let mut h = Harness::new();
+        h.add(&[10, 20, 30]);
+        h.add(&[15, 5]);
+        // The next generation's file cannot be made: a directory is there.
+        let base = h._dir.path().join("lines");
+        let number = h.merged.lock().current.number + 1;
+        let blocker = generation_path(&base, "sorted", number);
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(h.merged.merge().is_err());
+        assert_eq!(h.merged.unsorted_lines(), 2);
+        h.add(&[25]);
+        let snapshot = (h.merged.snapshot().unwrap(), h.arrived.len());
+        h.assert_reads(&[snapshot]);
+        std::fs::remove_dir(&blocker).unwrap();
+        assert!(h.merged.merge().unwrap());
+        assert_eq!(h.merged.unsorted_lines(), 0);
+        let snapshot = (h.merged.snapshot().unwrap(), h.arrived.len());
+        assert!(snapshot.0.direct_file().is_some());
+        h.assert_reads(&[snapshot]);
     }
 
     #[test]

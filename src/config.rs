@@ -289,6 +289,16 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError
 /// Replaces the file at `path` with `bytes`, readable by this user only,
 /// durably: a power cut leaves the old file or the new one, whole.
 pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_file_with(path, |file| file.write_all(bytes))
+}
+
+/// Replaces the file at `path` with what `write` writes to it, as
+/// [`replace_file`] does; for contents too large to assemble in memory
+/// first.
+pub(crate) fn replace_file_with(
+    path: &Path,
+    write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -296,7 +306,7 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    file.write_all(bytes)?;
+    write(&mut file)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -156,6 +156,11 @@ pub fn load(line_file: &Path, store: &Store) -> Result<Option<Checkpoint>, Strin
 
 /// Writes `saved` for the views at `line_file`, durably, replacing the last.
 pub fn save(line_file: &Path, saved: &Checkpoint) -> io::Result<()> {
-    let bytes = serde_json::to_vec(saved).map_err(io::Error::other)?;
-    crate::config::replace_file(&path(line_file), &bytes)
+    // Written as it is made: with a million lines waiting for a merge, the
+    // text would be some 45 MB.
+    crate::config::replace_file_with(&path(line_file), |file| {
+        let mut out = io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, saved).map_err(io::Error::other)?;
+        io::Write::flush(&mut out)
+    })
 }

@@ -42,7 +42,7 @@ pub async fn ingest_loop(
     received: Arc<AtomicU64>,
     failed: CancellationToken,
 ) {
-    let (verified_tx, mut verified_rx) = mpsc::channel::<Vec<Message>>(2);
+    let (verified_tx, mut verified_rx) = mpsc::channel::<Vec<Message>>(1);
     let storer = {
         let node = node.clone();
         let failed = failed.clone();

@@ -75,9 +75,10 @@ pub async fn run(
     close: CancellationToken,
 ) -> Result<(), SessionError> {
     let mut wire = Wire::start(conn.reader, conn.writer);
-    // One batch waits while another is verified and a third stored: each
-    // parsed message costs a few KiB, and every peer has its own queue.
-    let (ingest_tx, ingest_rx) = mpsc::channel::<(FeedId, Value)>(INGEST_BATCH);
+    // A quarter of a batch waits while one is verified, one waits to be
+    // stored and one is stored: each parsed message costs a few KiB, and
+    // every peer has its own queue.
+    let (ingest_tx, ingest_rx) = mpsc::channel::<(FeedId, Value)>(INGEST_BATCH / 4);
     let failed = CancellationToken::new();
     let ingester = tokio::spawn(ingest::ingest_loop(
         node.clone(),

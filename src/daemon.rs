@@ -313,6 +313,7 @@ fn spawn_merger(node: Arc<Node>) {
         .name("merge".into())
         .spawn(move || {
             let mut positions_synced = std::time::Instant::now();
+            let mut positions_failed = false;
             let mut freed = FreedMemory::default();
             loop {
                 let Some(views) = node.views() else { return };
@@ -347,9 +348,14 @@ fn spawn_merger(node: Arc<Node>) {
                 }
                 // Each sync spares the next start rewriting those positions
                 // from the log; a second's worth is cheap either way.
-                if positions_synced.elapsed() >= std::time::Duration::from_secs(1) {
+                if !positions_failed
+                    && positions_synced.elapsed() >= std::time::Duration::from_secs(1)
+                {
                     if let Err(e) = node.store.sync_positions() {
-                        tracing::warn!("could not sync the position files: {e}");
+                        // Every later sync fails too; the next start writes
+                        // the positions again from the log.
+                        tracing::error!("could not sync the position files: {e}");
+                        positions_failed = true;
                     }
                     positions_synced = std::time::Instant::now();
                 }

@@ -127,6 +127,11 @@ pub fn set_aside(store: &Path) -> Result<Option<PathBuf>, StoreError> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let aside = store.join(format!("index.damaged-{stamp}"));
     fs::rename(&index, &aside).map_err(io_error)?;
+    // Durable before the rebuild: a power cut must not bring back the
+    // damaged index over position files the rebuild has begun to rewrite.
+    File::open(store)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error)?;
     Ok(Some(aside))
 }
 

@@ -470,7 +470,13 @@ impl Indexer<'_> {
     /// Syncs the position files, then records that the log is covered up
     /// to `end`: the extent read before the sync began.
     fn sync_positions(&self, end: u64) -> Result<(), StoreError> {
-        self.positions.sync().map_err(io_error)?;
+        if let Err(e) = self.positions.sync() {
+            // Linux may mark pages clean after a failed fsync, so a retry
+            // can report success for data that never reached the disk:
+            // the next open writes every position again instead.
+            let _ = self.tree.remove(codec::POSITIONS_SYNCED_KEY);
+            return Err(io_error(e));
+        }
         let value = end.to_be_bytes();
         // Unchanged, it is not written again: an idle store writes nothing.
         if self.tree.get(codec::POSITIONS_SYNCED_KEY)?.as_deref() != Some(&value[..]) {
@@ -524,6 +530,9 @@ impl Indexer<'_> {
     fn rebuild(&self, committed: &mut Committed) -> Result<(), StoreError> {
         self.tree.clear()?;
         self.tree.insert(codec::REBUILDING_KEY, &[][..])?;
+        // Durable before the position files go: otherwise a power cut could
+        // bring back the old `P` over files half written again.
+        self.tree.flush()?;
         self.positions.clear().map_err(io_error)?;
         *committed = Committed::default();
         self.index_log_tail(committed)?;

@@ -49,17 +49,27 @@ pub struct Positions {
     /// Whether a file was created since the last sync (the directory then
     /// needs a sync too).
     created: AtomicBool,
+    /// Set by a failed sync, for good: after a failed fsync Linux may mark
+    /// the pages clean, and a retry would report success for data that
+    /// never reached the disk.
+    failed: AtomicBool,
 }
 
 impl Positions {
     /// Opens (creating it if needed) the directory of position files.
     pub fn open(dir: &Path) -> io::Result<Positions> {
-        fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir)?;
+            if let Some(parent) = dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
         Ok(Positions {
             dir: dir.to_path_buf(),
             open: Mutex::new(HashMap::new()),
             unsynced: Mutex::new(HashSet::new()),
             created: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
         })
     }
 
@@ -164,8 +174,13 @@ impl Positions {
     }
 
     /// Syncs every file written since the last sync, and the directory if
-    /// a file was created.
+    /// a file was created. Once a sync failed, every later one fails too.
     pub fn sync(&self) -> io::Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "an earlier sync of the position files failed",
+            ));
+        }
         let feeds: Vec<FeedId> = self
             .unsynced
             .lock()
@@ -175,14 +190,7 @@ impl Positions {
         let created = self.created.swap(false, Ordering::AcqRel);
         let result = self.sync_files(&feeds, created);
         if result.is_err() {
-            // Put them back, so that the next sync tries again.
-            self.unsynced
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(feeds);
-            if created {
-                self.created.store(true, Ordering::Release);
-            }
+            self.failed.store(true, Ordering::Release);
         }
         result
     }

@@ -307,13 +307,13 @@ fn detach_mount(mountpoint: &Path) -> bool {
 
 /// The background thread: merges lines that arrived out of order into
 /// `merged.log`'s file, so that opening it reads the file directly again;
-/// compresses the message log's older records; gives freed memory back.
+/// compresses the message log's older records; syncs the position files;
+/// gives freed memory back.
 fn spawn_merger(node: Arc<Node>) {
     let spawned = std::thread::Builder::new()
         .name("merge".into())
         .spawn(move || {
-            let mut positions_synced = std::time::Instant::now();
-            let mut positions_failed = false;
+            let mut positions = PositionSyncs::default();
             let mut freed = FreedMemory::default();
             loop {
                 let Some(views) = node.views() else { return };
@@ -346,25 +346,45 @@ fn spawn_merger(node: Arc<Node>) {
                         std::thread::sleep(std::time::Duration::from_secs(60));
                     }
                 }
-                // Each sync spares the next start rewriting those positions
-                // from the log; a second's worth is cheap either way.
-                if !positions_failed
-                    && positions_synced.elapsed() >= std::time::Duration::from_secs(1)
-                {
-                    if let Err(e) = node.store.sync_positions() {
-                        // Every later sync fails too; the next start writes
-                        // the positions again from the log.
-                        tracing::error!("could not sync the position files: {e}");
-                        positions_failed = true;
-                    }
-                    positions_synced = std::time::Instant::now();
-                }
+                positions.sync_if_due(&node);
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 freed.return_to_system(&node);
             }
         });
     if let Err(e) = spawned {
         tracing::warn!("no background merging of merged.log: {e}");
+    }
+}
+
+/// Syncs the store's position files once a second: each sync spares the
+/// next start rewriting those positions from the log.
+struct PositionSyncs {
+    synced_at: std::time::Instant,
+    /// A sync failed: every later one would too (see
+    /// `Store::sync_positions`), and the next start writes the positions
+    /// again from the log.
+    failed: bool,
+}
+
+impl Default for PositionSyncs {
+    fn default() -> PositionSyncs {
+        PositionSyncs {
+            synced_at: std::time::Instant::now(),
+            failed: false,
+        }
+    }
+}
+
+impl PositionSyncs {
+    fn sync_if_due(&mut self, node: &Node) {
+        if self.failed || self.synced_at.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        if let Err(e) = node.store.sync_positions() {
+            tracing::error!("could not sync the position files: {e}");
+            self.failed = true;
+        }
+        self.synced_at = std::time::Instant::now();
     }
 }
 

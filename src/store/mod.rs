@@ -1182,8 +1182,16 @@ mod tests {
     /// The position file of feed `seed`.
     fn position_file(dir: &Path, seed: u8) -> std::path::PathBuf {
         let feed = Keypair::from_seed(&[seed; 32]).id();
-        let name: String = feed.0.iter().map(|b| format!("{b:02x}")).collect();
-        dir::positions_dir(dir).join(format!("{name}.pos"))
+        dir::positions_dir(dir).join(positions::file_name(&feed))
+    }
+
+    fn cut_to(file: &Path, len: u64) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .expect("opens")
+            .set_len(len)
+            .expect("cuts");
     }
 
     #[test]
@@ -1204,11 +1212,7 @@ mod tests {
         bytes.truncate(42 * 12);
         bytes[40 * 12..].fill(0);
         std::fs::write(&mine, &bytes).expect("writes");
-        let theirs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(position_file(dir.path(), 2))
-            .expect("opens");
-        theirs.set_len(30 * 12).expect("cuts");
+        cut_to(&position_file(dir.path(), 2), 30 * 12);
         let store = open(dir.path());
         everything_reads(&store, &ids);
         assert_eq!(sequence_of(&store, &ids[82]), Some(47));
@@ -1226,12 +1230,7 @@ mod tests {
         };
         let mine = position_file(dir.path(), 1);
         let len = std::fs::metadata(&mine).expect("stat").len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&mine)
-            .expect("opens")
-            .set_len(len - 12)
-            .expect("cuts");
+        cut_to(&mine, len - 12);
         let store = open(dir.path());
         everything_reads(&store, &ids);
     }

@@ -74,12 +74,7 @@ impl Positions {
     }
 
     fn path(&self, feed: &FeedId) -> PathBuf {
-        let mut name = String::with_capacity(68);
-        for byte in feed.0 {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        name.push_str(".pos");
-        self.dir.join(name)
+        self.dir.join(file_name(feed))
     }
 
     /// The open file of `feed`; `None` when it has none and `create` is
@@ -310,7 +305,17 @@ fn decode_entry(entry: &[u8]) -> Position {
     (u64::from_be_bytes(offset), u32::from_be_bytes(len) as usize)
 }
 
-/// The feed a file is named for: 64 hex digits and `.pos`.
+/// The name of `feed`'s position file: its key in hex, and `.pos`.
+pub fn file_name(feed: &FeedId) -> String {
+    let mut name = String::with_capacity(68);
+    for byte in feed.0 {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name.push_str(".pos");
+    name
+}
+
+/// The feed a file is named for (the inverse of [`file_name`]).
 fn feed_of_file_name(name: &str) -> Option<FeedId> {
     let hex = name.strip_suffix(".pos")?;
     if hex.len() != 64 {

@@ -2,6 +2,9 @@
 //! `--caps.shs` anywhere on the line, and free-form `publish` flags that
 //! become content fields.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -14,6 +17,9 @@ pub enum CliError {
     /// A global option without its value.
     #[error("{0} needs a value")]
     MissingValue(String),
+    /// An argument that is not UTF-8 where only text makes sense.
+    #[error("argument {0:?} is not valid UTF-8 (only a job's command, after --, and --path may be other bytes)")]
+    NotUtf8(String),
     /// `--port` that is not a port number.
     #[error("--port {0:?} is not a port number")]
     BadPort(String),
@@ -32,20 +38,38 @@ pub enum CliError {
     },
 }
 
-/// Removes the global options from `args` (wherever they stand) and returns
-/// them with what is left.
-pub fn split_globals(args: &[String]) -> Result<(Overrides, Vec<String>), CliError> {
+/// Removes the global options from `args` (wherever they stand before a
+/// `--`) and returns them with what is left. Everything from `--` on
+/// belongs to a job's command and is passed on untouched: `scuttlefs run
+/// -- pg_dump --port 5433` must not change this node's port.
+///
+/// Arguments before `--` must be UTF-8, except the value of `--path`,
+/// which is a path.
+pub fn split_globals(args: &[OsString]) -> Result<(Overrides, Vec<OsString>), CliError> {
     let mut overrides = Overrides::default();
     let mut rest = Vec::with_capacity(args.len());
     let mut i = 0;
     while i < args.len() {
-        let arg = &args[i];
+        let raw = &args[i];
+        if raw == "--" {
+            rest.extend_from_slice(&args[i..]);
+            break;
+        }
+        let Some(arg) = raw.to_str() else {
+            // A path given as `--path=<bytes>` is the one non-UTF-8 global.
+            if let Some(path) = raw.as_bytes().strip_prefix(b"--path=") {
+                overrides.path = Some(PathBuf::from(OsStr::from_bytes(path)));
+                i += 1;
+                continue;
+            }
+            return Err(CliError::NotUtf8(raw.to_string_lossy().into_owned()));
+        };
         let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (arg.as_str(), None),
+            Some((n, v)) if n.starts_with("--") => (n, Some(OsString::from(v))),
+            _ => (arg, None),
         };
         if !matches!(name, "--path" | "--port" | "--caps.shs") {
-            rest.push(arg.clone());
+            rest.push(raw.clone());
             i += 1;
             continue;
         }
@@ -54,26 +78,51 @@ pub fn split_globals(args: &[String]) -> Result<(Overrides, Vec<String>), CliErr
             None => {
                 i += 1;
                 args.get(i)
+                    .filter(|v| *v != "--")
                     .cloned()
                     .ok_or_else(|| CliError::MissingValue(name.to_string()))?
             }
         };
-        match name {
-            "--path" => overrides.path = Some(expand_tilde(&value).into()),
-            "--port" => overrides.port = Some(value.parse().map_err(|_| CliError::BadPort(value))?),
-            _ => overrides.network_key = Some(value),
+        if name == "--path" {
+            overrides.path = Some(expand_tilde(value));
+        } else {
+            let text = value
+                .into_string()
+                .map_err(|v| CliError::NotUtf8(v.to_string_lossy().into_owned()))?;
+            if name == "--port" {
+                overrides.port = Some(text.parse().map_err(|_| CliError::BadPort(text))?);
+            } else {
+                overrides.network_key = Some(text);
+            }
         }
         i += 1;
     }
     Ok((overrides, rest))
 }
 
+/// Whether `arg` names a flag (`--name` or `--name=value`), rather than
+/// being a value that happens to begin with dashes, such as duplicity's
+/// `--- Errors 0 ---` or `-- done --`.
+pub fn is_flag(arg: &str) -> bool {
+    let Some(rest) = arg.strip_prefix("--") else {
+        return false;
+    };
+    let name = rest.split('=').next().unwrap_or_default();
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && !name.chars().any(char::is_whitespace)
+}
+
 /// `~/x` → `$HOME/x`, for paths quoted so that the shell did not expand them
 /// (the seed's own script passes `'~/ssb'`).
-fn expand_tilde(path: &str) -> String {
-    match (path.strip_prefix("~/"), std::env::var("HOME")) {
-        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
-        _ => path.to_string(),
+fn expand_tilde(path: OsString) -> PathBuf {
+    match (
+        path.as_bytes().strip_prefix(b"~/"),
+        std::env::var_os("HOME"),
+    ) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(OsStr::from_bytes(rest)),
+        _ => PathBuf::from(path),
     }
 }
 
@@ -100,7 +149,7 @@ pub fn publish_content(args: &[String]) -> Result<(Map<String, Value>, bool), Cl
             continue;
         }
         match args.get(i + 1) {
-            Some(next) if !next.starts_with("--") => {
+            Some(next) if !is_flag(next) => {
                 content.insert(flag.to_string(), Value::String(next.clone()));
                 i += 2;
             }
@@ -140,9 +189,13 @@ mod tests {
         s.iter().map(|a| a.to_string()).collect()
     }
 
+    fn os_args(s: &[&str]) -> Vec<OsString> {
+        s.iter().map(OsString::from).collect()
+    }
+
     #[test]
     fn globals_are_found_before_and_after_the_verb() {
-        let (o, rest) = split_globals(&args(&[
+        let (o, rest) = split_globals(&os_args(&[
             "--path",
             "/d",
             "publish",
@@ -156,7 +209,98 @@ mod tests {
         assert_eq!(o.path.as_deref(), Some(std::path::Path::new("/d")));
         assert_eq!(o.port, Some(8321));
         assert_eq!(o.network_key.as_deref(), Some("K"));
-        assert_eq!(rest, args(&["publish", "--type", "log"]));
+        assert_eq!(rest, os_args(&["publish", "--type", "log"]));
+    }
+
+    #[test]
+    fn everything_after_a_double_dash_belongs_to_the_job() {
+        let line = os_args(&[
+            "run",
+            "--path",
+            "/d",
+            "--source",
+            "db",
+            "--",
+            "pg_dump",
+            "--port",
+            "5433",
+            "--path",
+            "/etc",
+            "--caps.shs",
+            "x",
+            "--",
+        ]);
+        let (o, rest) = split_globals(&line).expect("parses");
+        assert_eq!(o.path.as_deref(), Some(std::path::Path::new("/d")));
+        assert_eq!(o.port, None);
+        assert_eq!(o.network_key, None);
+        assert_eq!(
+            rest,
+            os_args(&[
+                "run",
+                "--source",
+                "db",
+                "--",
+                "pg_dump",
+                "--port",
+                "5433",
+                "--path",
+                "/etc",
+                "--caps.shs",
+                "x",
+                "--"
+            ])
+        );
+        // A global's value is never the `--` itself.
+        assert!(matches!(
+            split_globals(&os_args(&["run", "--port", "--", "x"])),
+            Err(CliError::MissingValue(_))
+        ));
+    }
+
+    #[test]
+    fn non_utf8_arguments_are_refused_before_the_double_dash_and_kept_after() {
+        let latin1 = OsString::from(OsStr::from_bytes(b"caf\xe9.tar"));
+        let line = vec![
+            OsString::from("run"),
+            OsString::from("--"),
+            OsString::from("tar"),
+            latin1.clone(),
+        ];
+        let (_, rest) = split_globals(&line).expect("parses");
+        assert_eq!(rest[3], latin1);
+        let bad = vec![OsString::from("publish"), latin1.clone()];
+        assert!(matches!(split_globals(&bad), Err(CliError::NotUtf8(_))));
+        let mut path = OsString::from("--path=/tmp/");
+        path.push(&latin1);
+        let (o, _) = split_globals(&[path, OsString::from("whoami")]).expect("a path may be bytes");
+        assert!(o
+            .path
+            .expect("path")
+            .as_os_str()
+            .as_bytes()
+            .ends_with(b"\xe9.tar"));
+    }
+
+    #[test]
+    fn values_that_begin_with_dashes_are_values() {
+        let (content, _) = publish_content(&args(&[
+            "--type",
+            "log",
+            "--text",
+            "--- Errors 0 ---",
+            "--note",
+            "-- done --",
+            "--flag",
+            "--other=a b",
+        ]))
+        .expect("parses");
+        assert_eq!(content["text"], "--- Errors 0 ---");
+        assert_eq!(content["note"], "-- done --");
+        assert_eq!(content["flag"], true);
+        assert_eq!(content["other"], "a b");
+        assert!(is_flag("--source") && is_flag("--caps.shs=x") && is_flag("--x=a b"));
+        assert!(!is_flag("---") && !is_flag("--") && !is_flag("-x") && !is_flag("--a b"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -150,7 +150,19 @@ impl Config {
             }
         };
         if let Some(key) = &overrides.network_key {
-            parse_network_key(key)?;
+            let new = parse_network_key(key)?;
+            let saved = file
+                .caps
+                .as_ref()
+                .and_then(|c| parse_network_key(&c.shs).ok());
+            if save && saved.is_some_and(|old| old != new) {
+                // Never the key itself: logs travel further than the config.
+                tracing::warn!(
+                    "--caps.shs replaces the network key saved in {}: this machine now \
+                     reaches only machines that use the new key",
+                    file_path.display()
+                );
+            }
             file.caps = Some(Caps { shs: key.clone() });
         }
         let network_key = match &file.caps {
@@ -160,6 +172,13 @@ impl Config {
                 file.caps = Some(Caps {
                     shs: STANDARD.encode(key),
                 });
+                if save {
+                    tracing::info!(
+                        "made a new network key, saved in {} (caps.shs); give the other \
+                         machines the same key with --caps.shs",
+                        file_path.display()
+                    );
+                }
                 key
             }
         };
@@ -270,13 +289,41 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn ensure_dir(path: &Path) -> Result<(), ConfigError> {
-    fs::create_dir_all(path).map_err(|source| ConfigError::Io {
+/// Creates the data directory, private to this user, when it is missing.
+/// An existing directory keeps its mode: `--path` may name a directory the
+/// user shares on purpose, or a typo may name `/etc`, and changing its mode
+/// would hurt more than it helps. Others being able to read it is worth a
+/// warning, since it holds the secret key's directory listing and the logs.
+pub(crate) fn ensure_dir(path: &Path) -> Result<(), ConfigError> {
+    let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    Ok(())
+    };
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    "{} is open to other users (mode {:o}); its files are private, but \
+                     `chmod 700 {}` keeps even their names to you",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "not a directory",
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(io),
+        Err(e) => Err(io(e)),
+    }
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
@@ -299,14 +346,26 @@ pub(crate) fn replace_file_with(
     path: &Path,
     write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    // A temporary file left by a crash is ours to remove. Created new
+    // (O_EXCL) and never through a link, so that nothing planted at that
+    // name can redirect the write or keep a mode others can read.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)?;
-    write(&mut file)?;
+    if let Err(e) = write(&mut file).and_then(|()| file.sync_all()) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -22,8 +22,13 @@ use crate::status;
 use crate::store::StoreError;
 
 /// A command for the node.
+///
+/// Externally tagged (`{"health": {…}}`), not internally: serde buffers an
+/// internally tagged enum's fields before it knows the variant, and that
+/// buffer cannot hold the numbers of serde_json's `arbitrary_precision`
+/// (which kuska-ssb turns on), so every number in a request was refused.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Request {
     /// This machine's id.
     Whoami,
@@ -318,4 +323,52 @@ fn serve_one(node: &Arc<Node>, net: &Arc<Net>, stream: UnixStream) -> std::io::R
     serde_json::to_writer(&mut writer, &last)?;
     writer.write_all(b"\n")?;
     writer.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every request, with every option set, as the command line sends it:
+    /// through text, as over the socket.
+    #[test]
+    fn every_request_survives_the_socket_encoding() {
+        let mut fields = Map::new();
+        fields.insert("type".into(), "log".into());
+        let requests = vec![
+            Request::Whoami,
+            Request::Publish {
+                contents: vec![json!({"type": "log", "n": 1.5, "big": 12345678901234567u64})],
+            },
+            Request::PublishLines {
+                fields,
+                lines: vec!["a".into()],
+            },
+            Request::Log,
+            Request::Status,
+            Request::Health {
+                max_silence_ms: Some(93_600_000.0),
+                json: true,
+            },
+            Request::Health {
+                max_silence_ms: Some(0.5),
+                json: false,
+            },
+            Request::InviteAccept {
+                code: "net:h:1~shs:k:s".into(),
+                room_caps: Some("main".into()),
+            },
+            Request::InviteCreate { uses: 7 },
+        ];
+        for request in requests {
+            let text = serde_json::to_string(&request).expect("encodes");
+            let back: Request = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{text} does not decode: {e}"));
+            assert_eq!(
+                serde_json::to_string(&back).expect("encodes"),
+                text,
+                "{text} changed on the way"
+            );
+        }
+    }
 }

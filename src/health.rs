@@ -264,9 +264,7 @@ impl JobTable {
     /// Saves the table (atomically: a crash leaves the old or the new one).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+        crate::config::replace_file(path, &bytes)
     }
 
     /// The health report at `now_ms`: every job, and every machine in

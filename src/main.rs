@@ -29,7 +29,38 @@ use scuttlefs::store::StoreError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    // The global options are taken out of the line before clap sees it
+    // (`split_globals`, which stops at `--`); they are declared here so
+    // that every command's --help lists them.
+    /// The data directory: identity, config, store [default: ~/.scuttlefs]
+    #[arg(long, global = true, value_name = "DIR")]
+    path: Option<PathBuf>,
+    /// TCP port to listen on and UDP port for LAN discovery [default: 8008]
+    #[arg(long, global = true, value_name = "N")]
+    port: Option<u16>,
+    /// The network key (base64 of 32 bytes); saved in <DIR>/config
+    #[arg(long = "caps.shs", global = true, value_name = "KEY")]
+    caps_shs: Option<String>,
 }
+
+/// `run`'s options, which clap cannot parse (any `--FIELD VALUE` is a field).
+const RUN_HELP: &str = "\
+Options before --:
+      --source NAME   Names the job (required); on every line it publishes
+      --every D       How often it should run (90s, 30m, 1h, 1d): later than that is late
+      --quiet         Do not echo the command's output
+      --FIELD VALUE   Any other field, on every line (--FIELD=VALUE for a value that begins with -)
+
+Everything after -- is the command and its arguments, passed on untouched
+(including --path, --port and --caps.shs).";
+
+/// `publish`'s options, which clap cannot parse (any `--FIELD VALUE` is a field).
+const PUBLISH_HELP: &str = "\
+Options:
+      --type T        The message type (required without --stdin): log, contact, …
+      --text TEXT     The line; --text=VALUE for a value that begins with -
+      --FIELD VALUE   Any other content field; a --FIELD without a value is true
+      --stdin         Publish each line of standard input as the text of one message";
 
 #[derive(Subcommand)]
 enum Command {
@@ -82,6 +113,7 @@ enum Command {
     /// Run a job's command and publish what it prints, then a last line
     /// with its exit code and duration; exit as the command did:
     /// scuttlefs run --source NAME [--every 1d] [--quiet] [--FIELD VALUE]… -- COMMAND [ARGS…]
+    #[command(after_help = RUN_HELP)]
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<std::ffi::OsString>,
@@ -96,6 +128,7 @@ enum Command {
     /// Publish a message: every --key value becomes a content field
     /// (--type log --source laptop --text "…"). With --stdin, each input
     /// line is one message with those fields.
+    #[command(after_help = PUBLISH_HELP)]
     Publish {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
@@ -147,7 +180,7 @@ enum InviteAction {
 }
 
 fn main() -> ExitCode {
-    scuttlefs::node::limit_malloc_arenas();
+    scuttlefs::platform::limit_malloc_arenas();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -157,7 +190,8 @@ fn main() -> ExitCode {
         // Colour codes are noise in files, pipes and the journal.
         .with_ansi(colour_logs())
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `args_os`: a job's command may name files in any encoding.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match run(args) {
         Ok(code) => code,
         Err(message) => {
@@ -173,9 +207,9 @@ fn colour_logs() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-fn run(args: Vec<String>) -> Result<ExitCode, String> {
+fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
     let (mut overrides, rest) = split_globals(&args).map_err(|e| e.to_string())?;
-    let cli = match Cli::try_parse_from(std::iter::once("scuttlefs".to_string()).chain(rest)) {
+    let cli = match Cli::try_parse_from(std::iter::once("scuttlefs".into()).chain(rest)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -186,6 +220,10 @@ fn run(args: Vec<String>) -> Result<ExitCode, String> {
             });
         }
     };
+    // Never set (split_globals took them first), but honoured if they were.
+    overrides.path = overrides.path.or(cli.path);
+    overrides.port = overrides.port.or(cli.port);
+    overrides.network_key = overrides.network_key.or(cli.caps_shs);
     match cli.command {
         Command::Serve {
             mount,
@@ -326,8 +364,9 @@ fn run_locally(
         Ok(node) => node,
         Err(NodeError::Store(StoreError::Locked(_))) => {
             return Err(format!(
-                "the store in {} is locked by another process, and no daemon answers on {}",
+                "the store in {} is held by {}, and no daemon answers on {}",
                 config.path.display(),
+                scuttlefs::store::holder(&config.store_dir()),
                 config.socket_path().display()
             ))
         }
@@ -356,7 +395,18 @@ fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCod
         run::run(&spec, &mut Via(DaemonPublisher { socket }))
     } else {
         let keys = config.load_or_create_keys().map_err(|e| e.to_string())?;
-        let node = Node::open(config.clone(), keys, false).map_err(|e| e.to_string())?;
+        let node = match Node::open(config.clone(), keys, false) {
+            Ok(node) => node,
+            Err(NodeError::Store(StoreError::Locked(_))) => {
+                return Err(format!(
+                    "the store in {} is held by {}, and no daemon answers on {}",
+                    config.path.display(),
+                    scuttlefs::store::holder(&config.store_dir()),
+                    socket.display()
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         node.ensure_name(&config.name).map_err(|e| e.to_string())?;
         let node = std::sync::Arc::new(node);
         let net = scuttlefs::net::Net::open(&node);
@@ -416,24 +466,28 @@ impl<T: Handles> run::Publisher for Via<T> {
     }
 }
 
-/// The daemon's one answer to `req`; `None`, having said so, when no
-/// daemon answers.
-fn ask_daemon(config: &Config, req: &Request) -> Option<Value> {
+/// The daemon's one answer to `req`. `Ok(None)`, having said so, when no
+/// daemon answers; a daemon's refusal is reported as what it is.
+fn ask_daemon(config: &Config, req: &Request) -> Result<Option<Value>, String> {
     let mut answer = None;
     let outcome = control::call(&config.socket_path(), req, &mut |item| {
         answer = Some(item);
         Ok(())
     });
-    match (outcome, answer) {
-        (Ok(Some(Ok(()))), Some(answer)) => Some(answer),
-        _ => {
+    match outcome {
+        Ok(None) => {
             eprintln!(
                 "scuttlefs: no daemon is running for {} (start it with: scuttlefs serve --path {})",
                 config.path.display(),
                 config.path.display()
             );
-            None
+            Ok(None)
         }
+        Ok(Some(Ok(()))) => answer
+            .map(Some)
+            .ok_or_else(|| "the daemon answered with nothing".to_string()),
+        Ok(Some(Err(refused))) => Err(format!("the daemon refused: {}", refused.message)),
+        Err(e) => Err(format!("talking to the daemon: {e}")),
     }
 }
 
@@ -454,7 +508,8 @@ fn health_command(
             max_silence_ms,
             json,
         },
-    ) else {
+    )?
+    else {
         return Ok(ExitCode::from(1));
     };
     if json {
@@ -479,7 +534,7 @@ fn status_command(
         .transpose()
         .map_err(|e| e.to_string())?;
     let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
-    let Some(report) = ask_daemon(&config, &Request::Status) else {
+    let Some(report) = ask_daemon(&config, &Request::Status)? else {
         return Ok(ExitCode::from(1));
     };
     if json {

@@ -130,7 +130,7 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
                 let value = flags
                     .get(i + 1)
                     .and_then(|v| v.to_str())
-                    .filter(|v| !v.starts_with("--"))
+                    .filter(|v| !crate::cli::is_flag(v))
                     .ok_or_else(|| usage(&format!("--{name} needs a value")))?;
                 i += 1;
                 (name.to_string(), value.to_string())

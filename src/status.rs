@@ -56,6 +56,23 @@ pub fn report(node: &Node) -> Value {
             })
         })
         .collect();
+    // A followed feed with no message yet: not reached so far, or a typo
+    // in a key that is valid but nobody's.
+    let stored: std::collections::HashSet<_> =
+        node.store.feeds().into_iter().map(|(f, _)| f).collect();
+    let never_heard: Vec<String> = node
+        .following()
+        .iter()
+        .filter(|f| !stored.contains(*f))
+        .map(ToString::to_string)
+        .collect();
+    let last_refused = node.last_refused().map(|r| {
+        json!({
+            "file": r.file,
+            "reason": r.reason,
+            "at": format_timestamp(r.at_ms),
+        })
+    });
     let last_peer_ms = if net.peers.is_empty() {
         net.last_peer_ms
     } else {
@@ -72,6 +89,8 @@ pub fn report(node: &Node) -> Value {
         "unmerged_lines": node.views().map(|v| v.unmerged_lines()),
         "hops": node.config.hops,
         "following": node.following().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "never_heard_from": never_heard,
+        "last_refused": last_refused,
         "peers": peers,
         "remembered": remembered,
         "feeds": feeds,
@@ -131,6 +150,24 @@ pub fn render(report: &Value) -> String {
                 failing
             ));
         }
+    }
+    let never_heard = report["never_heard_from"].as_array().unwrap_or(&empty);
+    if !never_heard.is_empty() {
+        out.push_str(&format!(
+            "never heard from: {} followed feed(s) with no message yet (not reached, or a typo in the id?)\n",
+            never_heard.len()
+        ));
+        for id in never_heard {
+            out.push_str(&format!("  {}\n", s(id)));
+        }
+    }
+    if let Some(refused) = report["last_refused"].as_object() {
+        out.push_str(&format!(
+            "refused:   a write to {} at {}: {}\n",
+            refused.get("file").map(s).unwrap_or_default(),
+            refused.get("at").map(s).unwrap_or_default(),
+            refused.get("reason").map(s).unwrap_or_default(),
+        ));
     }
     let feeds = report["feeds"].as_array().unwrap_or(&empty);
     out.push_str(&format!("feeds:     {}\n", feeds.len()));

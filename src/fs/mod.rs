@@ -243,7 +243,7 @@ impl ScuttleFs {
             }
             Inode::DayLog(day) => file(views.day_len(day), 0o444),
             Inode::RootFile(PUBLISH) => file(0, 0o200),
-            Inode::RootFile(FOLLOW) => file(self.follow_text().len() as u64, 0o600),
+            Inode::RootFile(FOLLOW) => file(self.follow_text().len() as u64, 0o644),
             Inode::RootFile(WHOAMI) => file(self.whoami_text().len() as u64, 0o444),
             Inode::RootFile(MERGED) => file(views.merged_len(), 0o444),
             Inode::RootFile(STATUS) => file(self.status_text().len() as u64, 0o444),
@@ -483,6 +483,22 @@ impl ScuttleFs {
         if lines.is_empty() {
             return Ok(());
         }
+        let outcome = self.publish_lines_unnoted(kind, lines);
+        if let Err(failure) = &outcome {
+            let file = match kind {
+                LineKind::Publish => "publish",
+                LineKind::Follow => "follow",
+            };
+            self.node.note_refused(file, failure.error.to_string());
+        }
+        outcome
+    }
+
+    fn publish_lines_unnoted(
+        &self,
+        kind: LineKind,
+        lines: &[String],
+    ) -> Result<(), PublishFailure> {
         match kind {
             LineKind::Publish => {
                 let none = Map::new();
@@ -641,7 +657,7 @@ pub fn follow_contents(lines: &[String]) -> Result<Vec<Value>, FsError> {
         };
         let feed = FeedId::parse(id).map_err(|e| {
             tracing::warn!("follow: refused {line:?}: {e}");
-            FsError::Invalid(e.to_string())
+            FsError::Invalid(format!("{line:?}: {e}"))
         })?;
         let mut content = Map::new();
         content.insert("type".into(), "contact".into());

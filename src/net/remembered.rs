@@ -117,6 +117,13 @@ impl Memory {
         peers
     }
 
+    /// Whether any address of `peer` is remembered.
+    pub fn knows_key(&self, peer: &crate::feed::FeedId) -> bool {
+        self.lock()
+            .keys()
+            .any(|address| PeerAddress::parse(address).is_ok_and(|a| a.key == *peer))
+    }
+
     /// Whether `address` is remembered.
     pub fn knows(&self, address: &PeerAddress) -> bool {
         self.lock().contains_key(&address.to_string())
@@ -200,12 +207,8 @@ impl Memory {
                 return;
             }
         };
-        // Hints, not data: renamed into place, not synced (a power cut
-        // may cost the latest change, never the file).
-        let tmp = self.path.with_extension("json.tmp");
-        if let Err(e) =
-            std::fs::write(&tmp, text.as_bytes()).and_then(|()| std::fs::rename(&tmp, &self.path))
-        {
+        // It may hold a room's network key: private, and replaced whole.
+        if let Err(e) = crate::config::replace_file(&self.path, text.as_bytes()) {
             tracing::warn!("could not save the remembered peers: {e}");
         }
     }

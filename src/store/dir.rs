@@ -62,6 +62,7 @@ pub fn lock(store: &Path) -> Result<DirLock, StoreError> {
         // SAFETY: flock on a descriptor this function owns.
         let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         if taken {
+            record_holder(&file);
             return Ok(DirLock { _file: file });
         }
         let err = io::Error::last_os_error();
@@ -71,6 +72,45 @@ pub fn lock(store: &Path) -> Result<DirLock, StoreError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(StoreError::Locked(store.display().to_string()))
+}
+
+/// Writes who holds the lock into it (`pid` and command line), so that a
+/// process refused the store can say who has it. Only a hint: a failure to
+/// write it costs the hint, never the lock.
+fn record_holder(mut file: &File) {
+    use std::io::{Seek, Write};
+    let command: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut command = command.join(" ");
+    if command.len() > 200 {
+        let mut end = 200;
+        while !command.is_char_boundary(end) {
+            end -= 1;
+        }
+        command.truncate(end);
+        command.push('…');
+    }
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}\n{command}", std::process::id()));
+}
+
+/// Who holds the store's lock, for an error message: `process 123
+/// (scuttlefs run --source backup -- …)`, or "another process" when the
+/// lock file does not say.
+pub fn holder(store: &Path) -> String {
+    let text = fs::read_to_string(store.join("lock")).unwrap_or_default();
+    let mut lines = text.lines();
+    match (
+        lines.next().and_then(|p| p.trim().parse::<u32>().ok()),
+        lines.next(),
+    ) {
+        (Some(pid), Some(command)) if !command.is_empty() => format!("process {pid} ({command})"),
+        (Some(pid), _) => format!("process {pid}"),
+        _ => "another process".into(),
+    }
 }
 
 /// The files sled 0.34 keeps in its directory.
@@ -144,6 +184,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = lock(dir.path()).expect("locks");
         assert!(matches!(lock(dir.path()), Err(StoreError::Locked(_))));
+        let holder = holder(dir.path());
+        assert!(
+            holder.starts_with(&format!("process {} (", std::process::id())),
+            "{holder}"
+        );
         drop(first);
         lock(dir.path()).expect("locks again");
     }

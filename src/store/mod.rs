@@ -60,6 +60,7 @@ use log::{LogRecord, MessageLog};
 use positions::Positions;
 
 pub use codec::{contact_edge, ordered_timestamp, timestamp_from_ordered};
+pub use dir::holder;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

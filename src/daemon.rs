@@ -41,9 +41,15 @@ pub enum DaemonError {
     /// The store.
     #[error(transparent)]
     Node(#[from] NodeError),
-    /// Another daemon holds the store.
-    #[error("another scuttlefs daemon is already running with --path {0}")]
-    AlreadyRunning(String),
+    /// Another process (a daemon, or a `scuttlefs run` without one) holds
+    /// the store.
+    #[error("the store in {path} is in use by {holder}: stop it first, or start the daemon before long jobs so that they publish through it")]
+    AlreadyRunning {
+        /// `--path`.
+        path: String,
+        /// Who holds it, from the lock file.
+        holder: String,
+    },
     /// Mounting, sockets, signals.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
@@ -76,7 +82,7 @@ pub enum DaemonError {
 
 /// Runs the daemon until a signal stops it.
 pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
-    limit_malloc_arenas();
+    crate::platform::limit_malloc_arenas();
     let keys = config.load_or_create_keys()?;
     let peers = options
         .peers
@@ -96,9 +102,10 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     let node = match Node::open(config.clone(), keys, true) {
         Ok(node) => Arc::new(node),
         Err(NodeError::Store(StoreError::Locked(_))) => {
-            return Err(DaemonError::AlreadyRunning(
-                config.path.display().to_string(),
-            ))
+            return Err(DaemonError::AlreadyRunning {
+                path: config.path.display().to_string(),
+                holder: crate::store::holder(&config.store_dir()),
+            })
         }
         Err(e) => return Err(e.into()),
     };
@@ -200,6 +207,12 @@ fn mount(
 ) -> Result<fuser::BackgroundSession, DaemonError> {
     refuse_live_mount(mountpoint)?;
     clear_stale_mount(mountpoint);
+    if mountpoint.exists() && !mountpoint.is_dir() {
+        return Err(DaemonError::Io(
+            format!("--mount {}", mountpoint.display()),
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
     std::fs::create_dir_all(mountpoint)
         .map_err(|e| DaemonError::Io(format!("creating {}", mountpoint.display()), e))?;
     let mut config = fuser::Config::default();
@@ -209,6 +222,10 @@ fn mount(
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
+        // The kernel checks each access against the modes getattr reports
+        // (publish 0200, follow 0644, the rest read-only), so with
+        // --allow-other other users may read but not publish.
+        MountOption::DefaultPermissions,
     ];
     config.acl = if allow_other {
         SessionACL::All
@@ -289,11 +306,8 @@ pub fn clear_stale_mount(mountpoint: &Path) {
 
 /// Lazily unmounts `mountpoint`: directly as root, else through fusermount.
 fn detach_mount(mountpoint: &Path) -> bool {
-    if let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) {
-        // SAFETY: path is a valid NUL-terminated string for the call's duration.
-        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return true;
-        }
+    if crate::platform::detach_mount(mountpoint).is_ok() {
+        return true;
     }
     ["fusermount3", "fusermount"].iter().any(|tool| {
         std::process::Command::new(tool)
@@ -388,20 +402,6 @@ impl PositionSyncs {
     }
 }
 
-/// Caps glibc's heaps at two, before any thread starts. By default each
-/// thread that allocates while others hold the heaps gets one of its own
-/// (up to eight per core), and each keeps freed memory between its live
-/// allocations: the daemon's threads (FUSE, tokio, the merge, sled's)
-/// left more of it resident after replicating than they were using.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before the
-    // daemon starts any thread.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 /// Gives memory the daemon freed back to the system, at most once a
 /// second while messages arrive or the background thread works (merges,
 /// compression), and once more when they stop. glibc's allocator keeps
@@ -429,11 +429,7 @@ impl FreedMemory {
         if (changed || self.worked) && now - self.trimmed_at_ms >= 1000.0 {
             self.trimmed_at_ms = now;
             self.worked = false;
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only releases free memory of the allocator.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::platform::return_free_memory();
         }
     }
 }

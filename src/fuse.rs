@@ -100,6 +100,11 @@ impl Fuse {
         None
     }
 
+    /// Whether the caller may change anything: the mount's owner, or root.
+    fn may_write(&self, req: &Request) -> bool {
+        req.uid() == self.uid || req.uid() == 0
+    }
+
     fn attr(&self, attr: &Attr) -> FileAttr {
         FileAttr {
             ino: INodeNo(attr.ino),
@@ -175,7 +180,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
@@ -192,6 +197,7 @@ impl Filesystem for Fuse {
         reply: ReplyAttr,
     ) {
         let result = match size {
+            Some(_) if !self.may_write(req) => Err(FsError::Access),
             Some(size) => self.fs.truncate(ino.0, size),
             // touch and friends: nothing to change, report as is.
             None => self.fs.getattr(ino.0),
@@ -220,7 +226,20 @@ impl Filesystem for Fuse {
                 write: true,
             },
         };
-        match self.fs.open_for(ino.0, mode, thread_group(req.pid())) {
+        // The kernel checks modes already (default_permissions); this
+        // holds even if a mount is made without it.
+        if mode.write && !self.may_write(req) {
+            tracing::warn!(
+                "refused a write open by uid {} (only uid {} and root may publish)",
+                req.uid(),
+                self.uid
+            );
+            return reply.error(errno(&FsError::Access));
+        }
+        match self
+            .fs
+            .open_for(ino.0, mode, crate::platform::thread_group(req.pid()))
+        {
             Ok(fh) => {
                 if let Some(reply) = self.try_passthrough(fh, reply) {
                     // direct_io: sizes change under open handles and each
@@ -286,7 +305,10 @@ impl Filesystem for Fuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush_from(fh.0, thread_group(req.pid())) {
+        match self
+            .fs
+            .flush_from(fh.0, crate::platform::thread_group(req.pid()))
+        {
             Ok(()) => reply.ok(),
             Err(e) => {
                 tracing::warn!("close refused: {e}");
@@ -402,19 +424,4 @@ impl Filesystem for Fuse {
         }
         reply.ok()
     }
-}
-
-/// The thread group (process) of the thread `pid` that made a request: a
-/// file opened on one thread of a process may be closed on another. A
-/// thread that is already gone counts as its own process.
-fn thread_group(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Tgid:"))
-                .and_then(|tgid| tgid.trim().parse().ok())
-        })
-        .unwrap_or(pid)
 }

@@ -18,7 +18,6 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
@@ -322,23 +321,8 @@ fn punch_hole(file: &File, from: u64, to: u64) {
     if end <= start {
         return;
     }
-    let (Ok(offset), Ok(len)) = (i64::try_from(start), i64::try_from(end - start)) else {
-        return;
-    };
-    // SAFETY: fallocate on a file descriptor we own, with plain integers.
-    let punched = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
-    };
-    if punched != 0 {
-        tracing::debug!(
-            "could not free the compressed part of the message log: {}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = crate::platform::punch_hole(file, start, end - start) {
+        tracing::debug!("could not free the compressed part of the message log: {e}");
     }
 }
 

@@ -306,3 +306,138 @@ fn a_half_open_connection_is_replaced_when_the_survivor_has_the_smaller_key() {
 fn a_half_open_connection_is_replaced_when_the_survivor_has_the_larger_key() {
     half_open_connection_is_replaced(false, "e");
 }
+
+/// A TCP listener in namespace `ns` on `port` that appends the address of
+/// each connection it accepts to `log` (python3, as Debian has it), and
+/// writes `<log>.ready` once it listens.
+fn listener(ns: &str, port: u16, log: &std::path::Path) -> std::process::Child {
+    const SCRIPT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+open(sys.argv[2] + ".ready", "w").close()
+while True:
+    c, a = s.accept()
+    with open(sys.argv[2], "a") as f:
+        f.write("%s\n" % a[0])
+    c.close()
+"#;
+    let child = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{ns}"))
+        .args(["python3", "-c", SCRIPT, &port.to_string()])
+        .arg(log)
+        .spawn()
+        .expect("python3 runs");
+    let ready = log.with_extension("ready");
+    let mut ready_name = log.as_os_str().to_owned();
+    ready_name.push(".ready");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::path::Path::new(
+            &ready_name
+        )
+        .exists()
+            || ready.exists()),
+        "the listener in {ns} did not start"
+    );
+    child
+}
+
+/// Sends one UDP datagram from namespace `ns`.
+fn send_udp(ns: &str, to: &str, port: u16, text: &str) {
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{ns}"))
+        .args([
+            "python3",
+            "-c",
+            "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))",
+            to,
+            &port.to_string(),
+            text,
+        ])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+}
+
+fn key_part(id: &str) -> &str {
+    &id[1..id.len() - 8]
+}
+
+#[test]
+fn a_forged_announcement_makes_the_daemon_dial_nobody_and_remember_nothing() {
+    if !Lan::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lan = Lan::new("f");
+    let ns_a = lan.host(1);
+    let ns_sender = lan.host(2);
+    let ns_victim = lan.host(3);
+    let ns_b = lan.host(4);
+    let mut a = node(&ns_a, dir.path(), "a", &[]);
+    let mut b = node(&ns_b, dir.path(), "b", &[]);
+    // a and b find each other by broadcast and connect.
+    assert!(
+        wait_until(Duration::from_secs(20), || a
+            .read("status")
+            .contains(&b.id())),
+        "a never connected with b:\n{}",
+        a.log()
+    );
+    let victim_log = dir.path().join("victim-9999");
+    let control_log = dir.path().join("control-9998");
+    let mut victim = listener(&ns_victim, 9999, &victim_log);
+    let mut control = listener(&ns_sender, 9998, &control_log);
+    let stranger = Keypair::generate().id().to_string();
+    for _ in 0..3 {
+        // Names another host than its sender: must not make a dial there.
+        send_udp(
+            &ns_sender,
+            "10.213.0.1",
+            8008,
+            &format!("net:10.213.0.3:9999~shs:{}", key_part(&stranger)),
+        );
+        // Names its sender, with the key of a peer a is connected with:
+        // must not be remembered as b's address (a never dialled it).
+        send_udp(
+            &ns_sender,
+            "10.213.0.1",
+            8008,
+            &format!("net:10.213.0.2:9997~shs:{}", key_part(&b.id())),
+        );
+    }
+    // A genuine announcement, sent after: once a dials it, the packets
+    // before it were handled.
+    send_udp(
+        &ns_sender,
+        "10.213.0.1",
+        8008,
+        &format!("net:10.213.0.2:9998~shs:{}", key_part(&stranger)),
+    );
+    let dialled = wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&control_log).is_ok_and(|l| l.contains("10.213.0.1"))
+    });
+    let victim_dials = std::fs::read_to_string(&victim_log).unwrap_or_default();
+    let remembered = std::fs::read_to_string(dir.path().join("a/peers.json")).unwrap_or_default();
+    let _ = victim.kill();
+    let _ = control.kill();
+    let _ = victim.wait();
+    let _ = control.wait();
+    assert!(
+        dialled,
+        "a did not dial a genuine announcement:\n{}",
+        a.log()
+    );
+    assert!(
+        victim_dials.is_empty(),
+        "a dialled the host a forged packet named: {victim_dials}"
+    );
+    assert!(
+        !remembered.contains("10.213.0.2:9997"),
+        "a remembered an address it never dialled:\n{remembered}"
+    );
+    a.stop();
+    b.stop();
+}

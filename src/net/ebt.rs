@@ -8,22 +8,24 @@
 //! `createHistoryStream` (see `session.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::history::{self, Served};
+use super::history::{self, Outlet, Served};
 use super::ingest::{forward, Ingest};
-use super::muxrpc::Frame;
+use super::muxrpc::{Frame, MAX_MESSAGE_FRAME};
 use super::session::SessionError;
 use crate::feed::FeedId;
 use crate::node::Node;
 
 /// How many feeds a peer may have us send at once.
 const MAX_SENDERS: usize = 4096;
+/// Feeds per frame of our clock: a clock of every feed in one frame would
+/// pass the frame limit (256 KiB) at about 4,000 feeds. EBT notes are
+/// incremental, so a clock may come in parts.
+const CLOCK_FEEDS_PER_FRAME: usize = 1000;
 
 /// One EBT stream with a peer.
 pub struct Ebt {
@@ -76,12 +78,29 @@ impl Ebt {
         node: &Arc<Node>,
         wanted: &HashSet<FeedId>,
         body: &[u8],
-        out: &mpsc::Sender<Frame>,
+        outlet: &Outlet,
         ingest: &Ingest,
-        sent: &Arc<AtomicU64>,
     ) -> Result<(), SessionError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| SessionError::BadMessage(format!("malformed EBT frame: {e}")))?;
+        // A frame too large for a message can only be a clock: parsed as
+        // one, it fails at the first value that is not a note, instead of
+        // building a large message first.
+        let value: Value = if body.len() > MAX_MESSAGE_FRAME {
+            let clock: serde_json::Map<String, Value> =
+                serde_json::from_slice::<HashMap<String, i64>>(body)
+                    .map_err(|e| {
+                        SessionError::BadMessage(format!(
+                            "EBT frame of {} bytes is not a clock: {e}",
+                            body.len()
+                        ))
+                    })?
+                    .into_iter()
+                    .map(|(feed, note)| (feed, Value::from(note)))
+                    .collect();
+            Value::Object(clock)
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| SessionError::BadMessage(format!("malformed EBT frame: {e}")))?
+        };
         if is_message(&value) {
             let author = value["author"]
                 .as_str()
@@ -119,9 +138,8 @@ impl Ebt {
             let args = json!({"id": feed.to_string(), "seq": (note >> 1) + 1, "live": true, "keys": false});
             let to = Served {
                 wire: self.wire,
-                out: out.clone(),
+                outlet: outlet.clone(),
                 cancel: token,
-                sent: sent.clone(),
                 ebt: true,
             };
             tokio::spawn(history::serve(node.clone(), args, to));
@@ -130,17 +148,30 @@ impl Ebt {
     }
 }
 
-/// Our clock: every feed in `wanted`, with what we have of it. Our own
+/// Our clock: every feed in `wanted`, with what we have of it, in parts
+/// of at most [`CLOCK_FEEDS_PER_FRAME`] feeds (one frame each). Our own
 /// feed is in it (peers learn from it how far we are), marked as not to be
 /// sent to us.
-pub fn clock(node: &Node, wanted: &HashSet<FeedId>) -> Value {
+pub fn clock(node: &Node, wanted: &HashSet<FeedId>) -> Vec<Value> {
     let me = node.id();
-    let mut clock = serde_json::Map::new();
-    for feed in wanted {
-        let seq = node.store.tip(feed).map_or(0, |t| t.sequence);
-        clock.insert(feed.to_string(), json!(note(seq, *feed != me)));
+    let mut feeds: Vec<&FeedId> = wanted.iter().collect();
+    feeds.sort();
+    let parts: Vec<Value> = feeds
+        .chunks(CLOCK_FEEDS_PER_FRAME)
+        .map(|part| {
+            let mut clock = serde_json::Map::new();
+            for feed in part {
+                let seq = node.store.tip(feed).map_or(0, |t| t.sequence);
+                clock.insert(feed.to_string(), json!(note(seq, **feed != me)));
+            }
+            Value::Object(clock)
+        })
+        .collect();
+    if parts.is_empty() {
+        // Peers wait for a clock before they send: an empty one says "none".
+        return vec![json!({})];
     }
-    Value::Object(clock)
+    parts
 }
 
 /// Our request to open an EBT stream. `format` is safe to send to every

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use kuska_ssb::api::dto::CreateHistoryStreamIn;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::muxrpc::Frame;
+use super::muxrpc::{Frame, Out};
 use crate::feed::FeedId;
 use crate::node::{Event, Node};
 use crate::store::StoreError;
@@ -17,6 +17,13 @@ use crate::view::kvt_line;
 
 /// Messages read from the store per step when serving a history stream.
 const SERVE_CHUNK: usize = 256;
+/// Bytes read from the store per step, at most (a step stops at the first
+/// message past it).
+const SERVE_CHUNK_BYTES: usize = 256 * 1024;
+/// Reads from the store that one connection's streams may have in memory
+/// at once: with [`SERVE_CHUNK_BYTES`] each, what a peer that opens
+/// thousands of streams and stops reading can make us hold.
+pub const READS_PER_CONNECTION: usize = 2;
 
 /// Our request for `feed`'s messages from `seq` on, live, as values.
 pub fn request(req: i32, feed: &FeedId, seq: u64) -> Frame {
@@ -35,16 +42,37 @@ pub fn request(req: i32, feed: &FeedId, seq: u64) -> Frame {
     )
 }
 
+/// What every stream served on one connection shares.
+#[derive(Clone)]
+pub struct Outlet {
+    /// The session's outgoing frames.
+    pub out: Out,
+    /// The connection's reads in flight ([`READS_PER_CONNECTION`]): a
+    /// chunk is read only with a permit, held until it is queued.
+    pub reads: Arc<Semaphore>,
+    /// Counts the messages sent.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Outlet {
+    /// The outlet of a connection whose bulk frames go to `out`.
+    pub fn new(out: Out, sent: Arc<AtomicU64>) -> Outlet {
+        Outlet {
+            out,
+            reads: Arc::new(Semaphore::new(READS_PER_CONNECTION)),
+            sent,
+        }
+    }
+}
+
 /// Where a served stream's frames go, and how it ends.
 pub struct Served {
     /// The request number our frames carry.
     pub wire: i32,
-    /// The session's outgoing frames.
-    pub out: mpsc::Sender<Frame>,
+    /// The connection's outlet.
+    pub outlet: Outlet,
     /// Fires when the peer ends the stream or the session ends.
     pub cancel: CancellationToken,
-    /// Counts the messages sent.
-    pub sent: Arc<AtomicU64>,
     /// Part of an EBT stream: never ended from here, since the stream
     /// carries other feeds too.
     pub ebt: bool,
@@ -55,9 +83,12 @@ pub struct Served {
 pub async fn serve(node: Arc<Node>, args: Value, to: Served) {
     let Served {
         wire,
-        out,
+        outlet: Outlet {
+            out,
+            reads,
+            sent: sent_count,
+        },
         cancel,
-        sent: sent_count,
         ebt,
     } = to;
     let feed = match args["id"].as_str().map(FeedId::parse) {
@@ -94,13 +125,31 @@ pub async fn serve(node: Arc<Node>, args: Value, to: Served) {
                 }
                 return;
             }
+            // A stream the peer ended costs no read.
+            let permit = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                permit = reads.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
             let store = node.store.clone();
             let from = next;
             let own_feed = feed == node.id();
+            let reading = cancel.clone();
             let chunk = tokio::task::spawn_blocking(move || {
+                let mut bytes = 0;
                 let chunk = store
                     .history(&feed, from)
                     .take(wanted as usize)
+                    .take_while(|entry| {
+                        let more = bytes < SERVE_CHUNK_BYTES && !reading.is_cancelled();
+                        if let Ok((_, raw)) = entry {
+                            bytes += raw.json().len();
+                        }
+                        more
+                    })
                     .collect::<Result<Vec<_>, StoreError>>()?;
                 // This machine's own messages leave only once they would
                 // survive a power loss: peers that had messages this
@@ -150,6 +199,7 @@ pub async fn serve(node: Arc<Node>, args: Value, to: Served) {
                 sent += 1;
                 sent_count.fetch_add(1, Ordering::Relaxed);
             }
+            drop(permit);
         }
         if !live {
             if !ebt {

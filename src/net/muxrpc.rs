@@ -7,10 +7,13 @@
 //! in the low two bits: 0 binary, 1 UTF-8, 2 JSON), the body length
 //! (u32, big-endian) and the request number (i32, big-endian).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures::{AsyncReadExt, AsyncWriteExt};
 use kuska_ssb::api::dto::ErrorOut;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::ping::Keepalive;
@@ -49,8 +52,28 @@ fn decode_header(header: &[u8; 9]) -> Result<(u8, u32, i32), FrameError> {
 use super::shs::{Reader, Writer};
 
 /// The largest frame body accepted. SSB messages are under 8 KiB of
-/// UTF-16 (at most 24 KiB of UTF-8); anything much larger is hostile.
+/// UTF-16 (at most 24 KiB of UTF-8); anything much larger is hostile, but
+/// an EBT clock of thousands of feeds is legitimately larger.
 pub const MAX_BODY: u32 = 256 * 1024;
+
+/// The largest frame that may carry a message: anything larger is refused
+/// before it is parsed as JSON.
+pub const MAX_MESSAGE_FRAME: usize = 32 * 1024;
+
+/// Bytes of a peer's frames read but not yet handled, at most, per
+/// connection (a frame being read may add up to [`MAX_BODY`]).
+pub const MAX_UNHANDLED_BYTES: usize = 4 << 20;
+
+/// Bytes of bulk frames (messages served) queued for a peer, at most, per
+/// connection: a peer that stops reading holds no more than this.
+pub const MAX_QUEUED_BYTES: usize = 2 << 20;
+
+/// How long a write to a peer may make no progress before the peer is cut
+/// off: it stopped reading (while perhaps still pinging us).
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// How much of a method name an error echoes back, at most.
+const MAX_ECHOED_NAME: usize = 128;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +206,9 @@ impl Call {
                 .map(|parts| {
                     parts
                         .iter()
+                        .take(8)
                         .filter_map(Value::as_str)
-                        .map(str::to_string)
+                        .map(|part| cut(part, MAX_ECHOED_NAME).to_string())
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -205,21 +229,55 @@ impl Call {
 
     /// The refusal JS peers give a call they do not serve, with the name
     /// joined by commas as they join it (`method:invite,use is not …`):
-    /// their fallbacks recognise it.
+    /// their fallbacks recognise it. A long name is cut, so that a peer
+    /// cannot make us echo its requests back at length.
     pub fn refusal(&self, req: i32) -> Frame {
         Frame::error(
             -req,
             self.is_stream(),
             &format!(
                 "method:{} is not in list of allowed methods",
-                self.name.join(",")
+                self.printable_name(",")
             ),
         )
     }
+
+    /// The name joined with `separator`, cut to a length fit for errors
+    /// and logs.
+    pub fn printable_name(&self, separator: &str) -> String {
+        let joined = self.name.join(separator);
+        match cut(&joined, MAX_ECHOED_NAME) {
+            short if short.len() == joined.len() => joined,
+            short => format!("{short}…"),
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Reads the next frame; `None` when the peer said goodbye.
 pub async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError> {
+    match read_header(reader).await? {
+        Some(header) => read_body(reader, header).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A frame's header: flags, body length (checked), request number.
+type Header = (u8, u32, i32);
+
+/// Reads the next frame's header; `None` when the peer said goodbye.
+async fn read_header(reader: &mut Reader) -> Result<Option<Header>, FrameError> {
     let mut header = [0u8; 9];
     match reader.read_exact(&mut header).await {
         Ok(()) => {}
@@ -234,15 +292,20 @@ pub async fn read_frame(reader: &mut Reader) -> Result<Option<Frame>, FrameError
     if len > MAX_BODY {
         return Err(FrameError::Oversize(len));
     }
+    Ok(Some((flags, len, req)))
+}
+
+/// Reads the body that `header` announced.
+async fn read_body(reader: &mut Reader, (flags, len, req): Header) -> Result<Frame, FrameError> {
     let mut body = vec![0u8; len as usize];
     reader.read_exact(&mut body).await?;
-    Ok(Some(Frame {
+    Ok(Frame {
         req,
         stream: flags & STREAM != 0,
         end: flags & END != 0,
         json: flags & TYPE_MASK == TYPE_JSON,
         body,
-    }))
+    })
 }
 
 /// Writes `frame` (without flushing).
@@ -267,17 +330,25 @@ pub async fn goodbye(writer: &mut Writer) {
 
 /// A connection's frames: a reader task and a writer task around its box
 /// stream, so that a slow write never holds up reading.
+///
+/// What one connection can make the daemon hold is bounded in bytes both
+/// ways: frames read and not yet handled ([`MAX_UNHANDLED_BYTES`]), bulk
+/// frames queued to be written ([`MAX_QUEUED_BYTES`]). A peer that reads
+/// nothing for [`WRITE_STALL`] is cut off.
 pub struct Wire {
     /// Bulk frames to send (messages served); the writer batches them and
-    /// flushes. Senders wait when it is full.
-    pub out: mpsc::Sender<Frame>,
+    /// flushes. Senders wait while [`MAX_QUEUED_BYTES`] are queued.
+    pub out: Out,
+    /// Tunnel bytes through a room, bulk too, bounded by count (each chunk
+    /// is at most a box stream's 4 KiB).
+    pub tunnels: mpsc::Sender<Frame>,
     /// The connection's own frames (requests, answers, pings, clocks),
     /// written before bulk ones. The session loop must never wait to send
     /// (it also reads, and a peer doing the same would wait on us), so it
     /// uses [`Control::send`], which fails rather than waits.
     pub control: Control,
     /// Frames received, then the error that ended the connection, if any.
-    pub frames: mpsc::Receiver<Result<Frame, String>>,
+    pub frames: Frames,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
 }
@@ -285,15 +356,30 @@ pub struct Wire {
 impl Wire {
     /// Starts both tasks.
     pub fn start(reader: Reader, writer: Writer) -> Wire {
-        let (out, out_rx) = mpsc::channel::<Frame>(1024);
+        let (out, out_rx) = mpsc::channel::<Queued>(4096);
+        let (tunnels, tunnels_rx) = mpsc::channel::<Frame>(256);
         let (control, control_rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
-        let (frames_tx, frames) = mpsc::channel(256);
+        let (frames_tx, frames_rx) = mpsc::channel(4096);
+        let (stalled_tx, stalled_rx) = oneshot::channel();
+        let unhandled = Arc::new(Semaphore::new(MAX_UNHANDLED_BYTES));
         Wire {
-            out,
+            out: Out {
+                tx: out,
+                budget: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
+            },
+            tunnels,
             control: Control(control),
-            frames,
-            reader: tokio::spawn(read_loop(reader, frames_tx)),
-            writer: tokio::spawn(write_loop(writer, control_rx, out_rx)),
+            frames: Frames(frames_rx),
+            reader: tokio::spawn(read_loop(reader, frames_tx, unhandled, stalled_rx)),
+            writer: tokio::spawn(write_loop(
+                writer,
+                WriteQueues {
+                    control: control_rx,
+                    bulk: out_rx,
+                    tunnels: tunnels_rx,
+                },
+                stalled_tx,
+            )),
         }
     }
 
@@ -301,23 +387,128 @@ impl Wire {
     /// and say goodbye. Every other sender of frames must be gone by then.
     pub async fn close(self) {
         drop(self.out);
+        drop(self.tunnels);
         drop(self.control);
         self.reader.abort();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.writer).await;
     }
 }
 
-async fn read_loop(mut reader: Reader, frames: mpsc::Sender<Result<Frame, String>>) {
+/// A bulk frame waiting to be written, with its share of the budget.
+pub struct Queued {
+    frame: Frame,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The sender of a connection's bulk frames, bounded in bytes.
+#[derive(Clone)]
+pub struct Out {
+    tx: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+/// The connection is closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection is closed")]
+pub struct Closed;
+
+impl Out {
+    /// Queues `frame`, waiting while the peer has [`MAX_QUEUED_BYTES`]
+    /// waiting for it already.
+    pub async fn send(&self, frame: Frame) -> Result<(), Closed> {
+        let cost = frame.body.len().clamp(1, MAX_QUEUED_BYTES) as u32;
+        let budget = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| Closed)?;
+        self.tx
+            .send(Queued {
+                frame,
+                _budget: budget,
+            })
+            .await
+            .map_err(|_| Closed)
+    }
+}
+
+/// A frame read, with its share of the budget for unhandled frames.
+type Received = (Result<Frame, String>, Option<OwnedSemaphorePermit>);
+
+/// The frames a connection received, in order, then the error that ended
+/// it, if any.
+pub struct Frames(mpsc::Receiver<Received>);
+
+impl Frames {
+    /// The next frame; `None` once the connection ended cleanly.
+    pub async fn recv(&mut self) -> Option<Result<Frame, String>> {
+        // The frame's budget is given back as it is handed over.
+        self.0.recv().await.map(|(frame, _budget)| frame)
+    }
+
+    /// Whether no frame waits to be handled.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+async fn read_loop(
+    mut reader: Reader,
+    frames: mpsc::Sender<Received>,
+    unhandled: Arc<Semaphore>,
+    mut stalled: oneshot::Receiver<String>,
+) {
+    let mut watching = true;
     loop {
-        let next = match read_frame(&mut reader).await {
-            Ok(Some(frame)) => Ok(frame),
-            Ok(None) => return,
-            Err(e) => Err(e.to_string()),
+        let item = tokio::select! {
+            biased;
+            why = &mut stalled, if watching => match why {
+                Ok(why) => (Err(why), None),
+                // The writer ended without a word: reading goes on.
+                Err(_) => {
+                    watching = false;
+                    continue;
+                }
+            },
+            read = read_budgeted(&mut reader, &unhandled) => match read {
+                Read::Frame(frame, budget) => (Ok(frame), Some(budget)),
+                Read::Goodbye => return,
+                Read::Failed(why) => (Err(why), None),
+            },
         };
-        let stop = next.is_err();
-        if frames.send(next).await.is_err() || stop {
+        let stop = item.0.is_err();
+        if frames.send(item).await.is_err() || stop {
             return;
         }
+    }
+}
+
+/// What reading the next frame gave.
+enum Read {
+    /// A frame, holding its share of the budget.
+    Frame(Frame, OwnedSemaphorePermit),
+    /// The peer said goodbye.
+    Goodbye,
+    /// Why the connection failed.
+    Failed(String),
+}
+
+/// Reads the next frame once the budget has room for its body.
+async fn read_budgeted(reader: &mut Reader, unhandled: &Arc<Semaphore>) -> Read {
+    let header = match read_header(reader).await {
+        Ok(Some(header)) => header,
+        Ok(None) => return Read::Goodbye,
+        Err(e) => return Read::Failed(e.to_string()),
+    };
+    // Waits, reading nothing more, while the session is behind: the peer's
+    // writes then back up into its own buffers, not our memory.
+    let Ok(budget) = unhandled.clone().acquire_many_owned(header.1.max(1)).await else {
+        return Read::Failed("connection closed".into());
+    };
+    match read_body(reader, header).await {
+        Ok(frame) => Read::Frame(frame, budget),
+        Err(e) => Read::Failed(e.to_string()),
     }
 }
 
@@ -407,42 +598,80 @@ impl Link {
     }
 }
 
-async fn write_loop(
-    mut writer: Writer,
-    mut control: mpsc::Receiver<Frame>,
-    mut bulk: mpsc::Receiver<Frame>,
-) {
+/// What a connection's writer takes frames from, most urgent first.
+struct WriteQueues {
+    control: mpsc::Receiver<Frame>,
+    bulk: mpsc::Receiver<Queued>,
+    tunnels: mpsc::Receiver<Frame>,
+}
+
+impl WriteQueues {
+    /// The next frame waiting, without waiting.
+    fn try_next(&mut self) -> Option<Frame> {
+        self.control
+            .try_recv()
+            .ok()
+            .or_else(|| self.bulk.try_recv().ok().map(|q| q.frame))
+            .or_else(|| self.tunnels.try_recv().ok())
+    }
+}
+
+async fn write_loop(mut writer: Writer, mut queues: WriteQueues, stalled: oneshot::Sender<String>) {
     let mut control_open = true;
     let mut bulk_open = true;
-    while control_open || bulk_open {
+    let mut tunnels_open = true;
+    while control_open || bulk_open || tunnels_open {
         let first = tokio::select! {
             biased;
-            frame = control.recv(), if control_open => match frame {
+            frame = queues.control.recv(), if control_open => match frame {
                 Some(frame) => frame,
                 None => { control_open = false; continue; }
             },
-            frame = bulk.recv(), if bulk_open => match frame {
-                Some(frame) => frame,
+            queued = queues.bulk.recv(), if bulk_open => match queued {
+                Some(queued) => queued.frame,
                 None => { bulk_open = false; continue; }
+            },
+            frame = queues.tunnels.recv(), if tunnels_open => match frame {
+                Some(frame) => frame,
+                None => { tunnels_open = false; continue; }
             },
         };
         let mut batch = vec![first];
-        while batch.len() < 256 {
-            match control.try_recv().or_else(|_| bulk.try_recv()) {
-                Ok(frame) => batch.push(frame),
-                Err(_) => break,
+        let mut bytes = batch[0].body.len();
+        while batch.len() < 256 && bytes < 256 * 1024 {
+            match queues.try_next() {
+                Some(frame) => {
+                    bytes += frame.body.len();
+                    batch.push(frame);
+                }
+                None => break,
             }
         }
+        // Each frame is at most MAX_BODY: a peer that takes none of it in
+        // WRITE_STALL is not reading.
         for frame in &batch {
-            if write_frame(&mut writer, frame).await.is_err() {
-                return;
+            match tokio::time::timeout(WRITE_STALL, write_frame(&mut writer, frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => return stop_stalled(stalled),
             }
         }
-        if flush(&mut writer).await.is_err() {
-            return;
+        match tokio::time::timeout(WRITE_STALL, flush(&mut writer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return stop_stalled(stalled),
         }
     }
     goodbye(&mut writer).await;
+}
+
+/// Ends a connection whose peer stopped reading: the reader reports why,
+/// and the session ends.
+fn stop_stalled(stalled: oneshot::Sender<String>) {
+    let _ = stalled.send(format!(
+        "the peer stopped reading: nothing could be written to it for {} s",
+        WRITE_STALL.as_secs()
+    ));
 }
 
 #[cfg(test)]
@@ -456,5 +685,21 @@ mod tests {
         assert_eq!(header, [0b1110, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xf9]);
         assert_eq!(decode_header(&header).expect("decodes"), (0b1110, 4, -7));
         assert!(decode_header(&[0xff, 0, 0, 0, 0, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn refusals_echo_at_most_a_short_name() {
+        let long = "x".repeat(100_000);
+        let frame = Frame::request(3, &[long.as_str(), "é"], "async", json!([]));
+        let call = Call::parse(&frame);
+        let refusal = call.refusal(3);
+        assert!(refusal.body.len() < 400, "{} bytes", refusal.body.len());
+        let short = Call::parse(&Frame::request(3, &["invite", "use"], "async", json!([])));
+        assert_eq!(
+            short.refusal(3).error_message().as_deref(),
+            Some("method:invite,use is not in list of allowed methods")
+        );
+        // Cut at a character boundary.
+        assert_eq!(cut("aé", 2), "a");
     }
 }

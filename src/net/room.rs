@@ -51,7 +51,7 @@ pub async fn run(
     let mut room = Room {
         me: node.id(),
         room: conn.peer,
-        out: wire.out.clone(),
+        out: wire.tunnels.clone(),
         link: Link::new(wire.control.clone()),
         resubscribe: None,
         refused_once: HashSet::new(),

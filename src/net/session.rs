@@ -22,15 +22,19 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ebt::{self, Ebt};
-use super::history::{self, Served};
+use super::history::{self, Outlet, Served};
 use super::ingest::{self, forward, Ingest, INGEST_BATCH};
-use super::muxrpc::{Call, Frame, Link, Wire};
+use super::muxrpc::{Call, Frame, Link, Wire, MAX_MESSAGE_FRAME};
 use super::shs::Connection;
 use crate::feed::FeedId;
 use crate::node::{Event, Node};
 
-/// How many streams a peer may have us serve at once.
-const MAX_SERVED_STREAMS: usize = 4096;
+/// How many streams a peer may have us serve at once. Each costs a task;
+/// what they read is bounded per connection (`history::READS_PER_CONNECTION`).
+const MAX_SERVED_STREAMS: usize = 1024;
+/// Our `createHistoryStream` requests sent per round (a round per second):
+/// thousands at once would overflow our own queue of frames.
+const REQUESTS_PER_ROUND: usize = 1024;
 /// How long the dialled side waits for the dialler to open EBT.
 pub const EBT_GRACE: Duration = Duration::from_secs(3);
 /// How long a dialler waits for the peer's answer to `ebt.replicate`.
@@ -89,10 +93,9 @@ pub async fn run(
     let mut events = node.subscribe();
     let mut session = Session {
         node: node.clone(),
-        out: wire.out.clone(),
+        outlet: Outlet::new(wire.out.clone(), counters.sent.clone()),
         link: Link::new(wire.control.clone()),
         ingest: ingest_tx,
-        sent: counters.sent.clone(),
         mode: Mode::Deciding(Instant::now() + EBT_GRACE),
         outgoing: HashMap::new(),
         requested: HashMap::new(),
@@ -163,12 +166,11 @@ pub async fn run(
 
 struct Session {
     node: Arc<Node>,
-    /// Bulk frames (history and EBT senders use it).
-    out: mpsc::Sender<Frame>,
+    /// Where served streams send, shared by all of them.
+    outlet: Outlet,
     /// Our own frames, request numbers and keepalive.
     link: Link,
     ingest: Ingest,
-    sent: Arc<AtomicU64>,
     mode: Mode,
     /// Our `createHistoryStream` requests: request number → feed.
     outgoing: HashMap<i32, FeedId>,
@@ -195,14 +197,10 @@ impl Session {
         let frames = match self.mode {
             Mode::Deciding(_) => Vec::new(),
             Mode::Ebt => match &self.ebt {
-                Some(ebt) if ebt.established => {
-                    vec![Frame::json(
-                        ebt.wire,
-                        true,
-                        false,
-                        &ebt::clock(&self.node, &self.wanted),
-                    )]
-                }
+                Some(ebt) if ebt.established => ebt::clock(&self.node, &self.wanted)
+                    .iter()
+                    .map(|part| Frame::json(ebt.wire, true, false, part))
+                    .collect(),
                 _ => Vec::new(),
             },
             Mode::History => self.history_requests(),
@@ -232,6 +230,8 @@ impl Session {
             .copied()
             .collect();
         new.sort();
+        // The rest follow round by round (`on_tick`).
+        new.truncate(REQUESTS_PER_ROUND);
         for feed in new {
             let req = self.link.take_req();
             let seq = self.node.store.tip(&feed).map_or(0, |t| t.sequence) + 1;
@@ -245,6 +245,10 @@ impl Session {
     /// Once a second: keepalive, and the end of the wait for EBT.
     async fn on_tick(&mut self) {
         self.link.tick();
+        if self.mode == Mode::History && self.requested.len() + 1 < self.wanted.len() {
+            let frames = self.history_requests();
+            self.link.send_all(frames);
+        }
         if let Mode::Deciding(deadline) = self.mode {
             if Instant::now() >= deadline {
                 if let Some(ebt) = self.ebt.take() {
@@ -313,9 +317,8 @@ impl Session {
             &self.node,
             &self.wanted,
             &frame.body,
-            &self.out,
+            &self.outlet,
             &self.ingest,
-            &self.sent,
         )
         .await?;
         let established = self.ebt.as_ref().is_some_and(|e| e.established);
@@ -344,6 +347,12 @@ impl Session {
             }
             self.link.send(Frame::end(req));
             return Ok(());
+        }
+        if frame.body.len() > MAX_MESSAGE_FRAME {
+            return Err(SessionError::BadMessage(format!(
+                "a message frame of {} bytes (the limit is {MAX_MESSAGE_FRAME})",
+                frame.body.len()
+            )));
         }
         let value: Value = serde_json::from_slice(&frame.body)
             .map_err(|e| SessionError::BadMessage(format!("malformed JSON: {e}")))?;
@@ -385,9 +394,8 @@ impl Session {
                 self.served.insert(frame.req, token.clone());
                 let to = Served {
                     wire: -frame.req,
-                    out: self.out.clone(),
+                    outlet: self.outlet.clone(),
                     cancel: token,
-                    sent: self.sent.clone(),
                     ebt: false,
                 };
                 tokio::spawn(history::serve(self.node.clone(), args, to));
@@ -395,7 +403,20 @@ impl Session {
             ["gossip", "ping"]
                 if call.is_stream() && self.link.keepalive.open_served(frame.req) => {}
             ["ebt", "replicate"] if ebt::is_v3_classic(&call.args) => {
-                self.open_ebt_for_peer(frame.req).await;
+                if self.ebt.as_ref().is_some_and(|e| e.established) {
+                    // One EBT stream per connection: another would restart
+                    // every feed's sender each time the peer asks.
+                    if self.refused.len() < MAX_SERVED_STREAMS {
+                        self.refused.insert(frame.req);
+                    }
+                    self.link.send(Frame::error(
+                        -frame.req,
+                        true,
+                        "ebt.replicate is open already on this connection",
+                    ));
+                } else {
+                    self.open_ebt_for_peer(frame.req).await;
+                }
             }
             ["whoami"] => {
                 let me = WhoAmIOut {
@@ -405,7 +426,10 @@ impl Session {
                 self.link.send(Frame::json(-frame.req, false, false, &body));
             }
             _ => {
-                tracing::debug!("peer called unsupported method {:?}", call.name.join("."));
+                tracing::debug!(
+                    "peer called unsupported method {:?}",
+                    call.printable_name(".")
+                );
                 if call.is_stream() && self.refused.len() < MAX_SERVED_STREAMS {
                     self.refused.insert(frame.req);
                 }
@@ -415,8 +439,9 @@ impl Session {
         Ok(())
     }
 
-    /// The peer opened EBT. A newer stream replaces an older one (the peer
-    /// reconnected its side), and ours when both dialled it.
+    /// The peer opened EBT. It replaces ours while the peer has not
+    /// answered it (both opened one at once); an established stream is
+    /// never replaced (see `handle_request`).
     async fn open_ebt_for_peer(&mut self, req: i32) {
         if let Some(mut old) = self.ebt.take() {
             old.stop_all();

@@ -59,10 +59,15 @@ pub struct Job {
 pub enum State {
     /// Its last run failed.
     Failed,
+    /// A machine whose feed forked: two different messages at one
+    /// sequence (often a machine restored from a backup).
+    Forked,
     /// No run started within its cadence (plus 10 %).
     Late,
     /// A machine with no message for longer than the allowed silence.
     Quiet,
+    /// A machine whose clock is off: its times are wrong.
+    Clock,
     /// A run has started and not ended.
     Running,
     /// All is well.
@@ -364,8 +369,10 @@ impl State {
     pub fn name(self) -> &'static str {
         match self {
             State::Failed => "failed",
+            State::Forked => "forked",
             State::Late => "late",
             State::Quiet => "quiet",
+            State::Clock => "clock",
             State::Running => "running",
             State::Ok => "ok",
         }
@@ -373,6 +380,34 @@ impl State {
 }
 
 impl Report {
+    /// Adds a row about a whole machine (`Forked`, `Clock`): what this
+    /// node noticed beyond its jobs.
+    pub fn add_machine_note(
+        &mut self,
+        state: State,
+        machine: String,
+        id: FeedId,
+        at_ms: f64,
+        text: String,
+    ) {
+        self.rows.push(Row {
+            state,
+            machine,
+            id,
+            source: None,
+            last_run_ms: at_ms,
+            age_ms: (self.now_ms - at_ms).max(0.0),
+            exit: None,
+            signal: None,
+            took: None,
+            every: None,
+            last_line: text,
+        });
+        self.rows.sort_by(|a, b| {
+            (a.state, &a.machine, &a.source).cmp(&(b.state, &b.machine, &b.source))
+        });
+    }
+
     /// Whether all is well: every job ok or running, no machine quiet.
     pub fn healthy(&self) -> bool {
         self.rows

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod clock;
 pub mod commit_group;
 pub mod config;
 pub mod control;
@@ -15,6 +16,8 @@ pub mod health;
 pub mod mountpoint;
 pub mod net;
 pub mod node;
+pub mod notices;
+pub mod platform;
 pub mod publish;
 pub mod run;
 pub mod status;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
@@ -16,6 +17,7 @@ use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
 use crate::graph::FollowGraph;
 use crate::health::JobTable;
+use crate::notices::Notices;
 use crate::store::{contact_edge, Store, StoreError, Stored};
 use crate::view::line::{LineRenderer, RenderOverlay, LOG_TYPE, MORE_FIELD};
 use crate::view::{ViewEntry, Views};
@@ -45,23 +47,59 @@ fn extend_tips(
     batch: Vec<Message>,
     tips: &HashMap<FeedId, FeedTip>,
     tip_of: &dyn Fn(&FeedId) -> Option<FeedTip>,
-) -> Result<(Vec<Message>, HashMap<FeedId, FeedTip>), FeedError> {
+) -> Result<Extended, FeedError> {
     let mut extended: HashMap<FeedId, FeedTip> = HashMap::new();
     let mut msgs = Vec::with_capacity(batch.len());
+    let mut forks: Vec<(FeedId, u64)> = Vec::new();
     for msg in batch {
+        if forks.iter().any(|(feed, _)| *feed == msg.author) {
+            continue; // the rest of a forked copy
+        }
         let tip = extended
             .get(&msg.author)
             .or_else(|| tips.get(&msg.author))
             .copied()
             .or_else(|| tip_of(&msg.author));
-        if msg.sequence <= tip.map_or(0, |t| t.sequence) {
+        let have = tip.map_or(0, |t| t.sequence);
+        if msg.sequence < have {
             continue;
         }
-        FeedTip::check_next(tip.as_ref(), &msg)?;
+        if msg.sequence == have {
+            // The message we hold at that sequence, or another: a fork.
+            if tip.is_some_and(|t| t.key != msg.key) {
+                forks.push((msg.author, msg.sequence));
+            }
+            continue;
+        }
+        match FeedTip::check_next(tip.as_ref(), &msg) {
+            Ok(()) => {}
+            // Signed by its author, but not our copy's next: the author
+            // forked its feed (often a machine restored from a backup).
+            // Noted and skipped, not the peer's fault.
+            Err(FeedError::Fork { sequence }) => {
+                forks.push((msg.author, sequence));
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         extended.insert(msg.author, msg.tip());
         msgs.push(msg);
     }
-    Ok((msgs, extended))
+    Ok(Extended {
+        msgs,
+        tips: extended,
+        forks,
+    })
+}
+
+/// What a batch of replicated messages adds to the feeds.
+struct Extended {
+    /// The messages that extend them, in order.
+    msgs: Vec<Message>,
+    /// Each extended feed's new tip.
+    tips: HashMap<FeedId, FeedTip>,
+    /// Feeds seen forked, and where.
+    forks: Vec<(FeedId, u64)>,
 }
 
 /// Something the network layer or a view may want to react to.
@@ -129,8 +167,52 @@ pub struct Node {
     /// Every job's last run (the daemon's nodes only).
     jobs: Option<RwLock<JobTable>>,
     started_ms: f64,
+    /// The last write to `publish` or `follow` that was refused, for the
+    /// writer to read in `status` (a shell's `echo` shows only the errno).
+    last_refused: Mutex<Option<Refusal>>,
+    /// Forks, clocks, and a peer's claim to hold more of our own feed.
+    pub notices: Notices,
     /// Replicated batches from all sessions, stored together.
     ingest_group: CommitGroup<Vec<Message>, Result<usize, NodeError>>,
+}
+
+/// How long a publish waits for this machine's own feed to come back from
+/// a peer that holds more of it, before it is refused.
+const PUBLISH_WAITS_FOR_OWN_FEED: Duration = Duration::from_secs(20);
+
+/// Something noticed about a machine beyond its jobs.
+#[derive(Clone, Debug)]
+pub struct MachineNote {
+    /// Its feed.
+    pub feed: FeedId,
+    /// What it is.
+    pub kind: NoteKind,
+    /// When it was noticed or measured (ms since the epoch).
+    pub at_ms: f64,
+    /// For a person.
+    pub text: String,
+}
+
+/// What a [`MachineNote`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteKind {
+    /// The feed forked.
+    Fork,
+    /// The machine's clock is off.
+    Clock,
+    /// A peer holds more of this machine's own feed.
+    OwnFeedBehind,
+}
+
+/// A write to the mount that was refused.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// `publish` or `follow`.
+    pub file: String,
+    /// Why, as the daemon's log says it.
+    pub reason: String,
+    /// When (ms since the epoch).
+    pub at_ms: f64,
 }
 
 /// Why a node operation failed.
@@ -151,6 +233,34 @@ pub enum NodeError {
     /// The commit that took this batch along with others panicked.
     #[error("the commit that took this batch panicked")]
     CommitPanicked,
+    /// A peer holds more of this machine's feed than this store does, and
+    /// has not sent it yet: publishing now would fork the feed.
+    #[error(
+        "not publishing: this machine's feed is at sequence {ours} here, but {peer} holds it up \
+         to {theirs} (this store was restored from an older copy?); scuttlefs is fetching the \
+         rest from it and publishes again once it has it"
+    )]
+    Restored {
+        /// Our latest sequence.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+        /// The peer.
+        peer: FeedId,
+    },
+    /// This machine's own feed forked: publishing would extend the fork.
+    #[error(
+        "not publishing: this machine's feed forked at sequence {sequence} (a peer holds \
+         another message there; was this store restored from a backup after it had \
+         published more?). Recover with a new identity: stop the daemon, move {path}/secret \
+         and {path}/db aside, start it again, and follow the new id from the other machines"
+    )]
+    OwnFork {
+        /// Where it forked.
+        sequence: u64,
+        /// `--path`.
+        path: String,
+    },
 }
 
 impl Node {
@@ -202,6 +312,7 @@ impl Node {
         let renderer = LineRenderer::new(store.names()?);
         let graph = FollowGraph::from_edges(store.contacts()?);
         let (events, _) = broadcast::channel(4096);
+        let config_path = config.path.clone();
         Ok(Node {
             config,
             keys,
@@ -216,6 +327,8 @@ impl Node {
             net: RwLock::new(NetStatus::default()),
             jobs,
             started_ms: now_ms(),
+            last_refused: Mutex::new(None),
+            notices: Notices::load(&config_path),
             ingest_group: CommitGroup::default(),
         })
     }
@@ -238,6 +351,75 @@ impl Node {
     /// When the node started (ms since the epoch).
     pub fn started_ms(&self) -> f64 {
         self.started_ms
+    }
+
+    /// Whether this machine may publish now: not while a peer holds more
+    /// of its feed (waiting a little for the rest to arrive), never once
+    /// its feed forked.
+    fn may_publish(&self) -> Result<(), NodeError> {
+        let me = self.id();
+        if let Some(fork) = self.notices.fork_of(&me) {
+            return Err(NodeError::OwnFork {
+                sequence: fork.sequence,
+                path: self.config.path.display().to_string(),
+            });
+        }
+        let deadline = std::time::Instant::now() + PUBLISH_WAITS_FOR_OWN_FEED;
+        while let Some(behind) = self.own_feed_progress(false) {
+            if std::time::Instant::now() >= deadline {
+                return Err(NodeError::Restored {
+                    ours: self.store.tip(&me).map_or(0, |t| t.sequence),
+                    theirs: behind.theirs,
+                    peer: behind.peer,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Checks a peer's claim to hold more of our feed against our tip
+    /// (`grew`: our feed just took messages from a peer), logging when it
+    /// is met or given up; returns the claim still standing.
+    pub fn own_feed_progress(&self, grew: bool) -> Option<crate::notices::Behind> {
+        let tip = self.store.tip(&self.id()).map_or(0, |t| t.sequence);
+        if let Some(outcome) = self.notices.own_tip(tip, grew) {
+            tracing::warn!("{outcome}");
+        }
+        self.notices.behind()
+    }
+
+    /// `peer` says it holds this machine's feed up to `theirs`. Returns
+    /// whether that is news: the session then asks for the rest.
+    pub fn claim_own_feed(&self, peer: FeedId, theirs: u64) -> bool {
+        let ours = self.store.tip(&self.id()).map_or(0, |t| t.sequence);
+        let news = self.notices.claim(peer, ours, theirs);
+        if news {
+            tracing::warn!(
+                "{peer} holds this machine's feed up to sequence {theirs}, past this store's \
+                 {ours} (restored from an older copy?): fetching the rest, and not publishing \
+                 until it is here"
+            );
+        }
+        news
+    }
+
+    /// Notes that a write to the mount's `file` was refused, and why.
+    pub fn note_refused(&self, file: &str, reason: String) {
+        let refusal = Refusal {
+            file: file.to_string(),
+            reason,
+            at_ms: now_ms(),
+        };
+        *self.last_refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
+    }
+
+    /// The last refused write to the mount, if any since the start.
+    pub fn last_refused(&self) -> Option<Refusal> {
+        self.last_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Signs and stores `contents` as the next messages of this feed. A log
@@ -272,6 +454,7 @@ impl Node {
         C: IntoIterator<Item = Value>,
         C::IntoIter: Clone,
     {
+        self.may_publish()?;
         let _one_publisher = self.publish_lock.lock().unwrap_or_else(|e| e.into_inner());
         let contents = contents.into_iter();
         let first_tip = self.store.tip(&self.id());
@@ -342,7 +525,7 @@ impl Node {
                 .unwrap_or_else(|_| Err(NodeError::View(std::io::Error::other("storer panicked"))))
         })?;
         if count > PUBLISH_CHUNK * 16 {
-            release_free_memory();
+            crate::platform::return_free_memory();
         }
         Ok(count)
     }
@@ -369,16 +552,20 @@ impl Node {
     fn ingest_together(&self, batches: Vec<Vec<Message>>) -> Vec<Result<usize, NodeError>> {
         let count = batches.len();
         let mut answers: Vec<Result<usize, NodeError>> = Vec::with_capacity(count);
+        let mut forks = Vec::new();
+        let me = self.id();
+        let mut own_grew = false;
         let stored = self.append(
             |tip_of| {
                 let mut tips: HashMap<FeedId, FeedTip> = HashMap::new();
                 let mut accepted = Vec::new();
                 for batch in batches {
                     let answer = match extend_tips(batch, &tips, tip_of) {
-                        Ok((msgs, batch_tips)) => {
-                            tips.extend(batch_tips);
-                            let stored = msgs.len();
-                            accepted.extend(msgs);
+                        Ok(extended) => {
+                            tips.extend(extended.tips);
+                            forks.extend(extended.forks);
+                            let stored = extended.msgs.len();
+                            accepted.extend(extended.msgs);
                             Ok(stored)
                         }
                         Err(e) => Err(NodeError::Store(StoreError::Rejected(e))),
@@ -388,11 +575,29 @@ impl Node {
                 // Each feed's messages together, in order, so that its lines
                 // lie in one run of the line file.
                 accepted.sort_by_key(|m: &Message| m.author);
+                own_grew = accepted.iter().any(|m| m.author == me);
                 Ok(accepted)
             },
             now_ms(),
             ViewTiming::Now,
         );
+        for (feed, sequence) in forks {
+            if self.notices.fork(feed, sequence) {
+                let whose = if feed == self.id() {
+                    "this machine's own feed"
+                } else {
+                    "the feed"
+                };
+                tracing::warn!(
+                    "{whose} {feed} forked at sequence {sequence}: a peer holds a different \
+                     message there (was that machine restored from a backup?); the copy \
+                     this machine holds is kept"
+                );
+            }
+        }
+        if own_grew && stored.is_ok() {
+            self.own_feed_progress(true);
+        }
         if let Err(e) = stored {
             answers.resize_with(count, || Ok(0));
             let shared = Arc::new(e);
@@ -447,6 +652,7 @@ impl Node {
     /// The health of every job and machine at `now_ms` (see
     /// [`crate::health`]); `None` on a node opened without views.
     pub fn health(&self, now_ms: f64, max_silence_ms: f64) -> Option<crate::health::Report> {
+        use crate::health::State;
         let jobs = self.jobs.as_ref()?;
         let names = self.names();
         let me = self.id();
@@ -456,10 +662,100 @@ impl Node {
             .feeds()
             .into_iter()
             .filter(|(feed, _)| *feed != me && wanted.contains_key(feed))
-            .map(|(feed, tip)| (feed, tip.timestamp))
+            .map(|(feed, tip)| (feed, self.last_heard(&feed, &tip)))
             .collect();
         let jobs = jobs.read().unwrap_or_else(|e| e.into_inner());
-        Some(jobs.report(now_ms, &names, &machines, max_silence_ms))
+        let mut report = jobs.report(now_ms, &names, &machines, max_silence_ms);
+        drop(jobs);
+        let label = |feed: &FeedId| crate::view::line::label(feed, &names);
+        for note in self.machine_notes() {
+            let state = match note.kind {
+                NoteKind::Fork => State::Forked,
+                NoteKind::Clock => State::Clock,
+                NoteKind::OwnFeedBehind => State::Forked,
+            };
+            report.add_machine_note(state, label(&note.feed), note.feed, note.at_ms, note.text);
+        }
+        Some(report)
+    }
+
+    /// When a machine was last heard from: its latest message's time, or
+    /// when it arrived if that time cannot be right (`crate::clock`).
+    fn last_heard(&self, feed: &FeedId, tip: &FeedTip) -> f64 {
+        match self.store.get_raw(feed, tip.sequence) {
+            Ok(Some(raw)) => crate::clock::placement_ms(tip.timestamp, raw.received_ms),
+            _ => tip.timestamp,
+        }
+    }
+
+    /// What this node noticed about machines beyond their jobs: forked
+    /// feeds, clocks that are off, and its own feed held further by a peer.
+    pub fn machine_notes(&self) -> Vec<MachineNote> {
+        let me = self.id();
+        let mut notes = Vec::new();
+        for (feed, fork) in self.notices.forks() {
+            let text = if feed == me {
+                format!(
+                    "this machine's feed forked at sequence {}: it no longer publishes (see status)",
+                    fork.sequence
+                )
+            } else {
+                format!(
+                    "its feed forked at sequence {}: restored from a backup? Lines past the fork are not shown",
+                    fork.sequence
+                )
+            };
+            notes.push(MachineNote {
+                feed,
+                kind: NoteKind::Fork,
+                at_ms: fork.seen_ms,
+                text,
+            });
+        }
+        if let Some(behind) = self.own_feed_progress(false) {
+            notes.push(MachineNote {
+                feed: me,
+                kind: NoteKind::OwnFeedBehind,
+                at_ms: behind.progress_ms,
+                text: format!(
+                    "{} holds this machine's feed up to {}, past {}: fetching it; publishing waits",
+                    behind.peer, behind.theirs, behind.ours
+                ),
+            });
+        }
+        let mut noted: std::collections::HashSet<FeedId> = std::collections::HashSet::new();
+        for (feed, skew) in self.notices.skews() {
+            noted.insert(feed);
+            notes.push(MachineNote {
+                feed,
+                kind: NoteKind::Clock,
+                at_ms: skew.at_ms,
+                text: format!(
+                    "its clock is {} (measured while connected)",
+                    skew.describe()
+                ),
+            });
+        }
+        for (feed, tip) in self.store.feeds() {
+            if feed == me || noted.contains(&feed) {
+                continue;
+            }
+            let Ok(Some(raw)) = self.store.get_raw(&feed, tip.sequence) else {
+                continue;
+            };
+            if let Some(why) = crate::clock::implausibility(tip.timestamp, raw.received_ms) {
+                notes.push(MachineNote {
+                    feed,
+                    kind: NoteKind::Clock,
+                    at_ms: raw.received_ms,
+                    text: format!(
+                        "its latest message claims {}: {why}; its lines are placed where they arrived",
+                        crate::view::line::format_timestamp(tip.timestamp)
+                    ),
+                });
+            }
+        }
+        notes
     }
 
     /// Saves the job table, so that the next start need not read the
@@ -621,30 +917,8 @@ struct Unviewed {
     bytes: usize,
 }
 
-/// Hands memory freed after a large batch back to the system, so that a
-/// burst of writes does not leave the daemon's resident size at its peak.
-fn release_free_memory() {
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Keeps glibc from giving every thread its own heap: the daemon's threads
-/// all allocate message-sized objects, and per-thread arenas multiply the
-/// resident size for no speed gain on a two-core machine.
-pub fn limit_malloc_arenas() {
-    // SAFETY: mallopt with a documented parameter, before threads start.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> f64 {
-    let now = chrono::Utc::now();
-    now.timestamp_millis() as f64
-}
+/// Milliseconds since the epoch (kept here for the many callers).
+pub use crate::clock::now_ms;
 
 /// Room left for the sequence and timestamp to grow between parts.
 const SPLIT_MARGIN: usize = 64;

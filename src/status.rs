@@ -73,6 +73,23 @@ pub fn report(node: &Node) -> Value {
             "at": format_timestamp(r.at_ms),
         })
     });
+    let notes: Vec<Value> = node
+        .machine_notes()
+        .into_iter()
+        .map(|note| {
+            json!({
+                "id": note.feed.to_string(),
+                "name": label(&note.feed, &names),
+                "kind": match note.kind {
+                    crate::node::NoteKind::Fork => "fork",
+                    crate::node::NoteKind::Clock => "clock",
+                    crate::node::NoteKind::OwnFeedBehind => "own feed behind",
+                },
+                "since": format_timestamp(note.at_ms),
+                "text": note.text,
+            })
+        })
+        .collect();
     let last_peer_ms = if net.peers.is_empty() {
         net.last_peer_ms
     } else {
@@ -91,6 +108,7 @@ pub fn report(node: &Node) -> Value {
         "following": node.following().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "never_heard_from": never_heard,
         "last_refused": last_refused,
+        "notes": notes,
         "peers": peers,
         "remembered": remembered,
         "feeds": feeds,
@@ -148,6 +166,19 @@ pub fn render(report: &Value) -> String {
                 s(&r["source"]),
                 s(&r["last_success"]),
                 failing
+            ));
+        }
+    }
+    let notes = report["notes"].as_array().unwrap_or(&empty);
+    if !notes.is_empty() {
+        out.push_str(&format!("noticed:   {}\n", notes.len()));
+        for note in notes {
+            out.push_str(&format!(
+                "  {} {} {}: {}\n",
+                s(&note["kind"]),
+                s(&note["name"]),
+                s(&note["id"]),
+                s(&note["text"])
             ));
         }
     }

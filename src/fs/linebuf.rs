@@ -2,7 +2,7 @@
 
 /// The longest unfinished line a handle may hold: far above any message
 /// (long lines are split across messages), far below memory trouble.
-pub const MAX_PENDING: usize = 16 * 1024 * 1024;
+pub const MAX_PENDING: usize = crate::view::line::MAX_LOCAL_LINE;
 
 /// Why a write cannot be taken.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

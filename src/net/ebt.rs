@@ -72,7 +72,10 @@ impl Ebt {
     }
 
     /// Handles one frame of the peer's (not an end): a message, or its
-    /// clock, which starts or stops our sending of each feed.
+    /// clock, which starts or stops our sending of each feed. Returns how
+    /// far the peer's clock says it holds this machine's own feed, when
+    /// that is past what we hold (this store was restored from an older
+    /// copy).
     pub async fn handle(
         &mut self,
         node: &Arc<Node>,
@@ -80,7 +83,7 @@ impl Ebt {
         body: &[u8],
         outlet: &Outlet,
         ingest: &Ingest,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Option<u64>, SessionError> {
         // A frame too large for a message can only be a clock: parsed as
         // one, it fails at the first value that is not a note, instead of
         // building a large message first.
@@ -107,11 +110,13 @@ impl Ebt {
                 .and_then(|a| FeedId::parse(a).ok())
                 .ok_or_else(|| SessionError::BadMessage("EBT message with a bad author".into()))?;
             // Our own feed is written here only: a copy from a peer is at
-            // best old news, at worst a fork from a restored backup.
-            if wanted.contains(&author) && author != node.id() {
+            // best old news, at worst a fork from a restored backup; unless
+            // a peer holds more of it than we do, which we then asked for.
+            let own = author == node.id();
+            if wanted.contains(&author) && (!own || node.notices.behind().is_some()) {
                 forward(ingest, author, value).await?;
             }
-            return Ok(());
+            return Ok(None);
         }
         let Some(clock) = value.as_object() else {
             return Err(SessionError::BadMessage(
@@ -119,10 +124,18 @@ impl Ebt {
             ));
         };
         self.established = true;
+        let me = node.id();
+        let mut own_feed_claim = None;
         for (id, note) in clock {
             let (Ok(feed), Some(note)) = (FeedId::parse(id), note.as_i64()) else {
                 continue;
             };
+            if feed == me && note >= 0 {
+                let theirs = (note >> 1) as u64;
+                if theirs > node.store.tip(&me).map_or(0, |t| t.sequence) {
+                    own_feed_claim = Some(theirs);
+                }
+            }
             let receive = note >= 0 && note & 1 == 0;
             if !receive {
                 if let Some(token) = self.senders.remove(&feed) {
@@ -144,7 +157,7 @@ impl Ebt {
             };
             tokio::spawn(history::serve(node.clone(), args, to));
         }
-        Ok(())
+        Ok(own_feed_claim)
     }
 }
 
@@ -154,6 +167,8 @@ impl Ebt {
 /// sent to us.
 pub fn clock(node: &Node, wanted: &HashSet<FeedId>) -> Vec<Value> {
     let me = node.id();
+    // Our own feed is asked for only while a peer holds more of it.
+    let fetch_own = node.notices.behind().is_some();
     let mut feeds: Vec<&FeedId> = wanted.iter().collect();
     feeds.sort();
     let parts: Vec<Value> = feeds
@@ -162,7 +177,10 @@ pub fn clock(node: &Node, wanted: &HashSet<FeedId>) -> Vec<Value> {
             let mut clock = serde_json::Map::new();
             for feed in part {
                 let seq = node.store.tip(feed).map_or(0, |t| t.sequence);
-                clock.insert(feed.to_string(), json!(note(seq, **feed != me)));
+                clock.insert(
+                    feed.to_string(),
+                    json!(note(seq, **feed != me || fetch_own)),
+                );
             }
             Value::Object(clock)
         })

@@ -103,7 +103,10 @@ pub async fn run(
         refused: HashSet::new(),
         ebt: None,
         wanted: HashSet::new(),
+        peer: conn.peer,
+        time_asked: None,
     };
+    session.ask_time();
     if conn.dialled {
         let req = session.link.take_req();
         session.ebt = Some(Ebt::dialling(req));
@@ -184,6 +187,10 @@ struct Session {
     ebt: Option<Ebt>,
     /// The feeds within our hops, as of the last graph change.
     wanted: HashSet<FeedId>,
+    /// Who the peer is.
+    peer: FeedId,
+    /// Our `scuttlefs.now` request and when we sent it.
+    time_asked: Option<(i32, f64)>,
 }
 
 impl Session {
@@ -223,10 +230,12 @@ impl Session {
             }
         }
         let me = self.node.id();
+        // Our own feed only while a peer holds more of it than we do.
+        let fetch_own = self.node.notices.behind().is_some();
         let mut new: Vec<FeedId> = self
             .wanted
             .iter()
-            .filter(|f| **f != me && !self.requested.contains_key(f))
+            .filter(|f| (**f != me || fetch_own) && !self.requested.contains_key(f))
             .copied()
             .collect();
         new.sort();
@@ -313,14 +322,21 @@ impl Session {
             return Ok(());
         }
         let first_clock = !ebt.established;
-        ebt.handle(
-            &self.node,
-            &self.wanted,
-            &frame.body,
-            &self.outlet,
-            &self.ingest,
-        )
-        .await?;
+        let own_feed_claim = ebt
+            .handle(
+                &self.node,
+                &self.wanted,
+                &frame.body,
+                &self.outlet,
+                &self.ingest,
+            )
+            .await?;
+        if let Some(theirs) = own_feed_claim {
+            if self.node.claim_own_feed(self.peer, theirs) {
+                // Our clock now asks for our own feed.
+                self.sync().await;
+            }
+        }
         let established = self.ebt.as_ref().is_some_and(|e| e.established);
         if first_clock && established && self.mode != Mode::Ebt {
             // The peer answered our request: send our clock in turn.
@@ -331,6 +347,17 @@ impl Session {
 
     /// A frame answering one of our requests.
     async fn handle_reply(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if let Some((req, sent_ms)) = self.time_asked {
+            if frame.req == -req {
+                self.time_asked = None;
+                // A peer that is not scuttlefs refuses the call: no news.
+                if let Some(theirs) = frame.body_json().and_then(|v| v["now"].as_f64()) {
+                    let skew = crate::clock::Skew::measure(sent_ms, theirs, crate::clock::now_ms());
+                    self.node.notices.skew(self.peer, skew);
+                }
+                return Ok(());
+            }
+        }
         if let Some(answer) = self.link.keepalive.on_reply(&frame) {
             self.link.send_all(answer);
             return Ok(());
@@ -390,6 +417,7 @@ impl Session {
         match call.name().as_slice() {
             ["createHistoryStream"] if self.served.len() < MAX_SERVED_STREAMS => {
                 let args = call.args.get(0).cloned().unwrap_or(Value::Null);
+                self.note_own_feed_request(&args).await;
                 let token = CancellationToken::new();
                 self.served.insert(frame.req, token.clone());
                 let to = Served {
@@ -418,6 +446,10 @@ impl Session {
                     self.open_ebt_for_peer(frame.req).await;
                 }
             }
+            ["scuttlefs", "now"] => {
+                let now = serde_json::json!({ "now": crate::clock::now_ms() });
+                self.link.send(Frame::json(-frame.req, false, false, &now));
+            }
             ["whoami"] => {
                 let me = WhoAmIOut {
                     id: self.node.id().to_string(),
@@ -437,6 +469,30 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Asks the peer for its clock (`scuttlefs.now`, which other
+    /// implementations refuse), to name a machine whose clock is off.
+    fn ask_time(&mut self) {
+        let req = self.link.take_req();
+        self.time_asked = Some((req, crate::clock::now_ms()));
+        self.link.send(Frame::request(
+            req,
+            &["scuttlefs", "now"],
+            "async",
+            Value::Array(Vec::new()),
+        ));
+    }
+
+    /// A peer asking for our own feed from past our tip holds more of it
+    /// than we do.
+    async fn note_own_feed_request(&mut self, args: &Value) {
+        let me = self.node.id();
+        let asks_for_own = args["id"].as_str().and_then(|id| FeedId::parse(id).ok()) == Some(me);
+        let from = args["seq"].as_u64().unwrap_or(0);
+        if asks_for_own && from > 1 && self.node.claim_own_feed(self.peer, from - 1) {
+            self.sync().await;
+        }
     }
 
     /// The peer opened EBT. It replaces ours while the peer has not

@@ -26,6 +26,21 @@ pub const LOG_TYPE: &str = "log";
 /// message. A line too long for one message is split this way.
 pub const MORE_FIELD: &str = "more";
 
+/// The longest line a local writer may publish (`fs::linebuf`): longer
+/// lines are split across messages, and this bounds what one joins into.
+pub const MAX_LOCAL_LINE: usize = 16 * 1024 * 1024;
+
+/// The longest line a split line joins into: a local line, with room for
+/// the mark of a cut. A remote author's longer line is cut here and ends
+/// with `…`, so that a feed of endless `more` parts costs bounded memory.
+pub const MAX_JOINED_LINE: usize = MAX_LOCAL_LINE + 4;
+
+/// How far back a renderer that starts in the middle of a split line looks
+/// for its beginning, in messages: the parts of a line of
+/// [`MAX_JOINED_LINE`] written locally, with room to spare. A longer line
+/// (only a hostile author writes one) is joined from this far back.
+const MAX_PARTS_BACK: u64 = 8192;
+
 /// Whether `msg` shows in log views at all.
 pub fn is_log(msg: &Message) -> bool {
     msg.content_type() == Some(LOG_TYPE)
@@ -219,7 +234,7 @@ impl LineRenderer {
             Some(last) if last.sequence + 1 == msg.sequence => last.partial.unwrap_or_default(),
             _ => parts_before(msg, &earlier),
         };
-        text.push_str(text_of(msg));
+        push_capped(&mut text, text_of(msg));
         if continues(msg) {
             if let Some(last) = overlay.last.get_mut(&msg.author) {
                 last.partial = Some(text);
@@ -240,20 +255,45 @@ impl LineRenderer {
     }
 }
 
+/// Appends `part` to a joined line, keeping it within [`MAX_JOINED_LINE`]
+/// (cut at a character boundary and marked with `…`).
+fn push_capped(text: &mut String, part: &str) {
+    const MARK: &str = "…";
+    let room = MAX_JOINED_LINE - MARK.len();
+    if text.len() > room {
+        return; // cut and marked already
+    }
+    if text.len() + part.len() <= room {
+        text.push_str(part);
+        return;
+    }
+    let mut end = room - text.len();
+    while !part.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.push_str(&part[..end]);
+    text.push_str(MARK);
+}
+
 /// The text of the unfinished parts just before `msg`, read back from the
-/// store.
+/// store: first back to where the line began (at most [`MAX_PARTS_BACK`]
+/// messages), then forward, so that only [`MAX_JOINED_LINE`] is held.
 fn parts_before(msg: &Message, earlier: &impl Fn(&FeedId, u64) -> Option<Message>) -> String {
-    let mut parts = Vec::new();
-    let mut seq = msg.sequence;
-    while seq > 1 {
-        seq -= 1;
-        match earlier(&msg.author, seq) {
-            Some(prev) if continues(&prev) => parts.push(text_of(&prev).to_string()),
+    let mut first = msg.sequence;
+    while first > 1 && msg.sequence - first < MAX_PARTS_BACK {
+        match earlier(&msg.author, first - 1) {
+            Some(prev) if continues(&prev) => first -= 1,
             _ => break,
         }
     }
-    parts.reverse();
-    parts.concat()
+    let mut text = String::new();
+    for seq in first..msg.sequence {
+        match earlier(&msg.author, seq) {
+            Some(part) => push_capped(&mut text, text_of(&part)),
+            None => break,
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -270,6 +310,24 @@ mod tests {
             content,
         )
         .expect("signs")
+    }
+
+    #[test]
+    fn joined_lines_are_capped_at_a_character_boundary() {
+        let mut text = String::new();
+        let part = "é".repeat(4000);
+        while text.len() < MAX_JOINED_LINE {
+            let before = text.len();
+            push_capped(&mut text, &part);
+            if text.len() == before {
+                break;
+            }
+        }
+        assert!(text.len() <= MAX_JOINED_LINE);
+        assert!(text.ends_with('…'), "a cut line is marked");
+        let len = text.len();
+        push_capped(&mut text, "more");
+        assert_eq!(text.len(), len, "nothing is added past the cap");
     }
 
     #[test]

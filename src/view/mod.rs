@@ -107,6 +107,15 @@ impl ViewEntry {
     }
 }
 
+impl ViewEntry {
+    /// Where its line goes in timestamp order (`merged.log`, `days/`): its
+    /// claimed time, or when it was received if that cannot be right
+    /// (see [`crate::clock`]).
+    pub fn placement_ms(&self) -> f64 {
+        crate::clock::placement_ms(self.timestamp, self.received_ms)
+    }
+}
+
 impl From<&Stored> for ViewEntry {
     fn from(stored: &Stored) -> Self {
         ViewEntry::new(
@@ -478,7 +487,7 @@ impl Views {
             let len = line.len() as u32;
             state.file_len += u64::from(len);
             new_lines.push(NewLine {
-                ts: crate::store::ordered_timestamp(entry.timestamp),
+                ts: crate::store::ordered_timestamp(entry.placement_ms()),
                 len,
             });
             let next_runs = &mut state.next_runs;
@@ -504,7 +513,7 @@ impl Views {
                     state.unsynced_runs.insert(lines.number());
                 }
             }
-            if let Some(day) = state.day_cache.day_of(entry.timestamp) {
+            if let Some(day) = state.day_cache.day_of(entry.placement_ms()) {
                 *state.days.entry(day).or_default() += u64::from(len);
             }
         }

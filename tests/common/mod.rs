@@ -157,13 +157,32 @@ impl Daemon {
     /// inside network namespace `netns` when given (its mount stays
     /// visible here: only the network namespace is entered).
     pub fn start_in(netns: Option<&str>, path: &Path, name: &str, args: &[&str]) -> Daemon {
+        Daemon::start_with_env(netns, &[], path, name, args)
+    }
+
+    /// [`Daemon::start_in`], with `env` added to the daemon's environment
+    /// (such as libfaketime's `LD_PRELOAD` and `FAKETIME`). Set in the
+    /// environment rather than through a wrapper program, so that the
+    /// child is the daemon itself and a test's end stops it.
+    pub fn start_with_env(
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+        path: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> Daemon {
         let mount = path.with_file_name(format!("mount-{name}"));
         // Fails on a stale mount, which the daemon clears itself.
         let _ = std::fs::create_dir_all(&mount);
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/var/run/netns/{ns}")).arg(bin());
+        let mut prefix: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = netns {
+            prefix.push("nsenter".into());
+            prefix.push(format!("--net=/var/run/netns/{ns}").into());
+        }
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
                 c
             }
             None => Command::new(bin()),
@@ -179,6 +198,7 @@ impl Daemon {
             .args(["--name", name])
             .args(args)
             .stderr(log)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,fuser=error".into()),

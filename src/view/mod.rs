@@ -680,9 +680,36 @@ impl Views {
     }
 
     /// Merges the lines that arrived out of order into `merged.log`'s file
-    /// (see [`MergedFile::merge`]); returns whether there were any.
+    /// (see [`MergedFile::merge`]); returns whether it did.
+    ///
+    /// No checkpoint is saved meanwhile: a merge that rewrites the file in
+    /// place first removes the checkpoint (durably), which would no longer
+    /// describe it, and the next save writes one that does. A power cut in
+    /// between costs a rebuild at the next start, never a wrong file.
     pub fn merge(&self) -> io::Result<bool> {
-        self.merged.merge()
+        let mut last_saved = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let forgot = std::cell::Cell::new(false);
+        let forget_checkpoint = || -> io::Result<()> {
+            match std::fs::remove_file(checkpoint::path(&self.path)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            forgot.set(true);
+            let dir = match self.path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            File::open(dir)?.sync_all()
+        };
+        let result = self.merged.merge(&forget_checkpoint);
+        if forgot.get() || matches!(result, Ok(true)) {
+            *last_saved = None;
+        }
+        if result.is_err() && self.merged.damaged() {
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
     }
 
     /// How a handle of `merged.log` opened now reads, as a number that

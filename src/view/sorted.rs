@@ -49,6 +49,11 @@ const MAX_TAIL_LINES: usize = 1 << 20;
 /// Below this, a growing tail waits for quiet.
 const MIN_TAIL_BYTES: u64 = 1 << 20;
 
+/// The most a merge rewrites in place: the copy over the generation runs
+/// under the lock that appends and opens take. Past it, the next
+/// generation is written whole.
+const MAX_REWRITE: u64 = 64 << 20;
+
 /// One line to add: ordered timestamp and length.
 #[derive(Clone, Copy, Debug)]
 pub struct NewLine {
@@ -126,6 +131,48 @@ struct State {
     pinned: Vec<u64>,
     /// Replaced generations whose files stay while pinned.
     retired: Vec<(u64, Vec<PathBuf>)>,
+    /// A handle took the generation while a merge meant to rewrite it: the
+    /// next merge writes the next generation whole instead.
+    rewrite_refused: bool,
+    /// A rewrite in place failed part way: the generation's bytes cannot
+    /// be trusted.
+    damaged: bool,
+}
+
+/// One merge: a generation's prefix and the sorted tail.
+struct Merge<'a> {
+    old: &'a Generation,
+    sorted_lines: u64,
+    sorted_len: u64,
+    tail: &'a [TailLine],
+    merged_len: u64,
+}
+
+/// What a merge wrote.
+enum Written {
+    /// The next generation, whole.
+    Next(Generation),
+    /// The part from the first insertion point on, beside the generation.
+    Side(Side),
+}
+
+/// A merge's part from its first insertion point on, in files beside the
+/// generation it is to be copied over.
+struct Side {
+    lines_path: PathBuf,
+    keys_path: PathBuf,
+    /// The first line the tail goes before, and the byte it starts at.
+    first: u64,
+    first_byte: u64,
+    lines_len: u64,
+    keys_len: u64,
+}
+
+impl Side {
+    fn remove(&self) {
+        let _ = std::fs::remove_file(&self.lines_path);
+        let _ = std::fs::remove_file(&self.keys_path);
+    }
 }
 
 /// What a checkpoint keeps of the merged file.
@@ -197,6 +244,8 @@ impl MergedFile {
                 epoch: 0,
                 pinned: Vec::new(),
                 retired: Vec::new(),
+                rewrite_refused: false,
+                damaged: false,
             }),
         })
     }
@@ -265,6 +314,8 @@ impl MergedFile {
                 epoch: 0,
                 pinned: vec![number],
                 retired: Vec::new(),
+                rewrite_refused: false,
+                damaged: false,
             }),
         })
     }
@@ -357,6 +408,9 @@ impl MergedFile {
     pub fn snapshot(&self) -> io::Result<MergedSnapshot> {
         let (epoch, generation, known, sorted_len, prefix_lines, mut tail) = {
             let state = self.lock();
+            if state.damaged {
+                return Err(damaged());
+            }
             (
                 state.epoch,
                 state.current.clone(),
@@ -399,24 +453,40 @@ impl MergedFile {
         Ok(snapshot)
     }
 
+    /// Whether a rewrite in place failed part way, so that the file can no
+    /// longer be trusted (the views are built again at the next start).
+    pub fn damaged(&self) -> bool {
+        self.lock().damaged
+    }
+
     /// Whether a merge is due: lines wait in the tail, and either none has
     /// joined them for a while or there are enough of them to be worth it.
     pub fn merge_due(&self) -> bool {
         let state = self.lock();
         !state.merging
+            && !state.damaged
             && !state.tail.is_empty()
             && (state.last_line_at.elapsed() >= QUIET
                 || state.tail.len() >= MAX_TAIL_LINES
                 || (state.tail_bytes >= MIN_TAIL_BYTES && state.tail_bytes * 4 >= state.sorted_len))
     }
 
-    /// Writes the next generation: the prefix and the tail merged in
-    /// timestamp order. Lines keep arriving meanwhile; they follow, and
-    /// the next generation replaces the current one. Returns whether there
-    /// was anything to merge.
-    pub fn merge(&self) -> io::Result<bool> {
-        let (old, sorted_lines, sorted_len, tail, merged_len) = {
+    /// Merges the tail into the prefix, in timestamp order. Lines keep
+    /// arriving meanwhile; they follow. Returns whether it merged.
+    ///
+    /// When no handle holds the current generation (and it is not the line
+    /// file), the part from the first insertion point on is written beside
+    /// it and then copied over it: the work follows the late lines and
+    /// what they jump over, not the file. `forget_checkpoint` runs first,
+    /// since a checkpoint naming the generation would no longer describe
+    /// it. Otherwise (a handle reads it, such as a `tail -f` opened before)
+    /// the next generation is written whole, and the handle keeps the old.
+    pub fn merge(&self, forget_checkpoint: &dyn Fn() -> io::Result<()>) -> io::Result<bool> {
+        let (old, sorted_lines, sorted_len, tail, merged_len, may_rewrite) = {
             let mut state = self.lock();
+            if state.damaged {
+                return Err(damaged());
+            }
             if state.merging || state.tail.is_empty() {
                 return Ok(false);
             }
@@ -426,19 +496,65 @@ impl MergedFile {
             let mut tail = std::mem::take(&mut state.tail);
             tail.sort_unstable_by_key(|t| (t.ts, t.pos));
             state.merging_tail = Arc::new(tail);
+            // Only the state holds the generation: no handle reads it.
+            let unheld = Arc::strong_count(&state.current) == 1;
+            let may_rewrite = unheld && !state.current.is_line_file() && !state.rewrite_refused;
+            state.rewrite_refused = false;
             (
                 state.current.clone(),
                 state.sorted_lines,
                 state.sorted_len,
                 Arc::clone(&state.merging_tail),
                 state.len,
+                may_rewrite,
             )
         };
-        let result = self.write_next(&old, sorted_lines, sorted_len, &tail, merged_len);
+        let merge = Merge {
+            old: &old,
+            sorted_lines,
+            sorted_len,
+            tail: &tail,
+            merged_len,
+        };
+        let result = merge.insertion().and_then(|(first, first_byte)| {
+            if may_rewrite && merged_len - first_byte <= MAX_REWRITE {
+                let side = self.write_side(&merge, first, first_byte)?;
+                if let Err(e) = forget_checkpoint() {
+                    side.remove();
+                    return Err(e);
+                }
+                Ok(Written::Side(side))
+            } else {
+                self.write_next(&merge, first, first_byte)
+                    .map(Written::Next)
+            }
+        });
         let mut state = self.lock();
         state.merging = false;
         let next = match result {
-            Ok(next) => next,
+            Ok(Written::Next(next)) => next,
+            Ok(Written::Side(side)) => {
+                let done = self.rewrite_in_place(&mut state, &old, &side);
+                side.remove();
+                return match done {
+                    Ok(true) => {
+                        drop(old);
+                        self.merged(&mut state, sorted_lines, &tail, merged_len)?;
+                        Ok(true)
+                    }
+                    Ok(false) => {
+                        // A handle opened meanwhile: the next try writes
+                        // the next generation whole.
+                        put_back(&mut state, &tail);
+                        state.rewrite_refused = true;
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        state.damaged = true;
+                        Err(e)
+                    }
+                };
+            }
             Err(e) => {
                 put_back(&mut state, &tail);
                 for kind in ["sorted", "keys"] {
@@ -455,14 +571,6 @@ impl MergedFile {
             put_back(&mut state, &tail);
             return Err(e);
         }
-        // Every line in the tail now arrived during the merge.
-        let arrived = std::mem::take(&mut state.tail);
-        let last_ts = tail
-            .iter()
-            .map(|t| t.ts)
-            .chain(std::iter::once(state.last_ts))
-            .max()
-            .unwrap_or(0);
         let replaced = std::mem::replace(&mut state.current, Arc::new(next));
         if !replaced.is_line_file() {
             state.older.push(Arc::downgrade(&replaced));
@@ -477,9 +585,29 @@ impl MergedFile {
             }
         }
         drop(replaced);
+        self.merged(&mut state, sorted_lines, &tail, merged_len)?;
+        Ok(true)
+    }
+
+    /// The state after a merge of `tail` into the prefix of `sorted_lines`
+    /// lines, which the current generation now holds up to `merged_len`.
+    fn merged(
+        &self,
+        state: &mut State,
+        sorted_lines: u64,
+        tail: &[TailLine],
+        merged_len: u64,
+    ) -> io::Result<()> {
+        // Every line in the tail now arrived during the merge.
+        let arrived = std::mem::take(&mut state.tail);
+        state.last_ts = tail
+            .iter()
+            .map(|t| t.ts)
+            .chain(std::iter::once(state.last_ts))
+            .max()
+            .unwrap_or(0);
         state.sorted_len = merged_len;
         state.sorted_lines = sorted_lines + tail.len() as u64;
-        state.last_ts = last_ts;
         state.merging_tail = Arc::new(Vec::new());
         state.tail_bytes = 0;
         state.epoch += 1;
@@ -491,69 +619,139 @@ impl MergedFile {
                 len: t.len,
             })
             .collect();
-        file_lines(&mut state, &lines, merged_len)?;
-        Ok(true)
+        file_lines(state, &lines, merged_len)
     }
 
-    fn write_next(
-        &self,
-        old: &Generation,
-        sorted_lines: u64,
-        sorted_len: u64,
-        tail: &[TailLine],
-        merged_len: u64,
-    ) -> io::Result<Generation> {
-        let number = old.number + 1;
+    /// Writes the next generation whole: the prefix up to the first
+    /// insertion point copied, then the merge.
+    fn write_next(&self, merge: &Merge, first: u64, first_byte: u64) -> io::Result<Generation> {
+        let number = merge.old.number + 1;
         let lines_path = generation_path(&self.base, "sorted", number);
         let keys_path = generation_path(&self.base, "keys", number);
         let lines = create(&lines_path)?;
-        let keys_file = create(&keys_path)?;
-        let mut keys = KeyReader::new(&old.keys, sorted_lines);
-        // Everything before the first insertion point stays as it is.
-        let first = keys.upper_bound(tail[0].ts, 0)?;
-        let first_byte = keys.end_before(first)?;
-        copy_range(&old.lines, &lines, 0, first_byte)?;
-        copy_range(&old.keys, &keys_file, 0, first * KEY_ENTRY)?;
-        let mut out = PositionedWriter::new(&lines, first_byte);
-        let mut keys_out = PositionedWriter::new(&keys_file, first * KEY_ENTRY);
-        let (mut line, mut byte, mut shift) = (first, first_byte, 0u64);
-        let mut buffer = Vec::new();
-        for t in tail.iter() {
-            let next = keys.upper_bound(t.ts, line)?;
-            for i in line..next {
-                let (ts, end) = keys.entry(i)?;
-                keys_out.put_key(ts, end + shift)?;
-            }
-            let end = keys.end_before(next)?;
-            out.copy_from(&old.lines, byte, span(byte, end)?, &mut buffer)?;
-            (line, byte) = (next, end);
-            out.copy_from(&old.lines, t.pos, u64::from(t.len), &mut buffer)?;
-            shift += u64::from(t.len);
-            keys_out.put_key(t.ts, byte + shift)?;
-        }
-        for i in line..sorted_lines {
-            let (ts, end) = keys.entry(i)?;
-            keys_out.put_key(ts, end + shift)?;
-        }
-        out.copy_from(&old.lines, byte, span(byte, sorted_len)?, &mut buffer)?;
-        out.flush()?;
-        keys_out.flush()?;
-        if out.at != merged_len {
-            return Err(io::Error::other(format!(
-                "merged {} bytes, not {merged_len}",
-                out.at
-            )));
-        }
+        let keys = create(&keys_path)?;
+        copy_range(&merge.old.lines, &lines, 0, first_byte)?;
+        copy_range(&merge.old.keys, &keys, 0, first * KEY_ENTRY)?;
+        merge.write_from(first, first_byte, (&lines, first_byte), (&keys, first))?;
         Ok(Generation {
             number,
             lines: Arc::new(lines),
-            keys: keys_file,
+            keys,
             own_paths: vec![lines_path, keys_path],
         })
     }
 
+    /// Writes the merge from the first insertion point on to side files,
+    /// to be copied over the current generation.
+    fn write_side(&self, merge: &Merge, first: u64, first_byte: u64) -> io::Result<Side> {
+        let side = Side {
+            lines_path: side_path(&self.base, "sorted", merge.old.number),
+            keys_path: side_path(&self.base, "keys", merge.old.number),
+            first,
+            first_byte,
+            lines_len: merge.merged_len - first_byte,
+            keys_len: (merge.sorted_lines + merge.tail.len() as u64 - first) * KEY_ENTRY,
+        };
+        let written = (|| {
+            let lines = create(&side.lines_path)?;
+            let keys = create(&side.keys_path)?;
+            merge.write_from(first, first_byte, (&lines, 0), (&keys, 0))
+        })();
+        match written {
+            Ok(()) => Ok(side),
+            Err(e) => {
+                side.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies `side` over the current generation, which must be `old` and
+    /// held by nothing else; returns false, changing nothing, when a handle
+    /// holds it.
+    fn rewrite_in_place(
+        &self,
+        state: &mut State,
+        old: &Arc<Generation>,
+        side: &Side,
+    ) -> io::Result<bool> {
+        // Held by the state and by `old`: nothing else reads it.
+        if !Arc::ptr_eq(&state.current, old) || Arc::strong_count(old) != 2 {
+            return Ok(false);
+        }
+        let lines = File::open(&side.lines_path)?;
+        let keys = File::open(&side.keys_path)?;
+        let mut scratch = Vec::new();
+        let mut out = PositionedWriter::new(&old.lines, side.first_byte);
+        out.copy_from(&lines, 0, side.lines_len, &mut scratch)?;
+        out.flush()?;
+        let mut out = PositionedWriter::new(&old.keys, side.first * KEY_ENTRY);
+        out.copy_from(&keys, 0, side.keys_len, &mut scratch)?;
+        out.flush()?;
+        Ok(true)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Merge<'_> {
+    /// The first line the tail goes before, and the byte it starts at.
+    fn insertion(&self) -> io::Result<(u64, u64)> {
+        let mut keys = KeyReader::new(&self.old.keys, self.sorted_lines);
+        let first = keys.upper_bound(self.tail[0].ts, 0)?;
+        Ok((first, keys.end_before(first)?))
+    }
+
+    /// Writes the merged lines from line `first` (byte `first_byte`) on to
+    /// `lines` from the offset given, and their keys (each line's end as
+    /// it falls in the merged file) to `keys` from the entry given.
+    fn write_from(
+        &self,
+        first: u64,
+        first_byte: u64,
+        lines: (&File, u64),
+        keys: (&File, u64),
+    ) -> io::Result<()> {
+        let mut reader = KeyReader::new(&self.old.keys, self.sorted_lines);
+        let mut out = PositionedWriter::new(lines.0, lines.1);
+        let mut keys_out = PositionedWriter::new(keys.0, keys.1 * KEY_ENTRY);
+        let (mut line, mut byte, mut shift) = (first, first_byte, 0u64);
+        let mut buffer = Vec::new();
+        for t in self.tail {
+            let next = reader.upper_bound(t.ts, line)?;
+            for i in line..next {
+                let (ts, end) = reader.entry(i)?;
+                keys_out.put_key(ts, end + shift)?;
+            }
+            let end = reader.end_before(next)?;
+            out.copy_from(&self.old.lines, byte, span(byte, end)?, &mut buffer)?;
+            (line, byte) = (next, end);
+            out.copy_from(&self.old.lines, t.pos, u64::from(t.len), &mut buffer)?;
+            shift += u64::from(t.len);
+            keys_out.put_key(t.ts, byte + shift)?;
+        }
+        for i in line..self.sorted_lines {
+            let (ts, end) = reader.entry(i)?;
+            keys_out.put_key(ts, end + shift)?;
+        }
+        out.copy_from(
+            &self.old.lines,
+            byte,
+            span(byte, self.sorted_len)?,
+            &mut buffer,
+        )?;
+        out.flush()?;
+        keys_out.flush()?;
+        let merged_to = first_byte + (out.at - lines.1);
+        if merged_to != self.merged_len {
+            return Err(io::Error::other(format!(
+                "merged {merged_to} bytes, not {}",
+                self.merged_len
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -624,6 +822,10 @@ impl MergedSnapshot {
             .sum();
         Ok(prefix + tail)
     }
+}
+
+fn damaged() -> io::Error {
+    io::Error::other("merged.log's file was left part rewritten by a failed write")
 }
 
 /// After a failed merge: the lines it was merging wait in the tail again.
@@ -855,6 +1057,12 @@ fn generation_path(base: &Path, kind: &str, number: u64) -> PathBuf {
     super::beside(base, &format!(".{kind}-{number}"))
 }
 
+/// `<base>.<kind>-<number>.side`: removed at a start as the generation
+/// files are, which share its beginning.
+fn side_path(base: &Path, kind: &str, number: u64) -> PathBuf {
+    super::beside(base, &format!(".{kind}-{number}.side"))
+}
+
 /// Removes the generation files an earlier run left beside `base`.
 fn remove_generations(base: &Path) -> io::Result<()> {
     remove_generations_but(base, &[])
@@ -892,6 +1100,11 @@ fn remove_generations_but(base: &Path, keep: &[PathBuf]) -> io::Result<()> {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// What a merge forgets when it rewrites in place: no checkpoint here.
+    fn no_checkpoint() -> io::Result<()> {
+        Ok(())
+    }
 
     /// A line file and its merged file, with what each snapshot must read.
     struct Harness {
@@ -1002,7 +1215,7 @@ mod tests {
                 snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
             }
             if round % 17 == 0 || rng.gen_bool(0.1) {
-                h.merged.merge().unwrap();
+                h.merged.merge(&no_checkpoint).unwrap();
                 assert_eq!(h.merged.unsorted_lines(), 0);
             }
         }
@@ -1020,6 +1233,93 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_rewrites_in_place_what_no_handle_holds_and_writes_anew_what_one_does() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut h = Harness::new();
+        let forgotten = std::cell::Cell::new(0);
+        let forget = || {
+            forgotten.set(forgotten.get() + 1);
+            Ok(())
+        };
+        let (mut in_place, mut anew) = (0, 0);
+        let mut held: Vec<(MergedSnapshot, usize)> = Vec::new();
+        let mut clock = 1000u64;
+        for _ in 0..300 {
+            let batch: Vec<u64> = (0..rng.gen_range(1..30))
+                .map(|_| {
+                    clock += rng.gen_range(0..3);
+                    clock.saturating_sub(if rng.gen_bool(0.3) {
+                        rng.gen_range(0..60)
+                    } else {
+                        0
+                    })
+                })
+                .collect();
+            h.add(&batch);
+            if rng.gen_bool(0.15) {
+                held.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+            }
+            if rng.gen_bool(0.3) {
+                // Handles close now and then: each reads as it must first.
+                h.assert_reads(&held);
+                held.clear();
+            }
+            if rng.gen_bool(0.4) {
+                let before = (h.merged.generation(), forgotten.get());
+                if h.merged.merge(&forget).unwrap() {
+                    if h.merged.generation() == before.0 {
+                        assert_eq!(forgotten.get(), before.1 + 1);
+                        in_place += 1;
+                    } else {
+                        anew += 1;
+                    }
+                }
+                assert!(!h.merged.damaged());
+            }
+        }
+        h.merged.merge(&forget).unwrap();
+        held.push((h.merged.snapshot().unwrap(), h.arrived.len()));
+        h.assert_reads(&held);
+        assert!(held.last().unwrap().0.direct_file().is_some());
+        assert!(
+            in_place > 10 && anew > 10,
+            "{in_place} in place, {anew} anew"
+        );
+        // No side file is left.
+        let names: Vec<String> = std::fs::read_dir(h._dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".side")), "{names:?}");
+    }
+
+    #[test]
+    fn a_merge_in_place_copies_only_from_the_first_insertion_point() {
+        let mut h = Harness::new();
+        let stamps: Vec<u64> = (0..20_000).map(|i| 10 * i).collect();
+        h.add(&stamps);
+        h.add(&[5]);
+        // The first merge leaves the line file; the next ones may rewrite.
+        assert!(h.merged.merge(&no_checkpoint).unwrap());
+        let number = h.merged.generation();
+        let file = h.merged.snapshot().unwrap().direct_file().unwrap().1;
+        // Poison the start of the file: a rewrite that copied it would
+        // bring the true bytes back.
+        let mut start = vec![0u8; 64];
+        file.read_exact_at(&mut start, 0).unwrap();
+        file.write_all_at(&[b'#'; 64], 0).unwrap();
+        h.add(&[199_985, 199_995]);
+        assert!(h.merged.merge(&no_checkpoint).unwrap());
+        assert_eq!(h.merged.generation(), number, "rewritten in place");
+        let mut now = vec![0u8; 64];
+        file.read_exact_at(&mut now, 0).unwrap();
+        assert_eq!(now, vec![b'#'; 64]);
+        file.write_all_at(&start, 0).unwrap();
+        let snapshot = (h.merged.snapshot().unwrap(), h.arrived.len());
+        h.assert_reads(&[snapshot]);
+    }
+
+    #[test]
     fn a_snapshot_of_an_ordered_file_reads_it_directly_and_a_merge_restores_that() {
         let mut h = Harness::new();
         h.add(&[1, 2, 3]);
@@ -1027,7 +1327,7 @@ mod tests {
         h.add(&[2]);
         let late = h.merged.snapshot().unwrap();
         assert!(late.direct_file().is_none());
-        assert!(h.merged.merge().unwrap());
+        assert!(h.merged.merge(&no_checkpoint).unwrap());
         let merged = h.merged.snapshot().unwrap();
         let (number, file) = merged.direct_file().expect("in order after the merge");
         assert_eq!(number, 1);
@@ -1050,7 +1350,7 @@ mod tests {
             let merger = scope.spawn(|| {
                 let mut merges = 0;
                 while merges < 30 {
-                    if merged.merge().unwrap() {
+                    if merged.merge(&no_checkpoint).unwrap() {
                         merges += 1;
                     }
                 }
@@ -1072,7 +1372,7 @@ mod tests {
             }
         });
         let h = h.into_inner().unwrap();
-        h.merged.merge().unwrap();
+        h.merged.merge(&no_checkpoint).unwrap();
         snapshots.push((h.merged.snapshot().unwrap(), h.arrived.len()));
         h.assert_reads(&snapshots);
         assert!(snapshots.last().unwrap().0.direct_file().is_some());
@@ -1088,13 +1388,13 @@ mod tests {
         let number = h.merged.lock().current.number + 1;
         let blocker = generation_path(&base, "sorted", number);
         std::fs::create_dir(&blocker).unwrap();
-        assert!(h.merged.merge().is_err());
+        assert!(h.merged.merge(&no_checkpoint).is_err());
         assert_eq!(h.merged.unsorted_lines(), 2);
         h.add(&[25]);
         let snapshot = (h.merged.snapshot().unwrap(), h.arrived.len());
         h.assert_reads(&[snapshot]);
         std::fs::remove_dir(&blocker).unwrap();
-        assert!(h.merged.merge().unwrap());
+        assert!(h.merged.merge(&no_checkpoint).unwrap());
         assert_eq!(h.merged.unsorted_lines(), 0);
         let snapshot = (h.merged.snapshot().unwrap(), h.arrived.len());
         assert!(snapshot.0.direct_file().is_some());
@@ -1108,7 +1408,7 @@ mod tests {
         h.add(&[15, 35, 35]);
         for merge in [false, true] {
             if merge {
-                h.merged.merge().unwrap();
+                h.merged.merge(&no_checkpoint).unwrap();
             }
             let snapshot = h.merged.snapshot().unwrap();
             let sorted = h.expected(h.arrived.len());

@@ -4,12 +4,13 @@
 //! `… | xargs -I {} sbot publish --type log --source … --text " {}"`.
 //!
 //! What a run publishes (every line a `log` message with the job's
-//! `source` and the user's other fields):
+//! `source` and the user's other fields; the cadence only on the start and
+//! end lines, which are what [`crate::health`] judges):
 //!
 //! ```text
 //! … nas source=backup every=1d run=start duplicity /home sftp://…
-//! … nas source=backup every=1d Last full backup date: …
-//! … nas source=backup every=1d stream=stderr Warning: …
+//! … nas source=backup Last full backup date: …
+//! … nas source=backup stream=stderr Warning: …
 //! … nas source=backup every=1d run=end exit=0 took=93s ok
 //! ```
 //!

@@ -221,12 +221,18 @@ fn a_store_locked_by_a_silent_process_is_reported() {
     ));
     let held = lines.any(|l| l.map(|l| l.contains("holding")).unwrap_or(false));
     let out = run(&["log", "--path", path]);
+    let holder_pid = holder.id();
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(held, "the holder never got the lock");
     assert!(!out.status.success());
+    // Names the process that holds it, and says no daemon answers.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("locked by another process"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("is held by process {holder_pid} (")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no daemon answers"), "{stderr}");
 }
 
 /// Not a test: holds a store open for

@@ -145,3 +145,117 @@ fn lines_from_wrong_clocks_land_where_a_person_looks_and_the_clocks_are_named() 
     assert!(clock_rows.iter().any(|r| r.contains("oldpi")), "{health}");
     assert!(clock_rows.iter().any(|r| r.contains("ahead")), "{health}");
 }
+
+/// Bytes the process has passed to write calls (`wchar`).
+fn bytes_written(daemon: &Daemon) -> u64 {
+    let pid = daemon.child.as_ref().expect("running").id();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wchar")
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat").ino()
+}
+
+#[test]
+fn a_burst_of_late_lines_costs_the_lines_not_the_file() {
+    if !fuse_available() || !faketime_available() {
+        return;
+    }
+    const HISTORY: usize = 300_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("here");
+    // A day of history, published while this machine's clock said
+    // yesterday: the late lines below jump over none of it.
+    let library = libfaketime().expect("libfaketime");
+    let mut yesterday = Daemon::start_with_env(
+        None,
+        &[
+            ("LD_PRELOAD", &library),
+            ("FAKETIME", "-1d"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+        &path,
+        "here",
+        &["--no-discovery", "--port", "0", "--caps.shs", KEY],
+    );
+    let out = yesterday.sh(&format!(
+        "seq 1 {HISTORY} | sed 's/^/history line /' >> publish"
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(yesterday.stop(), Some(0));
+    drop(yesterday);
+
+    let here = Daemon::start(&path, "here", &["--caps.shs", KEY]);
+    let behind = skewed(dir.path(), "behind", "-30s", &address_of(&here));
+    let out = here.sh(&format!("echo '{}' >> follow", behind.id()));
+    assert!(out.status.success());
+    publish(&behind, "hello");
+    assert!(
+        wait_until(Duration::from_secs(30), || here
+            .try_read("behind/log")
+            .is_ok_and(|log| log.contains("hello"))),
+        "behind's first line never arrived"
+    );
+    // Twenty lines here, then twelve from the machine 30 s behind, which
+    // go before them; returns the bytes the daemon wrote meanwhile.
+    let merged = here.file("merged.log");
+    let burst = |round: usize| -> u64 {
+        let out = here.sh(&format!(
+            "for i in $(seq 1 20); do echo tick {round}.$i; done >> publish"
+        ));
+        assert!(out.status.success());
+        let (written, ino) = (bytes_written(&here), inode(&merged));
+        let out = behind.sh(&format!("seq 1 12 | sed 's/^/late {round}./' >> publish"));
+        assert!(out.status.success());
+        let last = format!("late {round}.12");
+        assert!(
+            wait_until(Duration::from_secs(30), || here
+                .try_read("behind/log")
+                .is_ok_and(|log| log.contains(&last))),
+            "the late lines never arrived"
+        );
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                !here.read("status").contains("merging:") && inode(&merged) != ino
+            }),
+            "the late lines were not merged: {}",
+            here.read("status")
+        );
+        bytes_written(&here) - written
+    };
+    // The first late lines ever part merged.log's file from the line file
+    // (arrival order, which each machine's log reads): a copy, once.
+    let split = burst(1);
+    let costs: Vec<u64> = (2..=4).map(burst).collect();
+    eprintln!(
+        "late lines into {HISTORY} lines: {split} bytes written for the first burst, \
+         then {costs:?}"
+    );
+    assert!(split > 10 << 20, "the first burst copied the file: {split}");
+    for cost in &costs {
+        assert!(*cost < 1 << 20, "{cost} bytes written for 12 late lines");
+    }
+
+    // And they are where their time puts them: before the ticks, in
+    // timestamp order with everything else.
+    let out = here.sh("grep -E ' (tick|late) ' merged.log");
+    let found = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = found.lines().collect();
+    assert_eq!(lines.len(), 4 * 32, "{found}");
+    assert!(
+        position(&lines, "behind late 4.12") < position(&lines, "here tick 4.1"),
+        "{found}"
+    );
+    let stamps: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(' ').next().unwrap_or(""))
+        .collect();
+    let mut sorted = stamps.clone();
+    sorted.sort();
+    assert_eq!(stamps, sorted, "{found}");
+}

@@ -687,14 +687,19 @@ impl Views {
     /// describe it, and the next save writes one that does. A power cut in
     /// between costs a rebuild at the next start, never a wrong file.
     pub fn merge(&self) -> io::Result<bool> {
-        let mut last_saved = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let forgot = std::cell::Cell::new(false);
+        // Taken only by a merge that rewrites in place, from before the
+        // checkpoint goes until the rewrite is done: a whole-generation
+        // merge (seconds, at gigabytes) does not hold saves up.
+        let saving = std::cell::RefCell::new(None);
         let forget_checkpoint = || -> io::Result<()> {
+            let mut last_saved = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+            // The next save writes a checkpoint even if nothing else moved.
+            *last_saved = None;
+            *saving.borrow_mut() = Some(last_saved);
             match std::fs::remove_file(checkpoint::path(&self.path)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
-            forgot.set(true);
             let dir = match self.path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir,
                 _ => Path::new("."),
@@ -702,9 +707,7 @@ impl Views {
             File::open(dir)?.sync_all()
         };
         let result = self.merged.merge(&forget_checkpoint);
-        if forgot.get() || matches!(result, Ok(true)) {
-            *last_saved = None;
-        }
+        drop(saving);
         if result.is_err() && self.merged.damaged() {
             self.broken
                 .store(true, std::sync::atomic::Ordering::Relaxed);

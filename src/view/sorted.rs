@@ -21,8 +21,12 @@
 //!   the same offset in each.
 //! - A snapshot fixes its order at open: the prefix and the sorted tail of
 //!   then, followed by the file's later bytes (arrival order).
-//! - Only the prefix's keys are ever read, and a generation never rewrites
-//!   them, so snapshots read keys without a lock.
+//! - Only the prefix's keys are ever read, and a generation's keys are
+//!   rewritten (by a merge in place) only while nothing but the merged
+//!   file holds it, so snapshots read keys without a lock.
+//! - A generation is rewritten in place only while no handle holds it.
+//!   (A process that mapped `merged.log` through passthrough and closed it
+//!   keeps a mapping the daemon cannot see; it may see the rewrite.)
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -148,6 +152,19 @@ struct Merge<'a> {
     merged_len: u64,
 }
 
+/// How a rewrite in place went.
+enum Rewrite {
+    Done,
+    /// A handle holds the generation: nothing was written.
+    Held,
+    /// A read or write failed; `touched` once the generation's bytes
+    /// may have changed.
+    Failed {
+        touched: bool,
+        error: io::Error,
+    },
+}
+
 /// What a merge wrote.
 enum Written {
     /// The next generation, whole.
@@ -161,6 +178,8 @@ enum Written {
 struct Side {
     lines_path: PathBuf,
     keys_path: PathBuf,
+    lines: File,
+    keys: File,
     /// The first line the tail goes before, and the byte it starts at.
     first: u64,
     first_byte: u64,
@@ -390,6 +409,10 @@ impl MergedFile {
     pub fn append(&self, bytes: &[u8], lines: &[NewLine]) -> io::Result<()> {
         let mut state = self.lock();
         let start = state.len;
+        if state.damaged {
+            state.len += bytes.len() as u64;
+            return Ok(());
+        }
         state.older.retain(|g| g.strong_count() > 0);
         let mut generations: Vec<Arc<Generation>> =
             state.older.iter().filter_map(Weak::upgrade).collect();
@@ -534,24 +557,31 @@ impl MergedFile {
         let next = match result {
             Ok(Written::Next(next)) => next,
             Ok(Written::Side(side)) => {
-                let done = self.rewrite_in_place(&mut state, &old, &side);
+                let rewrite = MergedFile::rewrite_in_place(&state, &old, &side);
                 side.remove();
-                return match done {
-                    Ok(true) => {
-                        drop(old);
+                drop(old);
+                return match rewrite {
+                    Rewrite::Done => {
                         self.merged(&mut state, sorted_lines, &tail, merged_len)?;
                         Ok(true)
                     }
-                    Ok(false) => {
+                    Rewrite::Held => {
                         // A handle opened meanwhile: the next try writes
                         // the next generation whole.
                         put_back(&mut state, &tail);
                         state.rewrite_refused = true;
                         Ok(false)
                     }
-                    Err(e) => {
-                        state.damaged = true;
-                        Err(e)
+                    Rewrite::Failed {
+                        touched: false,
+                        error,
+                    } => {
+                        put_back(&mut state, &tail);
+                        Err(error)
+                    }
+                    Rewrite::Failed { error, .. } => {
+                        mark_damaged(&mut state);
+                        Err(error)
                     }
                 };
             }
@@ -619,7 +649,12 @@ impl MergedFile {
                 len: t.len,
             })
             .collect();
-        file_lines(state, &lines, merged_len)
+        let filed = file_lines(state, &lines, merged_len);
+        if filed.is_err() {
+            // The state counts keys the file may lack.
+            mark_damaged(state);
+        }
+        filed
     }
 
     /// Writes the next generation whole: the prefix up to the first
@@ -644,19 +679,27 @@ impl MergedFile {
     /// Writes the merge from the first insertion point on to side files,
     /// to be copied over the current generation.
     fn write_side(&self, merge: &Merge, first: u64, first_byte: u64) -> io::Result<Side> {
+        let lines_path = side_path(&self.base, "sorted", merge.old.number);
+        let keys_path = side_path(&self.base, "keys", merge.old.number);
+        let lines = create(&lines_path)?;
+        let keys = match create(&keys_path) {
+            Ok(keys) => keys,
+            Err(e) => {
+                let _ = std::fs::remove_file(&lines_path);
+                return Err(e);
+            }
+        };
         let side = Side {
-            lines_path: side_path(&self.base, "sorted", merge.old.number),
-            keys_path: side_path(&self.base, "keys", merge.old.number),
+            lines_path,
+            keys_path,
+            lines,
+            keys,
             first,
             first_byte,
             lines_len: merge.merged_len - first_byte,
             keys_len: (merge.sorted_lines + merge.tail.len() as u64 - first) * KEY_ENTRY,
         };
-        let written = (|| {
-            let lines = create(&side.lines_path)?;
-            let keys = create(&side.keys_path)?;
-            merge.write_from(first, first_byte, (&lines, 0), (&keys, 0))
-        })();
+        let written = merge.write_from(first, first_byte, (&side.lines, 0), (&side.keys, 0));
         match written {
             Ok(()) => Ok(side),
             Err(e) => {
@@ -667,28 +710,33 @@ impl MergedFile {
     }
 
     /// Copies `side` over the current generation, which must be `old` and
-    /// held by nothing else; returns false, changing nothing, when a handle
-    /// holds it.
-    fn rewrite_in_place(
-        &self,
-        state: &mut State,
-        old: &Arc<Generation>,
-        side: &Side,
-    ) -> io::Result<bool> {
+    /// held by nothing else (the caller holds the state's lock).
+    fn rewrite_in_place(state: &State, old: &Arc<Generation>, side: &Side) -> Rewrite {
         // Held by the state and by `old`: nothing else reads it.
         if !Arc::ptr_eq(&state.current, old) || Arc::strong_count(old) != 2 {
-            return Ok(false);
+            return Rewrite::Held;
         }
-        let lines = File::open(&side.lines_path)?;
-        let keys = File::open(&side.keys_path)?;
-        let mut scratch = Vec::new();
-        let mut out = PositionedWriter::new(&old.lines, side.first_byte);
-        out.copy_from(&lines, 0, side.lines_len, &mut scratch)?;
-        out.flush()?;
-        let mut out = PositionedWriter::new(&old.keys, side.first * KEY_ENTRY);
-        out.copy_from(&keys, 0, side.keys_len, &mut scratch)?;
-        out.flush()?;
-        Ok(true)
+        let mut buffer = vec![0u8; PositionedWriter::SIZE];
+        let mut touched = false;
+        let copies = [
+            (&side.lines, &*old.lines, side.first_byte, side.lines_len),
+            (&side.keys, &old.keys, side.first * KEY_ENTRY, side.keys_len),
+        ];
+        for (from, to, at, len) in copies {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(buffer.len() as u64) as usize;
+                if let Err(error) = from.read_exact_at(&mut buffer[..n], done) {
+                    return Rewrite::Failed { touched, error };
+                }
+                touched = true;
+                if let Err(error) = to.write_all_at(&buffer[..n], at + done) {
+                    return Rewrite::Failed { touched, error };
+                }
+                done += n as u64;
+            }
+        }
+        Rewrite::Done
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -745,6 +793,13 @@ impl Merge<'_> {
         out.flush()?;
         keys_out.flush()?;
         let merged_to = first_byte + (out.at - lines.1);
+        let keyed_to = keys_out.at / KEY_ENTRY - keys.1 + first;
+        if keyed_to != self.sorted_lines + self.tail.len() as u64 {
+            return Err(io::Error::other(format!(
+                "merged {keyed_to} keys, not {}",
+                self.sorted_lines + self.tail.len() as u64
+            )));
+        }
         if merged_to != self.merged_len {
             return Err(io::Error::other(format!(
                 "merged {merged_to} bytes, not {}",
@@ -822,6 +877,15 @@ impl MergedSnapshot {
             .sum();
         Ok(prefix + tail)
     }
+}
+
+/// The file can no longer be trusted: nothing reads or merges it, and no
+/// line waits for a merge (the views are built again at the next start).
+fn mark_damaged(state: &mut State) {
+    state.damaged = true;
+    state.tail = Vec::new();
+    state.merging_tail = Arc::new(Vec::new());
+    state.tail_bytes = 0;
 }
 
 fn damaged() -> io::Error {

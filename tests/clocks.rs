@@ -31,15 +31,6 @@ fn faketime_available() -> bool {
     )
 }
 
-fn address_of(daemon: &Daemon) -> String {
-    let id = daemon.id();
-    format!(
-        "net:127.0.0.1:{}~shs:{}",
-        daemon.port(),
-        &id[1..id.len() - 8]
-    )
-}
-
 /// A daemon whose clock is `offset` off (faketime's `-3s`, `-3y`, `+1y`),
 /// dialling `hub`.
 fn skewed(dir: &std::path::Path, name: &str, offset: &str, hub: &str) -> Daemon {
@@ -84,7 +75,7 @@ fn lines_from_wrong_clocks_land_where_a_person_looks_and_the_clocks_are_named() 
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let here = Daemon::start(&dir.path().join("here"), "here", &["--caps.shs", KEY]);
-    let hub = address_of(&here);
+    let hub = here.loopback_address();
     let slow = skewed(dir.path(), "slow", "-3s", &hub);
     let oldpi = skewed(dir.path(), "oldpi", "-3y", &hub);
     let ahead = skewed(dir.path(), "ahead", "+1y", &hub);
@@ -191,7 +182,7 @@ fn a_burst_of_late_lines_costs_the_lines_not_the_file() {
     drop(yesterday);
 
     let here = Daemon::start(&path, "here", &["--caps.shs", KEY]);
-    let behind = skewed(dir.path(), "behind", "-30s", &address_of(&here));
+    let behind = skewed(dir.path(), "behind", "-30s", &here.loopback_address());
     let out = here.sh(&format!("echo '{}' >> follow", behind.id()));
     assert!(out.status.success());
     publish(&behind, "hello");

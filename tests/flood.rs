@@ -67,16 +67,6 @@ fn pid_of(daemon: &Daemon) -> u32 {
     daemon.child.as_ref().expect("running").id()
 }
 
-/// The `net:` address of a daemon on loopback.
-fn address_of(daemon: &Daemon) -> String {
-    let id = daemon.id();
-    format!(
-        "net:127.0.0.1:{}~shs:{}",
-        daemon.port(),
-        &id[1..id.len() - 8]
-    )
-}
-
 /// Keeps `count` connections to `target` open until `stop`, from twenty
 /// source addresses: half send nothing, half trickle a byte every 300 ms.
 /// A connection the daemon closes is opened again. Returns how many were
@@ -136,7 +126,7 @@ fn a_keyless_flood_leaves_room_for_a_real_peer_and_the_mount() {
     let mut a = Daemon::start(&dir.path().join("a"), "a", &["--caps.shs", KEY]);
     let a_pid = pid_of(&a);
     limit_fds(a_pid, 1024);
-    let a_address = address_of(&a);
+    let a_address = a.loopback_address();
     let target = SocketAddr::from(([127, 0, 0, 1], a.port()));
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -262,7 +252,7 @@ fn a_keyed_peer_that_opens_thousands_of_streams_and_stops_reading_holds_little()
     let mut b = Daemon::start(
         &dir.path().join("b"),
         "b",
-        &["--caps.shs", KEY, "--peer", &address_of(&a)],
+        &["--caps.shs", KEY, "--peer", &a.loopback_address()],
     );
     let follow = b.sh(&format!("echo '{a_id}' >> follow"));
     assert!(follow.status.success());

@@ -11,15 +11,6 @@ use common::{fuse_available, run_ok, wait_until, Daemon};
 
 const KEY: &str = "Rk9SS1NmcmVzaGx5cmVzdG9yZWRmcm9tYmFja3VwISE=";
 
-fn address_of(daemon: &Daemon) -> String {
-    let id = daemon.id();
-    format!(
-        "net:127.0.0.1:{}~shs:{}",
-        daemon.port(),
-        &id[1..id.len() - 8]
-    )
-}
-
 fn publish(daemon: &Daemon, line: &str) {
     let out = daemon.sh(&format!("echo '{line}' >> publish"));
     assert!(out.status.success(), "{out:?}");
@@ -42,7 +33,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 fn restored_nas(dir: &std::path::Path) -> (Daemon, std::path::PathBuf) {
     let hub = Daemon::start(&dir.join("hub"), "hub", &["--caps.shs", KEY]);
     let nas_path = dir.join("nas");
-    let args = ["--caps.shs", KEY, "--peer", &address_of(&hub)];
+    let args = ["--caps.shs", KEY, "--peer", &hub.loopback_address()];
     let mut nas = Daemon::start(&nas_path, "nas", &args);
     let out = hub.sh(&format!("echo '{}' >> follow", nas.id()));
     assert!(out.status.success());
@@ -74,7 +65,7 @@ fn a_machine_restored_from_a_backup_fetches_its_feed_back_and_does_not_fork() {
     let nas = Daemon::start(
         &nas_path,
         "nas",
-        &["--caps.shs", KEY, "--peer", &address_of(&hub)],
+        &["--caps.shs", KEY, "--peer", &hub.loopback_address()],
     );
     // The hub's clock shows it holds more of the nas's feed: the nas
     // fetches it back.
@@ -125,7 +116,7 @@ fn a_feed_that_forked_is_shown_in_status_and_health_and_its_lines_are_not_mixed_
     let nas = Daemon::start(
         &nas_path,
         "nas",
-        &["--caps.shs", KEY, "--peer", &address_of(&hub)],
+        &["--caps.shs", KEY, "--peer", &hub.loopback_address()],
     );
     assert!(
         wait_until(Duration::from_secs(30), || hub

@@ -257,6 +257,16 @@ impl Daemon {
         self.read("whoami").trim().to_string()
     }
 
+    /// Its `net:` address on loopback, for another daemon's `--peer`.
+    pub fn loopback_address(&self) -> String {
+        let id = self.id();
+        let key = id
+            .strip_prefix('@')
+            .and_then(|k| k.strip_suffix(".ed25519"))
+            .unwrap_or(&id);
+        format!("net:127.0.0.1:{}~shs:{key}", self.port())
+    }
+
     /// A file in the mount.
     pub fn file(&self, rel: &str) -> PathBuf {
         self.mount.join(rel)

@@ -71,6 +71,10 @@ pub struct ConfigFile {
     /// ssb-server's spelling of hops, read for compatibility.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub friends: Option<Friends>,
+    /// Where alerts go (`scuttlefs alert add`): target URLs, which may
+    /// hold credentials (the file is 0600).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
 }
 
 /// `caps` in ssb-server's config.
@@ -136,19 +140,7 @@ impl Config {
     pub fn load(overrides: &Overrides, save: bool) -> Result<Config, ConfigError> {
         let path = overrides.path.clone().unwrap_or_else(Config::default_path);
         let file_path = path.join("config");
-        let mut file: ConfigFile = match fs::read_to_string(&file_path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| ConfigError::BadConfig {
-                path: file_path.clone(),
-                message: e.to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ConfigFile::default(),
-            Err(source) => {
-                return Err(ConfigError::Io {
-                    path: file_path,
-                    source,
-                })
-            }
-        };
+        let mut file = read_config_file(&file_path)?;
         if let Some(key) = &overrides.network_key {
             let new = parse_network_key(key)?;
             let saved = file
@@ -254,6 +246,37 @@ impl Config {
     /// The daemon's control socket.
     pub fn socket_path(&self) -> PathBuf {
         self.path.join("scuttlefs.sock")
+    }
+}
+
+/// The alert target URLs saved in `<dir>/config`.
+pub fn alert_targets(dir: &Path) -> Result<Vec<String>, ConfigError> {
+    Ok(read_config_file(&dir.join("config"))?.alerts)
+}
+
+/// Saves `targets` as the alert target URLs in `<dir>/config`, keeping
+/// the rest of it; a running daemon takes them at its next second.
+pub fn set_alert_targets(dir: &Path, targets: Vec<String>) -> Result<(), ConfigError> {
+    let file_path = dir.join("config");
+    let mut file = read_config_file(&file_path)?;
+    file.alerts = targets;
+    ensure_dir(dir)?;
+    let text = serde_json::to_string_pretty(&file).unwrap_or_default();
+    write_private(&file_path, text.as_bytes())
+}
+
+/// `<path>/config` as saved; the defaults when there is none.
+fn read_config_file(file_path: &Path) -> Result<ConfigFile, ConfigError> {
+    match fs::read_to_string(file_path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| ConfigError::BadConfig {
+            path: file_path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(source) => Err(ConfigError::Io {
+            path: file_path.to_path_buf(),
+            source,
+        }),
     }
 }
 

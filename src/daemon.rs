@@ -125,6 +125,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     };
 
     spawn_merger(node.clone());
+    crate::alert::spawn(node.clone());
     let socket = config.socket_path();
     let net_state = net::Net::open(&node);
     let result = runtime.block_on(async {

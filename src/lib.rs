@@ -2,6 +2,7 @@
 //! mounted as a filesystem. See `docs/ARCHITECTURE.md` for the map.
 #![warn(missing_docs)]
 
+pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod commit_group;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use scuttlefs::alert;
 use scuttlefs::cli::{parse_duration, publish_content, split_globals};
 use scuttlefs::config::{Config, Overrides};
 use scuttlefs::control::{self, Request, RequestError};
@@ -118,6 +119,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Where alerts go when a job fails, is late, or a machine goes
+    /// quiet: exec:/path/to/program (run with the alert in its environment
+    /// and as JSON on stdin).
+    Alert {
+        #[command(subcommand)]
+        action: AlertAction,
+    },
     /// Pub invites: join a pub or room, or let others join this machine.
     Invite {
         #[command(subcommand)]
@@ -154,6 +162,28 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertAction {
+    /// Add a target: exec:/path/to/program.
+    Add {
+        /// The target URL.
+        url: String,
+    },
+    /// List the targets (credentials masked).
+    List,
+    /// Remove a target, as added or as listed.
+    Remove {
+        /// The target URL.
+        url: String,
+    },
+    /// Send a test alert now, to every target or to the one given; exit 0
+    /// when every delivery worked.
+    Test {
+        /// A target URL (default: every configured target).
+        url: Option<String>,
     },
 }
 
@@ -281,7 +311,38 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
         Command::Invite {
             action: InviteAction::Create { uses },
         } => request(&overrides, Request::InviteCreate { uses }),
+        Command::Alert { action } => alert_command(&overrides, action),
     }
+}
+
+fn alert_command(overrides: &Overrides, action: AlertAction) -> Result<ExitCode, String> {
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let dir = &config.path;
+    match action {
+        AlertAction::Add { url } => println!("{}", alert::command::add(dir, &url)?),
+        AlertAction::List => {
+            for target in alert::command::list(dir)? {
+                println!("{target}");
+            }
+        }
+        AlertAction::Remove { url } => println!("{}", alert::command::remove(dir, &url)?),
+        AlertAction::Test { url } => {
+            let mut all_delivered = true;
+            for (target, outcome) in alert::command::test(dir, &config.name, url.as_deref())? {
+                match outcome {
+                    Ok(()) => println!("delivered to {target}"),
+                    Err(e) => {
+                        all_delivered = false;
+                        eprintln!("scuttlefs: not delivered to {target}: {e}");
+                    }
+                }
+            }
+            if !all_delivered {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn follow(overrides: &Overrides, id: &str, following: bool) -> Result<ExitCode, String> {

@@ -172,6 +172,9 @@ pub struct Node {
     last_refused: Mutex<Option<Refusal>>,
     /// Forks, clocks, and a peer's claim to hold more of our own feed.
     pub notices: Notices,
+    /// Alert targets and waiting deliveries, as the daemon's alert thread
+    /// last saw them.
+    pub alerts: Mutex<crate::alert::AlertStatus>,
     /// Replicated batches from all sessions, stored together.
     ingest_group: CommitGroup<Vec<Message>, Result<usize, NodeError>>,
 }
@@ -329,6 +332,7 @@ impl Node {
             started_ms: now_ms(),
             last_refused: Mutex::new(None),
             notices: Notices::load(&config_path),
+            alerts: Mutex::new(Default::default()),
             ingest_group: CommitGroup::default(),
         })
     }

@@ -90,6 +90,20 @@ pub fn report(node: &Node) -> Value {
             })
         })
         .collect();
+    let alerts = node
+        .alerts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let alerts = json!({
+        "targets": alerts.targets,
+        "pending": alerts.pending.iter().map(|(target, title, tries, error)| json!({
+            "target": target,
+            "title": title,
+            "tries": tries,
+            "error": error,
+        })).collect::<Vec<_>>(),
+    });
     let last_peer_ms = if net.peers.is_empty() {
         net.last_peer_ms
     } else {
@@ -109,6 +123,7 @@ pub fn report(node: &Node) -> Value {
         "never_heard_from": never_heard,
         "last_refused": last_refused,
         "notes": notes,
+        "alerts": alerts,
         "peers": peers,
         "remembered": remembered,
         "feeds": feeds,
@@ -179,6 +194,27 @@ pub fn render(report: &Value) -> String {
                 s(&note["name"]),
                 s(&note["id"]),
                 s(&note["text"])
+            ));
+        }
+    }
+    let targets = report["alerts"]["targets"].as_array().unwrap_or(&empty);
+    let pending = report["alerts"]["pending"].as_array().unwrap_or(&empty);
+    if !targets.is_empty() {
+        out.push_str(&format!(
+            "alerts:    {} target(s), {} delivery(ies) waiting\n",
+            targets.len(),
+            pending.len()
+        ));
+        for target in targets {
+            out.push_str(&format!("  {}\n", s(target)));
+        }
+        for p in pending {
+            out.push_str(&format!(
+                "  pending {:?} to {} after {} tries: {}\n",
+                s(&p["title"]),
+                s(&p["target"]),
+                p["tries"],
+                s(&p["error"])
             ));
         }
     }

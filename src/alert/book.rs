@@ -1,0 +1,338 @@
+//! What was told about each job and machine, and the deliveries that wait:
+//! `<path>/alerts.json`.
+//!
+//! The rule: a job or machine is in trouble when its health state is
+//! `failed`, `late` or `quiet`. Each change of that (into trouble, from
+//! one kind to another, out of it: `recovered`) is one alert; a repeat is
+//! silent. A running job keeps what it had: a failed job that runs again
+//! and fails again is one alert, not two. A quiet machine's jobs are
+//! folded into the machine's alert: while it is quiet, nothing is said of
+//! them. The first report a book judges is only recorded, so that a new
+//! book does not announce every old failure.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::target::Target;
+use super::{Alert, Change};
+use crate::health::{Report, State};
+
+/// A failed delivery waits at least this long before the next try, then
+/// twice as long each time, up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: f64 = 10_000.0;
+
+/// The longest wait between two tries of a delivery.
+pub const MAX_BACKOFF_MS: f64 = 3_600_000.0;
+
+/// What was last told about one job or machine in trouble.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Told {
+    change: Change,
+    machine: String,
+    source: Option<String>,
+}
+
+/// A delivery waiting for its (next) try.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The target's fingerprint (never its URL).
+    pub target: String,
+    /// What to deliver.
+    pub alert: Alert,
+    /// Tries so far.
+    pub attempts: u32,
+    /// When to try next (ms since the epoch).
+    pub next_ms: f64,
+    /// Why the last try failed.
+    pub error: String,
+}
+
+/// The alert state, kept across restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AlertBook {
+    /// Whether a report was judged yet.
+    #[serde(default)]
+    started: bool,
+    /// Jobs (`<feed> <source>`) and machines (`<feed>`) in trouble, as told.
+    #[serde(default)]
+    trouble: BTreeMap<String, Told>,
+    /// Deliveries waiting for another try.
+    #[serde(default)]
+    pub pending: Vec<Pending>,
+}
+
+impl AlertBook {
+    /// `<path>/alerts.json`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("alerts.json")
+    }
+
+    /// The book kept at `path`; a new one when there is none. A damaged
+    /// file is set aside (`.damaged`), with a warning, and a new book
+    /// starts: it records before it tells, so nothing old is resent.
+    pub fn load(path: &Path) -> AlertBook {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(_) => return AlertBook::default(),
+        };
+        match serde_json::from_str(&text) {
+            Ok(book) => book,
+            Err(e) => {
+                tracing::warn!("{} is damaged ({e}); set aside", path.display());
+                let _ = std::fs::rename(path, path.with_extension("json.damaged"));
+                AlertBook::default()
+            }
+        }
+    }
+
+    /// Writes the book to `path`, atomically and durably (mode 0600).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::config::replace_file(path, &text)
+    }
+
+    /// The alerts `report` calls for, against what was told; records them
+    /// as told.
+    pub fn judge(&mut self, report: &Report) -> Vec<Alert> {
+        let quiet: HashSet<_> = report
+            .rows
+            .iter()
+            .filter(|r| r.source.is_none() && r.state == State::Quiet)
+            .map(|r| r.id)
+            .collect();
+        let mut now: BTreeMap<String, Told> = BTreeMap::new();
+        let mut alerts = Vec::new();
+        let mut seen = HashSet::new();
+        for row in &report.rows {
+            let key = match &row.source {
+                Some(source) => format!("{} {source}", row.id),
+                None => row.id.to_string(),
+            };
+            seen.insert(key.clone());
+            let before = self.trouble.get(&key);
+            // Folded into its machine's alert, or still running: as it was.
+            let folded = row.source.is_some() && quiet.contains(&row.id);
+            if folded || row.state == State::Running {
+                if let Some(told) = before {
+                    now.insert(key, told.clone());
+                }
+                continue;
+            }
+            let change = Change::of(row.state);
+            match (before.map(|t| t.change), change) {
+                (Some(old), Some(new)) if old == new => {}
+                (_, Some(new)) => alerts.push(Alert::about(row, new, report.now_ms)),
+                (Some(_), None) => alerts.push(Alert::about(row, Change::Recovered, report.now_ms)),
+                (None, None) => {}
+            }
+            if let Some(change) = change {
+                now.insert(
+                    key,
+                    Told {
+                        change,
+                        machine: row.machine.clone(),
+                        source: row.source.clone(),
+                    },
+                );
+            }
+        }
+        // A quiet machine has a row; one heard from again has none.
+        for (key, told) in &self.trouble {
+            if told.source.is_none() && !seen.contains(key) {
+                alerts.push(Alert {
+                    change: Change::Recovered,
+                    machine: told.machine.clone(),
+                    source: None,
+                    title: format!("{} is heard from again", told.machine),
+                    body: format!("{} sent a message again after going quiet.", told.machine),
+                    exit: None,
+                    time_ms: report.now_ms,
+                });
+            }
+        }
+        self.trouble = now;
+        if !self.started {
+            self.started = true;
+            return Vec::new();
+        }
+        alerts
+    }
+
+    /// Queues `alerts` for every target in `targets`, due now. Queued
+    /// first and saved, then delivered: a crash in between delivers them
+    /// after the restart rather than never.
+    pub fn queue(&mut self, targets: &[Target], alerts: &[Alert], now_ms: f64) {
+        for alert in alerts {
+            for target in targets {
+                self.pending.push(Pending {
+                    target: target.fingerprint(),
+                    alert: alert.clone(),
+                    attempts: 0,
+                    next_ms: now_ms,
+                    error: String::new(),
+                });
+            }
+        }
+    }
+
+    /// Tries the deliveries that are due again with `deliver`, among
+    /// `targets` (a delivery whose target was removed is dropped);
+    /// returns whether anything changed.
+    pub fn retry(
+        &mut self,
+        targets: &[Target],
+        now_ms: f64,
+        mut deliver: impl FnMut(&Target, &Alert) -> Result<(), String>,
+    ) -> bool {
+        let before = self.pending.len();
+        let mut changed = false;
+        self.pending.retain_mut(|p| {
+            let Some(target) = targets.iter().find(|t| t.fingerprint() == p.target) else {
+                return false;
+            };
+            if p.next_ms > now_ms {
+                return true;
+            }
+            changed = true;
+            match deliver(target, &p.alert) {
+                Ok(()) => {
+                    if p.attempts > 0 {
+                        tracing::info!(
+                            "delivered {:?} to {target} at the {} try",
+                            p.alert.title,
+                            p.attempts + 1
+                        );
+                    }
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "could not deliver {:?} to {target}: {error}; trying again",
+                        p.alert.title
+                    );
+                    let wait = (FIRST_BACKOFF_MS * 2f64.powi(p.attempts.min(20) as i32))
+                        .min(MAX_BACKOFF_MS);
+                    p.attempts += 1;
+                    p.next_ms = now_ms + wait;
+                    p.error = error;
+                    true
+                }
+            }
+        });
+        changed || self.pending.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Keypair;
+    use crate::health::Row;
+
+    fn row(id: &crate::feed::FeedId, source: Option<&str>, state: State) -> Row {
+        Row {
+            state,
+            machine: "nas".into(),
+            id: *id,
+            source: source.map(str::to_string),
+            last_run_ms: 1_000.0,
+            age_ms: 60_000.0,
+            exit: (state == State::Failed).then_some(23),
+            signal: None,
+            took: Some("93s".into()),
+            every: Some("1d".into()),
+            last_line: "Error: No space left on device".into(),
+        }
+    }
+
+    fn report(rows: Vec<Row>) -> Report {
+        Report {
+            now_ms: 2_000_000.0,
+            rows,
+        }
+    }
+
+    fn said(alerts: &[Alert]) -> Vec<String> {
+        alerts.iter().map(|a| a.title.clone()).collect()
+    }
+
+    #[test]
+    fn one_alert_per_change_and_one_when_it_recovers() {
+        let nas = Keypair::generate().id();
+        let mut book = AlertBook::default();
+        // The first report is only recorded.
+        assert!(book
+            .judge(&report(vec![row(&nas, Some("old"), State::Failed)]))
+            .is_empty());
+        let failed = book.judge(&report(vec![
+            row(&nas, Some("old"), State::Failed),
+            row(&nas, Some("backup"), State::Failed),
+        ]));
+        assert_eq!(said(&failed), ["backup failed on nas (exit 23)"]);
+        assert_eq!(failed[0].to_json()["state"], "failed");
+        // A repeat, a new run, and the same failure again: silent.
+        for state in [State::Failed, State::Running, State::Failed] {
+            let alerts = book.judge(&report(vec![
+                row(&nas, Some("old"), State::Failed),
+                row(&nas, Some("backup"), state),
+            ]));
+            assert!(alerts.is_empty(), "{:?}", said(&alerts));
+        }
+        let recovered = book.judge(&report(vec![
+            row(&nas, Some("old"), State::Failed),
+            row(&nas, Some("backup"), State::Ok),
+        ]));
+        assert_eq!(said(&recovered), ["backup recovered on nas"]);
+        let late = book.judge(&report(vec![
+            row(&nas, Some("old"), State::Failed),
+            row(&nas, Some("backup"), State::Late),
+        ]));
+        assert_eq!(said(&late), ["backup is late on nas"]);
+    }
+
+    #[test]
+    fn a_quiet_machine_is_one_alert_and_its_jobs_are_folded_in() {
+        let nas = Keypair::generate().id();
+        let mut book = AlertBook::default();
+        book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
+        let quiet = book.judge(&report(vec![
+            row(&nas, None, State::Quiet),
+            row(&nas, Some("backup"), State::Late),
+            row(&nas, Some("sync"), State::Late),
+        ]));
+        assert_eq!(said(&quiet), ["nas is quiet"]);
+        assert!(quiet[0].source.is_none());
+        let back = book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
+        assert_eq!(said(&back), ["nas is heard from again"]);
+        assert_eq!(back[0].change, Change::Recovered);
+    }
+
+    #[test]
+    fn failed_deliveries_wait_longer_each_time_and_go_once_delivered() {
+        let target = Target::parse("exec:/bin/true").unwrap();
+        let targets = [target];
+        let mut book = AlertBook::default();
+        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0);
+        book.retry(&targets, 0.0, |_, _| Err("down".into()));
+        assert_eq!(book.pending[0].attempts, 1);
+        assert_eq!(book.pending[0].next_ms, FIRST_BACKOFF_MS);
+        let mut tries = 0;
+        assert!(!book.retry(&targets, 1.0, |_, _| {
+            tries += 1;
+            Ok(())
+        }));
+        assert_eq!(tries, 0, "not due yet");
+        book.retry(&targets, FIRST_BACKOFF_MS, |_, _| Err("still down".into()));
+        assert_eq!(book.pending[0].attempts, 2);
+        assert_eq!(book.pending[0].error, "still down");
+        assert_eq!(book.pending[0].next_ms, FIRST_BACKOFF_MS * 3.0);
+        book.retry(&targets, FIRST_BACKOFF_MS * 3.0, |_, _| Ok(()));
+        assert!(book.pending.is_empty());
+        // A removed target's deliveries are dropped.
+        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0);
+        assert!(book.retry(&[], 0.0, |_, _| Ok(())));
+        assert!(book.pending.is_empty());
+    }
+}

@@ -1,0 +1,310 @@
+//! Alerts: the person is told when a job fails, is late, or a machine goes
+//! quiet, once per change, and when it recovers.
+//!
+//! - [`target`]: where alerts go (`exec:` so far), shown without secrets.
+//! - [`book`]: what was last told about each job and machine, kept in
+//!   `<path>/alerts.json`, and which deliveries still wait; it judges each
+//!   health report against it.
+//! - [`exec`]: delivery to a program.
+//!
+//! The daemon judges the health report every second ([`book::AlertBook::judge`])
+//! and delivers what changed to every configured target, retrying a
+//! failed delivery with backoff; `scuttlefs alert test` delivers a test
+//! alert at once. Nothing is sent for what the book already recorded, so a
+//! restart resends nothing.
+
+pub mod book;
+pub mod command;
+pub mod exec;
+pub mod target;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::health::{Row, State};
+use crate::node::Node;
+use book::AlertBook;
+use target::Target;
+
+/// Delivers `alert` to `target`; an error says why not.
+pub fn deliver(target: &Target, alert: &Alert) -> Result<(), String> {
+    match target {
+        Target::Exec { program } => exec::deliver(program, alert),
+    }
+}
+
+/// The targets saved in `<dir>/config`. One that does not parse (the file
+/// was edited by hand) is left out, with a warning the first time.
+pub fn configured_targets(dir: &Path, warned: &mut Vec<String>) -> Vec<Target> {
+    let urls = match crate::config::alert_targets(dir) {
+        Ok(urls) => urls,
+        Err(e) => {
+            let why = e.to_string();
+            if !warned.contains(&why) {
+                tracing::warn!("alert targets not read: {why}");
+                warned.push(why);
+            }
+            return Vec::new();
+        }
+    };
+    urls.iter()
+        .filter_map(|url| match Target::parse(url) {
+            Ok(target) => Some(target),
+            Err(e) => {
+                let why = e.to_string();
+                if !warned.contains(&why) {
+                    tracing::warn!("alert target left out: {why}");
+                    warned.push(why);
+                }
+                None
+            }
+        })
+        .collect()
+}
+
+/// Starts the daemon's alert thread: every second it judges the health
+/// report against the book, queues what changed for every target, and
+/// delivers what is due, saving the book whenever it changed.
+pub fn spawn(node: Arc<Node>) {
+    let spawned = std::thread::Builder::new()
+        .name("alerts".into())
+        .spawn(move || {
+            let path = AlertBook::path(&node.config.path);
+            let mut book = AlertBook::load(&path);
+            let mut saved = String::new();
+            let mut warned = Vec::new();
+            loop {
+                let now = crate::clock::now_ms();
+                let targets = configured_targets(&node.config.path, &mut warned);
+                if let Some(report) = node.health(now, crate::health::DEFAULT_MAX_SILENCE_MS) {
+                    let alerts = book.judge(&report);
+                    for alert in &alerts {
+                        tracing::info!("alert: {}", alert.title);
+                    }
+                    book.queue(&targets, &alerts, now);
+                }
+                save_if_changed(&book, &path, &mut saved);
+                if book.retry(&targets, now, deliver) {
+                    save_if_changed(&book, &path, &mut saved);
+                }
+                *node.alerts.lock().unwrap_or_else(|e| e.into_inner()) = status_of(&book, &targets);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("could not start the alert thread: {e}; no alerts will be sent");
+    }
+}
+
+fn save_if_changed(book: &AlertBook, path: &Path, saved: &mut String) {
+    let text = serde_json::to_string(book).unwrap_or_default();
+    if text != *saved {
+        match book.save(path) {
+            Ok(()) => *saved = text,
+            Err(e) => tracing::warn!("could not save {}: {e}", path.display()),
+        }
+    }
+}
+
+fn status_of(book: &AlertBook, targets: &[Target]) -> AlertStatus {
+    AlertStatus {
+        targets: targets.iter().map(Target::masked).collect(),
+        pending: book
+            .pending
+            .iter()
+            .filter(|p| p.attempts > 0)
+            .map(|p| {
+                let target = targets
+                    .iter()
+                    .find(|t| t.fingerprint() == p.target)
+                    .map_or_else(|| p.target.clone(), Target::masked);
+                (target, p.alert.title.clone(), p.attempts, p.error.clone())
+            })
+            .collect(),
+    }
+}
+
+/// What `status` shows of alerts: the targets, masked, and the
+/// deliveries that wait for another try.
+#[derive(Clone, Debug, Default)]
+pub struct AlertStatus {
+    /// Every configured target, credentials masked.
+    pub targets: Vec<String>,
+    /// Each waiting delivery: its target (masked), the alert's title, the
+    /// tries so far, and why the last failed.
+    pub pending: Vec<(String, String, u32, String)>,
+}
+
+/// What an alert says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// A job's last run failed.
+    Failed,
+    /// No run of a job started within its cadence.
+    Late,
+    /// A machine has sent nothing for longer than the allowed silence.
+    Quiet,
+    /// A job or machine that was in trouble is well again.
+    Recovered,
+    /// `scuttlefs alert test`.
+    Test,
+}
+
+impl Change {
+    /// Its name, as alerts carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Change::Failed => "failed",
+            Change::Late => "late",
+            Change::Quiet => "quiet",
+            Change::Recovered => "recovered",
+            Change::Test => "test",
+        }
+    }
+
+    /// The change a health state is, if it is one to alert about.
+    pub fn of(state: State) -> Option<Change> {
+        match state {
+            State::Failed => Some(Change::Failed),
+            State::Late => Some(Change::Late),
+            State::Quiet => Some(Change::Quiet),
+            _ => None,
+        }
+    }
+}
+
+/// One alert, as every target receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// What happened.
+    pub change: Change,
+    /// The machine's name.
+    pub machine: String,
+    /// The job, or `None` for the whole machine.
+    pub source: Option<String>,
+    /// One line: "backup-home failed on nas (exit 23)".
+    pub title: String,
+    /// More: the run's last line, when it ran and how long it took.
+    pub body: String,
+    /// The run's exit code, for a job that ended.
+    pub exit: Option<i64>,
+    /// When the change was noticed (ms since the epoch).
+    pub time_ms: f64,
+}
+
+impl Alert {
+    /// The alert for `row` of a health report, now in trouble as `change`
+    /// or recovered from it.
+    pub fn about(row: &Row, change: Change, now_ms: f64) -> Alert {
+        let ago = crate::clock::roughly(row.age_ms);
+        let ran = chrono::DateTime::from_timestamp_millis(row.last_run_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        let (title, body) = match (&row.source, change) {
+            (None, Change::Recovered) => (
+                format!("{} is heard from again", row.machine),
+                format!("{} sent a message again after going quiet.", row.machine),
+            ),
+            (None, _) => (
+                format!("{} is quiet", row.machine),
+                format!(
+                    "No message from {} for {ago} (last at {ran}): it is off, or cut off \
+                     from every peer. Its jobs' lateness is part of this alert.",
+                    row.machine
+                ),
+            ),
+            (Some(source), change) => {
+                let title = match change {
+                    Change::Failed => match (row.exit, &row.signal) {
+                        (Some(code), _) => {
+                            format!("{source} failed on {} (exit {code})", row.machine)
+                        }
+                        (None, Some(signal)) => {
+                            format!("{source} failed on {} ({signal})", row.machine)
+                        }
+                        _ => format!("{source} failed on {}", row.machine),
+                    },
+                    Change::Late => format!("{source} is late on {}", row.machine),
+                    Change::Recovered => format!("{source} recovered on {}", row.machine),
+                    _ => format!("{source} on {}", row.machine),
+                };
+                let took = row
+                    .took
+                    .as_deref()
+                    .map(|t| format!(", took {t}"))
+                    .unwrap_or_default();
+                let every = row
+                    .every
+                    .as_deref()
+                    .map(|e| format!(", runs every {e}"))
+                    .unwrap_or_default();
+                let mut body = format!("Last run {ran} ({ago} ago{took}{every}).");
+                if !row.last_line.is_empty() {
+                    body.push('\n');
+                    body.push_str(&cut(&row.last_line, 1024));
+                }
+                (title, body)
+            }
+        };
+        Alert {
+            change,
+            machine: row.machine.clone(),
+            source: row.source.clone(),
+            title,
+            body,
+            exit: row.exit,
+            time_ms: now_ms,
+        }
+    }
+
+    /// A test alert from this machine.
+    pub fn test(machine: &str, now_ms: f64) -> Alert {
+        Alert {
+            change: Change::Test,
+            machine: machine.to_string(),
+            source: None,
+            title: format!("scuttlefs test alert from {machine}"),
+            body: "If you read this, alerts reach you.".into(),
+            exit: None,
+            time_ms: now_ms,
+        }
+    }
+
+    /// The alert as JSON: `state`, `machine`, `source`, `title`, `body`,
+    /// `exit` and `time`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "state": self.change.name(),
+            "machine": self.machine,
+            "source": self.source,
+            "title": self.title,
+            "body": self.body,
+            "exit": self.exit,
+            "time": self.time(),
+        })
+    }
+
+    /// When it was noticed, as RFC 3339.
+    pub fn time(&self) -> String {
+        chrono::DateTime::from_timestamp_millis(self.time_ms as i64)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

@@ -1,0 +1,226 @@
+//! Alerts through `exec:` targets: a real daemon judges real `scuttlefs
+//! run` jobs and runs a real script for each change, once.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{fuse_available, run, run_ok, wait_until, Daemon};
+use serde_json::Value;
+
+/// A script that records each alert it is given: a line of
+/// `state|source|exit|title` in `<dir>/alerts.txt`, and the JSON from its
+/// standard input as a line of `<dir>/alerts.jsonl`. With `fails_until`,
+/// it fails (exit 1, saying "target down") until that file exists.
+fn recorder(dir: &Path, fails_until: Option<&Path>) -> PathBuf {
+    let script = dir.join("record-alert");
+    let gate = fails_until
+        .map(|f| {
+            format!(
+                "[ -e '{}' ] || {{ echo 'target down' >&2; exit 1; }}\n",
+                f.display()
+            )
+        })
+        .unwrap_or_default();
+    let body = format!(
+        "#!/bin/sh\n{gate}printf '%s|%s|%s|%s\\n' \"$SCUTTLEFS_ALERT_STATE\" \
+         \"$SCUTTLEFS_ALERT_SOURCE\" \"$SCUTTLEFS_ALERT_EXIT\" \"$SCUTTLEFS_ALERT_TITLE\" \
+         >> '{dir}/alerts.txt'\n{{ cat; echo; }} >> '{dir}/alerts.jsonl'\n",
+        dir = dir.display()
+    );
+    std::fs::write(&script, body).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+fn alerts(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("alerts.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `scuttlefs run --path P --source S -- sh -c SCRIPT`: its exit code.
+fn job(path: &str, source: &str, script: &str) -> i32 {
+    let out = run(&[
+        "run", "--path", path, "--source", source, "--quiet", "--", "sh", "-c", script,
+    ]);
+    out.status.code().unwrap_or(-1)
+}
+
+fn wait_for_alerts(dir: &Path, count: usize) -> Vec<String> {
+    assert!(
+        wait_until(Duration::from_secs(30), || alerts(dir).len() >= count),
+        "expected {count} alerts, got {:?}",
+        alerts(dir)
+    );
+    alerts(dir)
+}
+
+/// Starts the daemon and waits until its alert thread has judged once
+/// and read the targets (`status` lists them).
+fn start(path: &Path, targets: usize) -> Daemon {
+    let daemon = Daemon::start(path, "nas", &[]);
+    let book = path.join("alerts.json");
+    assert!(
+        wait_until(Duration::from_secs(20), || book.exists()
+            && daemon
+                .read("status")
+                .contains(&format!("alerts:    {targets} target(s)"))),
+        "the alert thread did not start: {}",
+        daemon.read("status")
+    );
+    daemon
+}
+
+#[test]
+fn each_change_is_one_alert_a_repeat_none_and_a_restart_resends_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    let script = recorder(dir.path(), None);
+    let target = format!("exec:{}", script.display());
+    run_ok(&["alert", "add", &target, "--path", path_str]);
+    assert_eq!(
+        run_ok(&["alert", "list", "--path", path_str]).trim(),
+        target
+    );
+    let mut daemon = start(&path, 1);
+
+    assert_eq!(job(path_str, "backup", "echo disk full >&2; exit 23"), 23);
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["failed|backup|23|backup failed on nas (exit 23)"]);
+    let json: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("alerts.jsonl"))
+            .expect("jsonl")
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("json on stdin");
+    assert_eq!(json["state"], "failed");
+    assert_eq!(json["machine"], "nas");
+    assert_eq!(json["source"], "backup");
+    assert_eq!(json["exit"], 23);
+    assert!(
+        json["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("disk full")),
+        "{json}"
+    );
+    assert!(
+        json["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{json}"
+    );
+
+    // The same failure again: nothing. Another job's failure, judged in
+    // the same report or a later one, is the next alert.
+    assert_eq!(job(path_str, "backup", "exit 23"), 23);
+    assert_eq!(job(path_str, "other", "exit 4"), 4);
+    let got = wait_for_alerts(dir.path(), 2);
+    assert_eq!(got[1], "failed|other|4|other failed on nas (exit 4)");
+    assert_eq!(job(path_str, "backup", "echo all good"), 0);
+    let got = wait_for_alerts(dir.path(), 3);
+    assert_eq!(got[2], "recovered|backup|0|backup recovered on nas");
+
+    // A restart sends nothing again; the next change still goes.
+    assert_eq!(daemon.stop(), Some(0));
+    drop(daemon);
+    let _daemon = start(&path, 1);
+    assert_eq!(job(path_str, "other", "true"), 0);
+    let got = wait_for_alerts(dir.path(), 4);
+    assert_eq!(
+        got,
+        [
+            "failed|backup|23|backup failed on nas (exit 23)",
+            "failed|other|4|other failed on nas (exit 4)",
+            "recovered|backup|0|backup recovered on nas",
+            "recovered|other|0|other recovered on nas",
+        ]
+    );
+}
+
+#[test]
+fn a_target_that_is_down_gets_the_alert_once_it_is_back() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    let back = dir.path().join("back");
+    let script = recorder(dir.path(), Some(&back));
+    let target = format!("exec:{}", script.display());
+    run_ok(&["alert", "add", &target, "--path", path_str]);
+    let daemon = start(&path, 1);
+    assert_eq!(job(path_str, "backup", "exit 23"), 23);
+    assert!(
+        wait_until(Duration::from_secs(30), || daemon
+            .read("status")
+            .contains("pending \"backup failed on nas (exit 23)\"")),
+        "{}",
+        daemon.read("status")
+    );
+    assert!(daemon.read("status").contains("target down"));
+    assert!(alerts(dir.path()).is_empty());
+    std::fs::write(&back, "").expect("back");
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["failed|backup|23|backup failed on nas (exit 23)"]);
+    assert!(wait_until(Duration::from_secs(10), || !daemon
+        .read("status")
+        .contains("pending")));
+}
+
+#[test]
+fn alert_test_exits_by_whether_the_alert_was_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    // Nothing to send to.
+    let out = run(&["alert", "test", "--path", path_str]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no alert targets"));
+    // A target that works, given on the command line.
+    let script = recorder(dir.path(), None);
+    let target = format!("exec:{}", script.display());
+    let out = run(&["alert", "test", &target, "--path", path_str]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(alerts(dir.path()).len(), 1);
+    assert!(alerts(dir.path())[0].starts_with("test|||scuttlefs test alert from "));
+    // One that fails: exit 1, with the program's own words.
+    let down_dir = dir.path().join("down");
+    std::fs::create_dir_all(&down_dir).expect("mkdir");
+    let down = recorder(&down_dir, Some(&dir.path().join("never")));
+    run_ok(&[
+        "alert",
+        "add",
+        &format!("exec:{}", down.display()),
+        "--path",
+        path_str,
+    ]);
+    let out = run(&["alert", "test", "--path", path_str]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not delivered") && stderr.contains("target down"),
+        "{stderr}"
+    );
+    // Refused targets, and removal.
+    let out = run(&["alert", "add", "exec:relative", "--path", path_str]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("absolute path"));
+    run_ok(&[
+        "alert",
+        "remove",
+        &format!("exec:{}", down.display()),
+        "--path",
+        path_str,
+    ]);
+    assert_eq!(run_ok(&["alert", "list", "--path", path_str]), "");
+}

@@ -184,6 +184,7 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     node.flush()?;
     node.save_jobs();
     node.save_views();
+    crate::alert::finish(&node, std::time::Duration::from_secs(10));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     result

@@ -175,6 +175,9 @@ pub struct Node {
     /// Alert targets and waiting deliveries, as the daemon's alert thread
     /// last saw them.
     pub alerts: Mutex<crate::alert::AlertStatus>,
+    /// Held by the alert thread through each round (judge, queue,
+    /// deliver, save), so that a stop can let the round finish.
+    pub alert_round: Mutex<()>,
     /// Replicated batches from all sessions, stored together.
     ingest_group: CommitGroup<Vec<Message>, Result<usize, NodeError>>,
 }
@@ -333,6 +336,7 @@ impl Node {
             last_refused: Mutex::new(None),
             notices: Notices::load(&config_path),
             alerts: Mutex::new(Default::default()),
+            alert_round: Mutex::new(()),
             ingest_group: CommitGroup::default(),
         })
     }

@@ -224,3 +224,173 @@ fn alert_test_exits_by_whether_the_alert_was_delivered() {
     ]);
     assert_eq!(run_ok(&["alert", "list", "--path", path_str]), "");
 }
+
+/// A local HTTP server (Python's http.server) that records each request
+/// as a JSON line of method, path, headers and body, and answers 200 (503
+/// on a path with "down" in it). Stopped when dropped.
+struct Recorder {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Recorder {
+    fn start(dir: &Path) -> Recorder {
+        let log = dir.join("requests.jsonl");
+        let script = r#"
+import http.server, json, sys
+log = sys.argv[1]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length', 0)))
+        with open(log, 'a') as f:
+            f.write(json.dumps({'method': self.command, 'path': self.path,
+                'headers': {k.lower(): v for k, v in self.headers.items()},
+                'body': body.decode('utf-8')}) + '\n')
+        self.send_response(503 if 'down' in self.path else 200)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(('127.0.0.1', 0), Handler)
+print(server.server_port, flush=True)
+server.serve_forever()
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("the port");
+        let port = line.trim().parse().expect("a port");
+        Recorder { child, port, log }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ntfy_and_webhook_targets_get_what_their_apis_take() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    let server = Recorder::start(dir.path());
+    let ntfy = format!("ntfy://127.0.0.1:{}/backups", server.port);
+    let hook = format!(
+        "json://hook:s3cret-pw@127.0.0.1:{}/hooks/scuttlefs",
+        server.port
+    );
+    run_ok(&["alert", "add", &ntfy, "--path", path_str]);
+    run_ok(&["alert", "add", &hook, "--path", path_str]);
+    let listed = run_ok(&["alert", "list", "--path", path_str]);
+    assert!(listed.contains("json://hook:****@127.0.0.1"), "{listed}");
+    assert!(!listed.contains("s3cret"), "{listed}");
+    let out = run(&["alert", "test", "--path", path_str]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let to_ntfy = &requests[0];
+    assert_eq!(to_ntfy["method"], "POST");
+    assert_eq!(to_ntfy["path"], "/backups");
+    assert!(to_ntfy["headers"]["title"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("scuttlefs test alert from ")));
+    assert_eq!(to_ntfy["headers"]["priority"], "low");
+    assert_eq!(to_ntfy["headers"]["tags"], "bell");
+    assert_eq!(to_ntfy["body"], "If you read this, alerts reach you.");
+    let to_hook = &requests[1];
+    assert_eq!(to_hook["method"], "POST");
+    assert_eq!(to_hook["path"], "/hooks/scuttlefs");
+    assert_eq!(to_hook["headers"]["content-type"], "application/json");
+    assert_eq!(
+        to_hook["headers"]["authorization"],
+        "Basic aG9vazpzM2NyZXQtcHc="
+    );
+    let alert: Value = serde_json::from_str(to_hook["body"].as_str().expect("body")).expect("json");
+    for field in [
+        "state", "machine", "source", "title", "body", "exit", "time",
+    ] {
+        assert!(alert.get(field).is_some(), "no {field} in {alert}");
+    }
+    assert_eq!(alert["state"], "test");
+    assert_eq!(alert["source"], Value::Null);
+
+    // A failed job through the daemon: high priority on ntfy.
+    if !fuse_available() {
+        return;
+    }
+    let _daemon = start(&path, 2);
+    assert_eq!(
+        job(
+            path_str,
+            "backup",
+            "echo No space left on device >&2; exit 23"
+        ),
+        23
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || server.requests().len() >= 4),
+        "{:?}",
+        server.requests()
+    );
+    let requests = server.requests();
+    let to_ntfy = requests
+        .iter()
+        .skip(2)
+        .find(|r| r["path"] == "/backups")
+        .expect("ntfy got it");
+    assert_eq!(
+        to_ntfy["headers"]["title"],
+        "backup failed on nas (exit 23)"
+    );
+    assert_eq!(to_ntfy["headers"]["priority"], "high");
+    assert!(to_ntfy["body"]
+        .as_str()
+        .is_some_and(|b| b.contains("No space left on device")));
+    // The password went nowhere it should not.
+    let status = run_ok(&["status", "--path", path_str]);
+    assert!(!status.contains("s3cret"), "{status}");
+    let log = std::fs::read_to_string(dir.path().join("nas.log")).unwrap_or_default();
+    assert!(!log.contains("s3cret"));
+}
+
+#[test]
+fn a_webhook_that_answers_an_error_is_not_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let server = Recorder::start(dir.path());
+    let down = format!("json://127.0.0.1:{}/down", server.port);
+    let out = run(&[
+        "alert",
+        "test",
+        &down,
+        "--path",
+        path.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 503"),
+        "{out:?}"
+    );
+    assert_eq!(server.requests().len(), 1);
+}

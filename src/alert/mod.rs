@@ -16,6 +16,7 @@
 pub mod book;
 pub mod command;
 pub mod exec;
+pub mod http;
 pub mod target;
 
 use std::path::Path;
@@ -34,6 +35,8 @@ use target::Target;
 pub fn deliver(target: &Target, alert: &Alert) -> Result<(), String> {
     match target {
         Target::Exec { program } => exec::deliver(program, alert),
+        Target::Ntfy { endpoint, .. } => http::ntfy(endpoint, alert),
+        Target::Json { endpoint, .. } => http::json(endpoint, alert),
     }
 }
 
@@ -78,6 +81,7 @@ pub fn spawn(node: Arc<Node>) {
             let mut saved = String::new();
             let mut warned = Vec::new();
             loop {
+                let round = node.alert_round.lock().unwrap_or_else(|e| e.into_inner());
                 let now = crate::clock::now_ms();
                 let targets = configured_targets(&node.config.path, &mut warned);
                 if let Some(report) = node.health(now, crate::health::DEFAULT_MAX_SILENCE_MS) {
@@ -92,11 +96,39 @@ pub fn spawn(node: Arc<Node>) {
                     save_if_changed(&book, &path, &mut saved);
                 }
                 *node.alerts.lock().unwrap_or_else(|e| e.into_inner()) = status_of(&book, &targets);
+                drop(round);
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
     if let Err(e) = spawned {
         tracing::warn!("could not start the alert thread: {e}; no alerts will be sent");
+    }
+}
+
+/// At a stop: waits up to `limit` for the alert thread's round under way,
+/// so that a delivery it made is recorded as made and not sent again
+/// after the restart. Returns with the round lock held, so no new round
+/// starts.
+pub fn finish(node: &Node, limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match node.alert_round.try_lock() {
+            Ok(round) => {
+                std::mem::forget(round);
+                return;
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => return,
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if std::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        "stopping while an alert is being delivered; it may be sent again after \
+                         the restart"
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
 }
 

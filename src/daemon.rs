@@ -181,10 +181,10 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     if let Err(e) = node.store.sync_positions() {
         tracing::warn!("could not sync the position files: {e}");
     }
+    crate::alert::finish(&node, std::time::Duration::from_secs(10));
     node.flush()?;
     node.save_jobs();
     node.save_views();
-    crate::alert::finish(&node, std::time::Duration::from_secs(10));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("stopped");
     result

@@ -121,6 +121,13 @@ pub struct JobTable {
     /// build `<machine>/jobs/` from these. (Required: a cache without them
     /// is of an older make, and is rebuilt.)
     sources: HashMap<FeedId, Vec<(u64, u64, String)>>,
+    /// Alerts some machine said it delivered: `"<change id> <target
+    /// fingerprint>"` (see [`crate::alert`]).
+    #[serde(default)]
+    announced: std::collections::HashSet<String>,
+    /// The target fingerprints each machine last said it alerts.
+    #[serde(default)]
+    alerting: HashMap<FeedId, Vec<String>>,
 }
 
 impl JobTable {
@@ -137,6 +144,32 @@ impl JobTable {
             return;
         }
         *seen = msg.sequence;
+        match msg.content_type() {
+            Some(crate::alert::ANNOUNCED_TYPE) => {
+                let content = msg.content();
+                let field = |name| content.get(name).and_then(Value::as_str);
+                if let (Some(change), Some(target)) = (field("change"), field("target")) {
+                    self.announced.insert(format!("{change} {target}"));
+                }
+                return;
+            }
+            Some(crate::alert::ALERTING_TYPE) => {
+                let targets = msg
+                    .content()
+                    .get("targets")
+                    .and_then(Value::as_array)
+                    .map(|ts| {
+                        ts.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.alerting.insert(msg.author, targets);
+                return;
+            }
+            _ => {}
+        }
         if !is_log(msg) {
             return;
         }
@@ -197,6 +230,29 @@ impl JobTable {
             }
             _ => {}
         }
+    }
+
+    /// Whether some machine said it delivered the alert `change` to the
+    /// target `target` (a fingerprint).
+    pub fn announced(&self, change: &str, target: &str) -> bool {
+        self.announced.contains(&format!("{change} {target}"))
+    }
+
+    /// The machines that said they alert `target` (a fingerprint).
+    pub fn alerting(&self, target: &str) -> Vec<FeedId> {
+        let mut holders: Vec<FeedId> = self
+            .alerting
+            .iter()
+            .filter(|(_, targets)| targets.iter().any(|t| t == target))
+            .map(|(feed, _)| *feed)
+            .collect();
+        holders.sort_by_key(|f| f.to_string());
+        holders
+    }
+
+    /// The targets `feed` last said it alerts, if it said.
+    pub fn targets_of(&self, feed: &FeedId) -> Option<&[String]> {
+        self.alerting.get(feed).map(Vec::as_slice)
     }
 
     /// Reads every message the store has past the table's high-water

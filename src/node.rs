@@ -687,6 +687,12 @@ impl Node {
         Some(report)
     }
 
+    /// Runs `f` on the job table (`None` on a node opened without views).
+    pub fn with_jobs<T>(&self, f: impl FnOnce(&JobTable) -> T) -> Option<T> {
+        let jobs = self.jobs.as_ref()?;
+        Some(f(&jobs.read().unwrap_or_else(|e| e.into_inner())))
+    }
+
     /// When a machine was last heard from: its latest message's time, or
     /// when it arrived if that time cannot be right (`crate::clock`).
     fn last_heard(&self, feed: &FeedId, tip: &FeedTip) -> f64 {

@@ -97,6 +97,9 @@ pub fn report(node: &Node) -> Value {
         .clone();
     let alerts = json!({
         "targets": alerts.targets,
+        "delivered": alerts.delivered,
+        "left_to_others": alerts.skipped,
+        "other_machines": alerts.others,
         "pending": alerts.pending.iter().map(|(target, title, tries, error)| json!({
             "target": target,
             "title": title,
@@ -201,8 +204,12 @@ pub fn render(report: &Value) -> String {
     let pending = report["alerts"]["pending"].as_array().unwrap_or(&empty);
     if !targets.is_empty() {
         out.push_str(&format!(
-            "alerts:    {} target(s), {} delivery(ies) waiting\n",
+            "alerts:    {} target(s), also alerted by {} other machine(s); since the start {} \
+             delivered, {} left to another machine, {} waiting\n",
             targets.len(),
+            report["alerts"]["other_machines"],
+            report["alerts"]["delivered"],
+            report["alerts"]["left_to_others"],
             pending.len()
         ));
         for target in targets {

@@ -394,3 +394,84 @@ fn a_webhook_that_answers_an_error_is_not_delivered() {
     );
     assert_eq!(server.requests().len(), 1);
 }
+
+/// What `status` says this machine did with alerts: (delivered, left to
+/// another machine).
+fn told(daemon: &Daemon) -> (u64, u64) {
+    let status: Value = serde_json::from_str(&run_ok(&[
+        "status",
+        "--json",
+        "--path",
+        daemon.path.to_str().expect("utf8"),
+    ]))
+    .expect("json");
+    let count = |k: &str| status["alerts"][k].as_u64().unwrap_or(0);
+    (count("delivered"), count("left_to_others"))
+}
+
+#[test]
+fn two_machines_with_one_target_send_one_alert_per_change() {
+    if !fuse_available() {
+        return;
+    }
+    const KEY: &str = "QWxlcnRzLW9uY2UtcGVyLWNoYW5nZS1wbGVhc2UhISE=";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Recorder::start(dir.path());
+    let hook = format!("json://127.0.0.1:{}/hook", server.port);
+    let (nas_path, laptop_path) = (dir.path().join("nas"), dir.path().join("laptop"));
+    for path in [&nas_path, &laptop_path] {
+        run_ok(&[
+            "alert",
+            "add",
+            &hook,
+            "--path",
+            path.to_str().expect("utf8"),
+        ]);
+    }
+    let nas = Daemon::start(&nas_path, "nas", &["--caps.shs", KEY]);
+    let laptop = Daemon::start(
+        &laptop_path,
+        "laptop",
+        &["--caps.shs", KEY, "--peer", &nas.loopback_address()],
+    );
+    for (a, b) in [(&nas, &laptop), (&laptop, &nas)] {
+        let out = a.sh(&format!("echo '{}' >> follow", b.id()));
+        assert!(out.status.success());
+    }
+    // Each knows the other alerts the same target.
+    for daemon in [&nas, &laptop] {
+        assert!(
+            wait_until(Duration::from_secs(30), || daemon
+                .read("status")
+                .contains("also alerted by 1 other machine(s)")),
+            "{}",
+            daemon.read("status")
+        );
+    }
+    let nas_str = nas_path.to_str().expect("utf8");
+    assert_eq!(job(nas_str, "backup", "exit 23"), 23);
+    // Both judged it: one sent it, the other left it to the first.
+    let both_judged = |n: u64| {
+        wait_until(Duration::from_secs(30), || {
+            let (sent_nas, left_nas) = told(&nas);
+            let (sent_laptop, left_laptop) = told(&laptop);
+            sent_nas + left_nas >= n && sent_laptop + left_laptop >= n
+        })
+    };
+    assert!(both_judged(1), "{:?} {:?}", told(&nas), told(&laptop));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let alert: Value =
+        serde_json::from_str(requests[0]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(alert["state"], "failed");
+    assert_eq!(alert["machine"], "nas");
+    assert_eq!(told(&nas).0 + told(&laptop).0, 1);
+
+    assert_eq!(job(nas_str, "backup", "true"), 0);
+    assert!(both_judged(2), "{:?} {:?}", told(&nas), told(&laptop));
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let alert: Value =
+        serde_json::from_str(requests[1]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(alert["state"], "recovered");
+}

@@ -32,6 +32,10 @@ struct Told {
     change: Change,
     machine: String,
     source: Option<String>,
+    /// The time of the run (or message) the trouble is about: a recovery's
+    /// id names it.
+    #[serde(default)]
+    basis_ms: f64,
 }
 
 /// A delivery waiting for its (next) try.
@@ -47,6 +51,18 @@ pub struct Pending {
     pub next_ms: f64,
     /// Why the last try failed.
     pub error: String,
+}
+
+/// What a round of deliveries did.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Whether the book changed.
+    pub changed: bool,
+    /// Alerts delivered: `(alert id, target fingerprint, change)`, for the
+    /// feed to announce.
+    pub delivered: Vec<(String, String, Change)>,
+    /// Deliveries left out because another machine announced them.
+    pub skipped: usize,
 }
 
 /// The alert state, kept across restarts.
@@ -121,10 +137,20 @@ impl AlertBook {
                 continue;
             }
             let change = Change::of(row.state);
-            match (before.map(|t| t.change), change) {
-                (Some(old), Some(new)) if old == new => {}
-                (_, Some(new)) => alerts.push(Alert::about(row, new, report.now_ms)),
-                (Some(_), None) => alerts.push(Alert::about(row, Change::Recovered, report.now_ms)),
+            let source = row.source.as_deref();
+            let mut basis_ms = row.last_run_ms;
+            match (before, change) {
+                (Some(old), Some(new)) if old.change == new => basis_ms = old.basis_ms,
+                (_, Some(new)) => {
+                    let mut alert = Alert::about(row, new, report.now_ms);
+                    alert.id = super::change_id(&row.id, source, new, basis_ms);
+                    alerts.push(alert);
+                }
+                (Some(old), None) => {
+                    let mut alert = Alert::about(row, Change::Recovered, report.now_ms);
+                    alert.id = super::change_id(&row.id, source, Change::Recovered, old.basis_ms);
+                    alerts.push(alert);
+                }
                 (None, None) => {}
             }
             if let Some(change) = change {
@@ -134,6 +160,7 @@ impl AlertBook {
                         change,
                         machine: row.machine.clone(),
                         source: row.source.clone(),
+                        basis_ms,
                     },
                 );
             }
@@ -141,7 +168,12 @@ impl AlertBook {
         // A quiet machine has a row; one heard from again has none.
         for (key, told) in &self.trouble {
             if told.source.is_none() && !seen.contains(key) {
+                let id = key
+                    .parse()
+                    .map(|feed| super::change_id(&feed, None, Change::Recovered, told.basis_ms))
+                    .unwrap_or_default();
                 alerts.push(Alert {
+                    id,
                     change: Change::Recovered,
                     machine: told.machine.clone(),
                     source: None,
@@ -163,31 +195,41 @@ impl AlertBook {
     /// Queues `alerts` for every target in `targets`, due now. Queued
     /// first and saved, then delivered: a crash in between delivers them
     /// after the restart rather than never.
-    pub fn queue(&mut self, targets: &[Target], alerts: &[Alert], now_ms: f64) {
+    ///
+    /// `delay` says how long this machine waits before its first try: the
+    /// machines that alert one target take turns ([`super::rank`]).
+    pub fn queue(
+        &mut self,
+        targets: &[Target],
+        alerts: &[Alert],
+        now_ms: f64,
+        delay: impl Fn(&Alert, &Target) -> f64,
+    ) {
         for alert in alerts {
             for target in targets {
                 self.pending.push(Pending {
                     target: target.fingerprint(),
                     alert: alert.clone(),
                     attempts: 0,
-                    next_ms: now_ms,
+                    next_ms: now_ms + delay(alert, target),
                     error: String::new(),
                 });
             }
         }
     }
 
-    /// Tries the deliveries that are due again with `deliver`, among
-    /// `targets` (a delivery whose target was removed is dropped);
-    /// returns whether anything changed.
+    /// Tries the deliveries that are due with `deliver`, among `targets`
+    /// (a delivery whose target was removed is dropped, and so is one that
+    /// `announced` says another machine made).
     pub fn retry(
         &mut self,
         targets: &[Target],
         now_ms: f64,
+        announced: impl Fn(&Alert, &str) -> bool,
         mut deliver: impl FnMut(&Target, &Alert) -> Result<(), String>,
-    ) -> bool {
+    ) -> Round {
         let before = self.pending.len();
-        let mut changed = false;
+        let mut round = Round::default();
         self.pending.retain_mut(|p| {
             let Some(target) = targets.iter().find(|t| t.fingerprint() == p.target) else {
                 return false;
@@ -195,9 +237,17 @@ impl AlertBook {
             if p.next_ms > now_ms {
                 return true;
             }
-            changed = true;
+            if !p.alert.id.is_empty() && announced(&p.alert, &p.target) {
+                tracing::info!("{:?}: another machine told {target}", p.alert.title);
+                round.skipped += 1;
+                return false;
+            }
+            round.changed = true;
             match deliver(target, &p.alert) {
                 Ok(()) => {
+                    round
+                        .delivered
+                        .push((p.alert.id.clone(), p.target.clone(), p.alert.change));
                     if p.attempts > 0 {
                         tracing::info!(
                             "delivered {:?} to {target} at the {} try",
@@ -221,7 +271,8 @@ impl AlertBook {
                 }
             }
         });
-        changed || self.pending.len() != before
+        round.changed |= self.pending.len() != before;
+        round
     }
 }
 
@@ -252,6 +303,10 @@ mod tests {
             now_ms: 2_000_000.0,
             rows,
         }
+    }
+
+    fn never(_: &Alert, _: &str) -> bool {
+        false
     }
 
     fn said(alerts: &[Alert]) -> Vec<String> {
@@ -290,6 +345,47 @@ mod tests {
             row(&nas, Some("backup"), State::Late),
         ]));
         assert_eq!(said(&late), ["backup is late on nas"]);
+        // Ids name the change and the run it is about, the same anywhere.
+        assert_eq!(
+            failed[0].id,
+            crate::alert::change_id(&nas, Some("backup"), Change::Failed, 1_000.0)
+        );
+        assert_eq!(
+            recovered[0].id,
+            crate::alert::change_id(&nas, Some("backup"), Change::Recovered, 1_000.0)
+        );
+        assert_ne!(failed[0].id, late[0].id);
+    }
+
+    #[test]
+    fn a_delivery_another_machine_announced_is_left_out_and_turns_are_kept() {
+        let target = Target::parse("exec:/bin/true").unwrap();
+        let targets = [target];
+        let mut book = AlertBook::default();
+        let mut alert = Alert::test("nas", 0.0);
+        alert.id = "abc".into();
+        book.queue(&targets, &[alert], 0.0, |_, _| 2_000.0);
+        assert!(book
+            .retry(&targets, 1_000.0, never, |_, _| panic!("not yet"))
+            .delivered
+            .is_empty());
+        let round = book.retry(&targets, 2_000.0, |_, _| true, |_, _| panic!("announced"));
+        assert_eq!(round.skipped, 1);
+        assert!(book.pending.is_empty());
+        // The same order for an alert on every machine; each first in some.
+        let machines: Vec<_> = (0..3).map(|_| Keypair::generate().id()).collect();
+        let mut firsts = HashSet::new();
+        for i in 0..64 {
+            let id = format!("change {i}");
+            let mut ranks: Vec<usize> = machines
+                .iter()
+                .map(|m| crate::alert::rank(&id, m, &machines))
+                .collect();
+            firsts.insert(ranks.iter().position(|r| *r == 0));
+            ranks.sort_unstable();
+            assert_eq!(ranks, [0, 1, 2]);
+        }
+        assert_eq!(firsts.len(), 3);
     }
 
     #[test]
@@ -314,25 +410,32 @@ mod tests {
         let target = Target::parse("exec:/bin/true").unwrap();
         let targets = [target];
         let mut book = AlertBook::default();
-        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0);
-        book.retry(&targets, 0.0, |_, _| Err("down".into()));
+        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0, |_, _| 0.0);
+        book.retry(&targets, 0.0, never, |_, _| Err("down".into()));
         assert_eq!(book.pending[0].attempts, 1);
         assert_eq!(book.pending[0].next_ms, FIRST_BACKOFF_MS);
         let mut tries = 0;
-        assert!(!book.retry(&targets, 1.0, |_, _| {
-            tries += 1;
-            Ok(())
-        }));
+        assert!(
+            !book
+                .retry(&targets, 1.0, never, |_, _| {
+                    tries += 1;
+                    Ok(())
+                })
+                .changed
+        );
         assert_eq!(tries, 0, "not due yet");
-        book.retry(&targets, FIRST_BACKOFF_MS, |_, _| Err("still down".into()));
+        book.retry(&targets, FIRST_BACKOFF_MS, never, |_, _| {
+            Err("still down".into())
+        });
         assert_eq!(book.pending[0].attempts, 2);
         assert_eq!(book.pending[0].error, "still down");
         assert_eq!(book.pending[0].next_ms, FIRST_BACKOFF_MS * 3.0);
-        book.retry(&targets, FIRST_BACKOFF_MS * 3.0, |_, _| Ok(()));
+        let round = book.retry(&targets, FIRST_BACKOFF_MS * 3.0, never, |_, _| Ok(()));
+        assert_eq!(round.delivered.len(), 1);
         assert!(book.pending.is_empty());
         // A removed target's deliveries are dropped.
-        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0);
-        assert!(book.retry(&[], 0.0, |_, _| Ok(())));
+        book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0, |_, _| 0.0);
+        assert!(book.retry(&[], 0.0, never, |_, _| Ok(())).changed);
         assert!(book.pending.is_empty());
     }
 }

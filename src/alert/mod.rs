@@ -31,6 +31,62 @@ use crate::node::Node;
 use book::AlertBook;
 use target::Target;
 
+/// The message type a machine publishes after delivering an alert:
+/// `{type, change, target, state}`, `change` being the alert's id and
+/// `target` the target's fingerprint. The views do not show it.
+pub const ANNOUNCED_TYPE: &str = "scuttlefs-alert";
+
+/// The message type a machine publishes when its targets change:
+/// `{type, targets}`, the fingerprints it alerts.
+pub const ALERTING_TYPE: &str = "scuttlefs-alerting";
+
+/// The message type an otherwise silent daemon publishes every
+/// [`HEARTBEAT_MS`], so that "quiet" means off or cut off.
+pub const HEARTBEAT_TYPE: &str = "scuttlefs-heartbeat";
+
+/// A daemon whose feed has had no message for this long says it is up.
+pub const HEARTBEAT_MS: f64 = 3_600_000.0;
+
+/// How long each machine that alerts a target waits after the one before
+/// it in an alert's order, for that one's announcement to arrive.
+pub const HANDOFF_MS: f64 = 2_000.0;
+
+/// An alert's id, the same on every machine that judges the change:
+/// the machine, the job, the change, and the time of the run (or message)
+/// it is about.
+pub fn change_id(
+    feed: &crate::feed::FeedId,
+    source: Option<&str>,
+    change: Change,
+    basis_ms: f64,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let text = format!(
+        "{feed} {} {} {}",
+        source.unwrap_or("-"),
+        change.name(),
+        basis_ms.round() as i64
+    );
+    Sha256::digest(text.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where `me` stands among `holders` (the machines that alert one target)
+/// for the alert `id`: a different order for each alert, so that no one
+/// machine always goes first, and the same order on every machine.
+pub fn rank(id: &str, me: &crate::feed::FeedId, holders: &[crate::feed::FeedId]) -> usize {
+    use sha2::{Digest, Sha256};
+    let key = |feed: &crate::feed::FeedId| Sha256::digest(format!("{id} {feed}").as_bytes());
+    let mine = key(me);
+    holders
+        .iter()
+        .filter(|h| *h != me)
+        .filter(|h| key(h) < mine)
+        .count()
+}
+
 /// Delivers `alert` to `target`; an error says why not.
 pub fn deliver(target: &Target, alert: &Alert) -> Result<(), String> {
     match target {
@@ -70,8 +126,10 @@ pub fn configured_targets(dir: &Path, warned: &mut Vec<String>) -> Vec<Target> {
 }
 
 /// Starts the daemon's alert thread: every second it judges the health
-/// report against the book, queues what changed for every target, and
-/// delivers what is due, saving the book whenever it changed.
+/// report against the book, queues what changed for every target (each
+/// machine that alerts a target in its turn), delivers what is due unless
+/// another machine announced it, announces what it delivered, and says in
+/// the feed that the daemon is up when nothing else has for an hour.
 pub fn spawn(node: Arc<Node>) {
     let spawned = std::thread::Builder::new()
         .name("alerts".into())
@@ -80,28 +138,108 @@ pub fn spawn(node: Arc<Node>) {
             let mut book = AlertBook::load(&path);
             let mut saved = String::new();
             let mut warned = Vec::new();
+            let mut counts = (0usize, 0usize);
             loop {
                 let round = node.alert_round.lock().unwrap_or_else(|e| e.into_inner());
                 let now = crate::clock::now_ms();
                 let targets = configured_targets(&node.config.path, &mut warned);
+                say_targets(&node, &targets);
                 if let Some(report) = node.health(now, crate::health::DEFAULT_MAX_SILENCE_MS) {
                     let alerts = book.judge(&report);
                     for alert in &alerts {
                         tracing::info!("alert: {}", alert.title);
                     }
-                    book.queue(&targets, &alerts, now);
+                    let me = node.id();
+                    book.queue(&targets, &alerts, now, |alert, target| {
+                        let fingerprint = target.fingerprint();
+                        let holders = node
+                            .with_jobs(|jobs| jobs.alerting(&fingerprint))
+                            .unwrap_or_default();
+                        rank(&alert.id, &me, &holders) as f64 * HANDOFF_MS
+                    });
                 }
                 save_if_changed(&book, &path, &mut saved);
-                if book.retry(&targets, now, deliver) {
+                let announced = |alert: &Alert, target: &str| {
+                    node.with_jobs(|jobs| jobs.announced(&alert.id, target))
+                        .unwrap_or(false)
+                };
+                let done = book.retry(&targets, now, announced, deliver);
+                if done.changed || done.skipped > 0 {
                     save_if_changed(&book, &path, &mut saved);
                 }
-                *node.alerts.lock().unwrap_or_else(|e| e.into_inner()) = status_of(&book, &targets);
+                counts.0 += done.delivered.len();
+                counts.1 += done.skipped;
+                for (id, target, change) in done.delivered {
+                    if id.is_empty() {
+                        continue;
+                    }
+                    let announcement = json!({
+                        "type": ANNOUNCED_TYPE,
+                        "change": id,
+                        "target": target,
+                        "state": change.name(),
+                    });
+                    if let Err(e) = node.publish(vec![announcement]) {
+                        tracing::warn!("could not announce a delivered alert: {e}");
+                    }
+                }
+                heartbeat(&node, now);
+                let mut status = status_of(&book, &targets);
+                (status.delivered, status.skipped) = counts;
+                status.others = targets
+                    .iter()
+                    .map(|t| {
+                        let fingerprint = t.fingerprint();
+                        node.with_jobs(|jobs| jobs.alerting(&fingerprint))
+                            .unwrap_or_default()
+                            .iter()
+                            .filter(|f| **f != node.id())
+                            .count()
+                    })
+                    .max()
+                    .unwrap_or(0);
+                *node.alerts.lock().unwrap_or_else(|e| e.into_inner()) = status;
                 drop(round);
                 std::thread::sleep(Duration::from_secs(1));
             }
         });
     if let Err(e) = spawned {
         tracing::warn!("could not start the alert thread: {e}; no alerts will be sent");
+    }
+}
+
+/// Publishes which targets this machine alerts (fingerprints only), when
+/// that differs from what its feed last said, so that the machines that
+/// share a target can take turns.
+fn say_targets(node: &Node, targets: &[Target]) {
+    let mut fingerprints: Vec<String> = targets.iter().map(Target::fingerprint).collect();
+    fingerprints.sort();
+    let me = node.id();
+    let said = node
+        .with_jobs(|jobs| jobs.targets_of(&me).map(<[String]>::to_vec))
+        .flatten()
+        .unwrap_or_default();
+    if said == fingerprints {
+        return;
+    }
+    let message = json!({"type": ALERTING_TYPE, "targets": fingerprints});
+    if let Err(e) = node.publish(vec![message]) {
+        tracing::debug!("could not say which targets this machine alerts: {e}");
+    }
+}
+
+/// Publishes a heartbeat when this machine's feed has said nothing for
+/// [`HEARTBEAT_MS`]: machines that run no jobs (a pub) would otherwise
+/// look quiet. A feed that has never published stays empty.
+fn heartbeat(node: &Node, now_ms: f64) {
+    let Some(tip) = node.store.tip(&node.id()) else {
+        return;
+    };
+    if now_ms - tip.timestamp < HEARTBEAT_MS {
+        return;
+    }
+    if let Err(e) = node.publish(vec![json!({"type": HEARTBEAT_TYPE})]) {
+        tracing::debug!("could not publish a heartbeat: {e}");
     }
 }
 
@@ -144,6 +282,9 @@ fn save_if_changed(book: &AlertBook, path: &Path, saved: &mut String) {
 
 fn status_of(book: &AlertBook, targets: &[Target]) -> AlertStatus {
     AlertStatus {
+        delivered: 0,
+        skipped: 0,
+        others: 0,
         targets: targets.iter().map(Target::masked).collect(),
         pending: book
             .pending
@@ -169,6 +310,13 @@ pub struct AlertStatus {
     /// Each waiting delivery: its target (masked), the alert's title, the
     /// tries so far, and why the last failed.
     pub pending: Vec<(String, String, u32, String)>,
+    /// Deliveries made since the start.
+    pub delivered: usize,
+    /// Deliveries left out since the start, another machine having made
+    /// them.
+    pub skipped: usize,
+    /// The most other machines that alert one of this machine's targets.
+    pub others: usize,
 }
 
 /// What an alert says happened.
@@ -213,6 +361,9 @@ impl Change {
 /// One alert, as every target receives it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
+    /// The change's id ([`change_id`]): the same on every machine.
+    #[serde(default)]
+    pub id: String,
     /// What happened.
     pub change: Change,
     /// The machine's name.
@@ -284,6 +435,7 @@ impl Alert {
             }
         };
         Alert {
+            id: String::new(),
             change,
             machine: row.machine.clone(),
             source: row.source.clone(),
@@ -297,6 +449,7 @@ impl Alert {
     /// A test alert from this machine.
     pub fn test(machine: &str, now_ms: f64) -> Alert {
         Alert {
+            id: String::new(),
             change: Change::Test,
             machine: machine.to_string(),
             source: None,

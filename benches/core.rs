@@ -36,6 +36,7 @@ fn node_in(dir: &std::path::Path, keys: Keypair) -> Node {
         hops: 3,
         name: "bench".into(),
         host: None,
+        max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
     };
     Node::open(config, keys, false).expect("node")
 }

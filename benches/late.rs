@@ -118,6 +118,7 @@ fn main() {
         hops: 3,
         name: "bench".into(),
         host: None,
+        max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
     };
     let node = Node::open(config, Keypair::generate(), true).expect("node");
     let views = node.views().expect("views");

@@ -75,6 +75,9 @@ pub struct ConfigFile {
     /// hold credentials (the file is 0600).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
+    /// How long a machine may be silent before it counts as quiet (`26h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_silence: Option<String>,
 }
 
 /// `caps` in ssb-server's config.
@@ -106,6 +109,8 @@ pub struct Overrides {
     pub name: Option<String>,
     /// `--host`.
     pub host: Option<String>,
+    /// `serve --max-silence`.
+    pub max_silence: Option<String>,
 }
 
 /// Everything a node needs to know about itself.
@@ -123,6 +128,9 @@ pub struct Config {
     pub name: String,
     /// Where other machines reach this one, for invites.
     pub host: Option<String>,
+    /// How long a machine may be silent before it counts as quiet, for
+    /// `mount/health`, `scuttlefs health` and alerts (`serve --max-silence`).
+    pub max_silence_ms: f64,
 }
 
 impl Config {
@@ -186,6 +194,21 @@ impl Config {
         if overrides.host.is_some() {
             file.host.clone_from(&overrides.host);
         }
+        if overrides.max_silence.is_some() {
+            file.max_silence.clone_from(&overrides.max_silence);
+        }
+        let max_silence_ms = match &file.max_silence {
+            Some(text) => {
+                crate::cli::parse_duration(text)
+                    .map_err(|e| ConfigError::BadConfig {
+                        path: file_path.clone(),
+                        message: format!("max_silence: {e}"),
+                    })?
+                    .as_secs_f64()
+                    * 1000.0
+            }
+            None => crate::health::DEFAULT_MAX_SILENCE_MS,
+        };
         let config = Config {
             port: file.port.unwrap_or(DEFAULT_PORT),
             network_key,
@@ -195,6 +218,7 @@ impl Config {
                 .unwrap_or(DEFAULT_HOPS),
             name: file.name.clone().unwrap_or_else(hostname),
             host: file.host.clone(),
+            max_silence_ms,
             path,
         };
         if save {

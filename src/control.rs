@@ -157,7 +157,7 @@ pub fn handle(
             max_silence_ms,
             json,
         } => {
-            let max_silence = max_silence_ms.unwrap_or(crate::health::DEFAULT_MAX_SILENCE_MS);
+            let max_silence = max_silence_ms.unwrap_or(node.config.max_silence_ms);
             let report = node
                 .health(crate::node::now_ms(), max_silence)
                 .ok_or_else(|| RequestError {

@@ -74,6 +74,13 @@ pub enum State {
     Ok,
 }
 
+/// When a job that runs `every` and last ran at `last_run_ms` is late
+/// from; `None` without a cadence.
+pub fn due_ms(every: Option<&str>, last_run_ms: f64) -> Option<f64> {
+    let every = parse_duration(every?).ok()?;
+    Some(last_run_ms + every.as_secs_f64() * 1000.0 * LATE_MARGIN)
+}
+
 impl Job {
     /// The job's state at `now_ms`.
     pub fn state(&self, now_ms: f64) -> State {
@@ -380,7 +387,11 @@ impl JobTable {
         rows.sort_by(|a, b| {
             (a.state, &a.machine, &a.source).cmp(&(b.state, &b.machine, &b.source))
         });
-        Report { now_ms, rows }
+        Report {
+            now_ms,
+            rows,
+            heard_ms: machines.iter().copied().collect(),
+        }
     }
 }
 
@@ -418,6 +429,8 @@ pub struct Report {
     pub now_ms: f64,
     /// The rows, worst first.
     pub rows: Vec<Row>,
+    /// When each other machine was last heard from.
+    pub heard_ms: HashMap<FeedId, f64>,
 }
 
 impl State {

@@ -99,6 +99,11 @@ enum Command {
         /// `main` for the main SSB network (public rooms).
         #[arg(long)]
         room_caps: Option<String>,
+        /// How long a machine may be silent before it counts as quiet, in
+        /// mount/health, `health` and alerts (default 26h; saved in the
+        /// config).
+        #[arg(long)]
+        max_silence: Option<String>,
     },
     /// Every job on every machine: failed, late, running or ok, worst
     /// first; machines silent too long. Exit 0 when all is well, 1 when the
@@ -266,7 +271,9 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             host,
             rooms,
             room_caps,
+            max_silence,
         } => {
+            overrides.max_silence = max_silence;
             overrides.name = name;
             overrides.hops = hops;
             overrides.host = host;

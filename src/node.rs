@@ -1056,6 +1056,7 @@ mod tests {
             hops: 2,
             name: "here".into(),
             host: None,
+            max_silence_ms: crate::health::DEFAULT_MAX_SILENCE_MS,
         };
         let node = Node::open(config, Keypair::from_seed(&[1; 32]), false).expect("opens");
         let (x, y) = (Keypair::from_seed(&[2; 32]), Keypair::from_seed(&[3; 32]));

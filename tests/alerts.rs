@@ -475,3 +475,66 @@ fn two_machines_with_one_target_send_one_alert_per_change() {
         serde_json::from_str(requests[1]["body"].as_str().expect("body")).expect("json");
     assert_eq!(alert["state"], "recovered");
 }
+
+#[test]
+fn a_machine_that_stops_is_one_quiet_alert_not_one_per_job_then_one_recovered() {
+    if !fuse_available() {
+        return;
+    }
+    const KEY: &str = "T25lLXF1aWV0LWFsZXJ0LWZvci1hLW1hY2hpbmUhISE=";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nas_path, laptop_path) = (dir.path().join("nas"), dir.path().join("laptop"));
+    let laptop_str = laptop_path.to_str().expect("utf8");
+    let script = recorder(dir.path(), None);
+    run_ok(&[
+        "alert",
+        "add",
+        &format!("exec:{}", script.display()),
+        "--path",
+        laptop_str,
+    ]);
+    let laptop = Daemon::start(
+        &laptop_path,
+        "laptop",
+        &["--caps.shs", KEY, "--max-silence", "4s"],
+    );
+    let nas_args = ["--caps.shs", KEY, "--peer", &laptop.loopback_address()];
+    let mut nas = Daemon::start(&nas_path, "nas", &nas_args);
+    let out = laptop.sh(&format!("echo '{}' >> follow", nas.id()));
+    assert!(out.status.success());
+    let nas_str = nas_path.to_str().expect("utf8");
+    let every_2s = |script: &str| {
+        run(&[
+            "run", "--path", nas_str, "--source", "tick", "--every", "2s", "--quiet", "--", "sh",
+            "-c", script,
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(every_2s("true"), Some(0));
+    assert!(
+        wait_until(Duration::from_secs(30), || laptop
+            .read("health")
+            .contains("tick")),
+        "{}",
+        laptop.read("health")
+    );
+    // The machine stops: its job falls due after 2.2 s, the machine is
+    // quiet after 4 s. One alert, for the machine.
+    assert_eq!(nas.stop(), Some(0));
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["quiet|||nas is quiet"]);
+    assert!(laptop.read("health").contains("quiet"));
+    // Back, and running its job: the machine is heard from again.
+    drop(nas);
+    let _nas = Daemon::start(&nas_path, "nas", &nas_args);
+    assert_eq!(every_2s("true"), Some(0));
+    let got = wait_for_alerts(dir.path(), 2);
+    assert_eq!(
+        got,
+        [
+            "quiet|||nas is quiet",
+            "recovered|||nas is heard from again"
+        ]
+    );
+}

@@ -130,7 +130,15 @@ impl AlertBook {
             let before = self.trouble.get(&key);
             // Folded into its machine's alert, or still running: as it was.
             let folded = row.source.is_some() && quiet.contains(&row.id);
-            if folded || row.state == State::Running {
+            // Late, from a machine not heard from since the job fell due:
+            // it may be off, which its quiet alert will say. Told once it
+            // speaks again (a daemon says it is up every hour).
+            let silent_since_due = row.state == State::Late
+                && report.heard_ms.get(&row.id).is_some_and(|heard| {
+                    crate::health::due_ms(row.every.as_deref(), row.last_run_ms)
+                        .is_some_and(|due| *heard < due)
+                });
+            if folded || silent_since_due || row.state == State::Running {
                 if let Some(told) = before {
                     now.insert(key, told.clone());
                 }
@@ -302,6 +310,7 @@ mod tests {
         Report {
             now_ms: 2_000_000.0,
             rows,
+            heard_ms: Default::default(),
         }
     }
 
@@ -403,6 +412,22 @@ mod tests {
         let back = book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
         assert_eq!(said(&back), ["nas is heard from again"]);
         assert_eq!(back[0].change, Change::Recovered);
+    }
+
+    #[test]
+    fn lateness_waits_for_its_machine_to_speak_or_go_quiet() {
+        let nas = Keypair::generate().id();
+        let mut book = AlertBook::default();
+        book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
+        // Due at 1,000 + 1 d × 1.1; last heard before that: held.
+        let due = crate::health::due_ms(Some("1d"), 1_000.0).unwrap();
+        let mut silent = report(vec![row(&nas, Some("backup"), State::Late)]);
+        silent.heard_ms.insert(nas, due - 1.0);
+        assert!(book.judge(&silent).is_empty());
+        // Heard from since (a heartbeat): the lateness is told.
+        let mut heard = report(vec![row(&nas, Some("backup"), State::Late)]);
+        heard.heard_ms.insert(nas, due + 1.0);
+        assert_eq!(said(&book.judge(&heard)), ["backup is late on nas"]);
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn spawn(node: Arc<Node>) {
                 let now = crate::clock::now_ms();
                 let targets = configured_targets(&node.config.path, &mut warned);
                 say_targets(&node, &targets);
-                if let Some(report) = node.health(now, crate::health::DEFAULT_MAX_SILENCE_MS) {
+                if let Some(report) = node.health(now, node.config.max_silence_ms) {
                     let alerts = book.judge(&report);
                     for alert in &alerts {
                         tracing::info!("alert: {}", alert.title);

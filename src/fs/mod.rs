@@ -608,7 +608,7 @@ impl ScuttleFs {
         let now = crate::node::now_ms();
         let text = self
             .node
-            .health(now, crate::health::DEFAULT_MAX_SILENCE_MS)
+            .health(now, self.node.config.max_silence_ms)
             .map(|report| report.render())
             .unwrap_or_default();
         *cached = Some((std::time::Instant::now(), changed, text.clone()));

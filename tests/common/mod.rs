@@ -329,6 +329,7 @@ pub fn node_config(path: &Path) -> scuttlefs::config::Config {
         hops: 2,
         name: "here".into(),
         host: None,
+        max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
     }
 }
 

@@ -74,6 +74,16 @@ pub enum State {
     Ok,
 }
 
+/// The key a mute or retire message names (`"<feed> <source>"`, or
+/// `"<feed>"` for a whole machine), and whether it names a job.
+fn job_key(content: &Value) -> Option<(String, bool)> {
+    let feed: FeedId = content.get("machine")?.as_str()?.parse().ok()?;
+    match content.get("source").and_then(Value::as_str) {
+        Some(source) => Some((format!("{feed} {source}"), true)),
+        None => Some((feed.to_string(), false)),
+    }
+}
+
 /// When a job that runs `every` and last ran at `last_run_ms` is late
 /// from; `None` without a cadence.
 pub fn due_ms(every: Option<&str>, last_run_ms: f64) -> Option<f64> {
@@ -135,6 +145,15 @@ pub struct JobTable {
     /// The target fingerprints each machine last said it alerts.
     #[serde(default)]
     alerting: HashMap<FeedId, Vec<String>>,
+    /// Mutes (`scuttlefs alert mute`): by `"<feed> <source>"` or
+    /// `"<feed>"`, until when, and when the mute was said (the latest
+    /// said wins).
+    #[serde(default)]
+    mutes: HashMap<String, (f64, f64)>,
+    /// Retired jobs (`scuttlefs job retire`): by `"<feed> <source>"`, when.
+    /// A run after that brings the job back.
+    #[serde(default)]
+    retired: HashMap<String, f64>,
 }
 
 impl JobTable {
@@ -157,6 +176,26 @@ impl JobTable {
                 let field = |name| content.get(name).and_then(Value::as_str);
                 if let (Some(change), Some(target)) = (field("change"), field("target")) {
                     self.announced.insert(format!("{change} {target}"));
+                }
+                return;
+            }
+            Some(crate::alert::MUTE_TYPE) => {
+                if let Some((key, _)) = job_key(msg.content()) {
+                    let until = msg.content().get("until").and_then(Value::as_f64);
+                    let newer = self
+                        .mutes
+                        .get(&key)
+                        .is_none_or(|(_, said)| *said <= msg.timestamp);
+                    if let (Some(until), true) = (until, newer) {
+                        self.mutes.insert(key, (until, msg.timestamp));
+                    }
+                }
+                return;
+            }
+            Some(crate::alert::RETIRE_TYPE) => {
+                if let Some((key, true)) = job_key(msg.content()) {
+                    let at = self.retired.entry(key).or_insert(msg.timestamp);
+                    *at = at.max(msg.timestamp);
                 }
                 return;
             }
@@ -237,6 +276,29 @@ impl JobTable {
             }
             _ => {}
         }
+    }
+
+    /// Whether alerts about `feed`'s job `source` (or, with `None`, about
+    /// the machine) are muted at `now_ms`; a machine's mute covers its jobs.
+    pub fn muted(&self, feed: &FeedId, source: Option<&str>, now_ms: f64) -> bool {
+        let active = |key: &str| {
+            self.mutes
+                .get(key)
+                .is_some_and(|(until, _)| *until > now_ms)
+        };
+        active(&feed.to_string()) || source.is_some_and(|s| active(&format!("{feed} {s}")))
+    }
+
+    /// The mutes in force at `now_ms`: `("<feed>[ <source>]", until)`.
+    pub fn mutes(&self, now_ms: f64) -> Vec<(String, f64)> {
+        let mut mutes: Vec<(String, f64)> = self
+            .mutes
+            .iter()
+            .filter(|(_, (until, _))| *until > now_ms)
+            .map(|(key, (until, _))| (key.clone(), *until))
+            .collect();
+        mutes.sort_by(|a, b| a.0.cmp(&b.0));
+        mutes
     }
 
     /// Whether some machine said it delivered the alert `change` to the
@@ -349,6 +411,10 @@ impl JobTable {
         for (feed, jobs) in &self.jobs {
             let machine = label(feed, names);
             for (source, job) in jobs {
+                let retired = self.retired.get(&format!("{feed} {source}"));
+                if retired.is_some_and(|at| job.last_ms <= *at) {
+                    continue;
+                }
                 let last_run_ms = job.last_run_ms();
                 rows.push(Row {
                     state: job.state(now_ms),

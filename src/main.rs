@@ -131,6 +131,11 @@ enum Command {
         #[command(subcommand)]
         action: AlertAction,
     },
+    /// Jobs that are gone: scuttlefs job retire MACHINE/SOURCE.
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
     /// Pub invites: join a pub or room, or let others join this machine.
     Invite {
         #[command(subcommand)]
@@ -189,6 +194,26 @@ enum AlertAction {
     Test {
         /// A target URL (default: every configured target).
         url: Option<String>,
+    },
+    /// Mute alerts about a machine or one of its jobs, on every machine,
+    /// for maintenance: scuttlefs alert mute nas/backup-home --for 2h
+    /// (--for 0 ends a mute). Alerts are judged again when it ends.
+    Mute {
+        /// MACHINE or MACHINE/SOURCE (a machine's name or @id).
+        what: String,
+        /// How long, e.g. 30m, 2h, 1d.
+        #[arg(long = "for")]
+        duration: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobAction {
+    /// Retire a job that was renamed or dropped: it leaves mount/health,
+    /// health and alerts on every machine, until it runs again.
+    Retire {
+        /// MACHINE/SOURCE (a machine's name or @id, and the job's source).
+        job: String,
     },
 }
 
@@ -319,6 +344,9 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             action: InviteAction::Create { uses },
         } => request(&overrides, Request::InviteCreate { uses }),
         Command::Alert { action } => alert_command(&overrides, action),
+        Command::Job {
+            action: JobAction::Retire { job },
+        } => retire_job(&overrides, &job),
     }
 }
 
@@ -333,6 +361,31 @@ fn alert_command(overrides: &Overrides, action: AlertAction) -> Result<ExitCode,
             }
         }
         AlertAction::Remove { url } => println!("{}", alert::command::remove(dir, &url)?),
+        AlertAction::Mute { what, duration } => {
+            let lasting = parse_duration(&duration).map_err(|e| e.to_string())?;
+            let (feed, source) = machine_and_job(&config, &what)?;
+            let until = now_ms() + lasting.as_secs_f64() * 1000.0;
+            let mut content = Map::new();
+            content.insert("type".into(), alert::MUTE_TYPE.into());
+            content.insert("machine".into(), feed.to_string().into());
+            content.insert(
+                "source".into(),
+                source.clone().map_or(Value::Null, Value::from),
+            );
+            content.insert("until".into(), Value::from(until.round() as i64));
+            ask_daemon(
+                &config,
+                &Request::Publish {
+                    contents: vec![Value::Object(content)],
+                },
+            )?
+            .ok_or("alert mute needs the daemon: start it with scuttlefs serve")?;
+            if lasting.is_zero() {
+                println!("{what}: no longer muted");
+            } else {
+                println!("{what}: muted on every machine for {duration}");
+            }
+        }
         AlertAction::Test { url } => {
             let mut all_delivered = true;
             for (target, outcome) in alert::command::test(dir, &config.name, url.as_deref())? {
@@ -349,6 +402,70 @@ fn alert_command(overrides: &Overrides, action: AlertAction) -> Result<ExitCode,
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `MACHINE[/SOURCE]`: the machine's feed (by its name as the daemon
+/// knows it, or its @id) and the job's source, if given.
+fn machine_and_job(config: &Config, spec: &str) -> Result<(FeedId, Option<String>), String> {
+    // An @id holds slashes of its own: it ends at ".ed25519".
+    let (machine, source) = match spec.find(".ed25519") {
+        Some(at) if spec.starts_with('@') => {
+            let end = at + ".ed25519".len();
+            (&spec[..end], spec[end..].strip_prefix('/'))
+        }
+        _ => match spec.split_once('/') {
+            Some((machine, source)) => (machine, Some(source)),
+            None => (spec, None),
+        },
+    };
+    let source = source.filter(|s| !s.is_empty()).map(str::to_string);
+    if machine.starts_with('@') {
+        return Ok((FeedId::parse(machine).map_err(|e| e.to_string())?, source));
+    }
+    let status = ask_daemon(config, &Request::Status)?
+        .ok_or("naming a machine needs the daemon (or give its @id)")?;
+    let mut known = vec![(status["name"].clone(), status["id"].clone())];
+    for feed in status["feeds"].as_array().into_iter().flatten() {
+        known.push((feed["name"].clone(), feed["id"].clone()));
+    }
+    let ids: std::collections::BTreeSet<&str> = known
+        .iter()
+        .filter(|(name, _)| name.as_str() == Some(machine))
+        .filter_map(|(_, id)| id.as_str())
+        .collect();
+    match ids.len() {
+        0 => Err(format!(
+            "no machine is named {machine:?} (see scuttlefs status)"
+        )),
+        1 => {
+            let id = ids.into_iter().next().unwrap_or_default();
+            Ok((FeedId::parse(id).map_err(|e| e.to_string())?, source))
+        }
+        _ => Err(format!(
+            "{} machines are named {machine:?}: give the @id",
+            ids.len()
+        )),
+    }
+}
+
+fn retire_job(overrides: &Overrides, job: &str) -> Result<ExitCode, String> {
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let (feed, Some(source)) = machine_and_job(&config, job)? else {
+        return Err("usage: scuttlefs job retire MACHINE/SOURCE".into());
+    };
+    let mut content = Map::new();
+    content.insert("type".into(), alert::RETIRE_TYPE.into());
+    content.insert("machine".into(), feed.to_string().into());
+    content.insert("source".into(), source.into());
+    ask_daemon(
+        &config,
+        &Request::Publish {
+            contents: vec![Value::Object(content)],
+        },
+    )?
+    .ok_or("job retire needs the daemon: start it with scuttlefs serve")?;
+    println!("{job}: retired on every machine, until it runs again");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -538,3 +538,68 @@ fn a_machine_that_stops_is_one_quiet_alert_not_one_per_job_then_one_recovered() 
         ]
     );
 }
+
+#[test]
+fn a_muted_job_is_silent_until_the_mute_ends_and_a_retired_job_leaves_health() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    let script = recorder(dir.path(), None);
+    run_ok(&[
+        "alert",
+        "add",
+        &format!("exec:{}", script.display()),
+        "--path",
+        path_str,
+    ]);
+    let daemon = start(&path, 1);
+    assert_eq!(job(path_str, "backup", "true"), 0);
+    let said = run_ok(&[
+        "alert",
+        "mute",
+        "nas/backup",
+        "--for",
+        "1h",
+        "--path",
+        path_str,
+    ]);
+    assert!(said.contains("muted"), "{said}");
+    assert_eq!(job(path_str, "backup", "exit 23"), 23);
+    // Judged in the same round or before: another job's failure is the
+    // first alert, and the muted one is not among them.
+    assert_eq!(job(path_str, "other", "exit 4"), 4);
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["failed|other|4|other failed on nas (exit 4)"]);
+    // The mute ends: still failing, so it is told now.
+    run_ok(&[
+        "alert",
+        "mute",
+        "nas/backup",
+        "--for",
+        "0",
+        "--path",
+        path_str,
+    ]);
+    let got = wait_for_alerts(dir.path(), 2);
+    assert_eq!(got[1], "failed|backup|23|backup failed on nas (exit 23)");
+
+    // Retired: gone from health on this machine; a run brings it back.
+    assert!(daemon.read("health").contains("backup"));
+    let said = run_ok(&["job", "retire", "nas/backup", "--path", path_str]);
+    assert!(said.contains("retired"), "{said}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !daemon
+            .read("health")
+            .contains("backup")),
+        "{}",
+        daemon.read("health")
+    );
+    let out = run(&["job", "retire", "nobody/backup", "--path", path_str]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no machine is named"));
+    assert_eq!(job(path_str, "backup", "true"), 0);
+    assert!(daemon.read("health").contains("backup"));
+}

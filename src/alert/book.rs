@@ -110,8 +110,14 @@ impl AlertBook {
     }
 
     /// The alerts `report` calls for, against what was told; records them
-    /// as told.
-    pub fn judge(&mut self, report: &Report) -> Vec<Alert> {
+    /// as told. What `muted` says is muted (a job, or with `None` a whole
+    /// machine) keeps what was told, and is judged again once the mute
+    /// ends.
+    pub fn judge(
+        &mut self,
+        report: &Report,
+        muted: impl Fn(&crate::feed::FeedId, Option<&str>) -> bool,
+    ) -> Vec<Alert> {
         let quiet: HashSet<_> = report
             .rows
             .iter()
@@ -138,7 +144,8 @@ impl AlertBook {
                     crate::health::due_ms(row.every.as_deref(), row.last_run_ms)
                         .is_some_and(|due| *heard < due)
                 });
-            if folded || silent_since_due || row.state == State::Running {
+            let muted = muted(&row.id, None) || muted(&row.id, row.source.as_deref());
+            if folded || silent_since_due || muted || row.state == State::Running {
                 if let Some(told) = before {
                     now.insert(key, told.clone());
                 }
@@ -175,6 +182,12 @@ impl AlertBook {
         }
         // A quiet machine has a row; one heard from again has none.
         for (key, told) in &self.trouble {
+            let feed: Option<crate::feed::FeedId> = key.parse().ok();
+            if feed.is_some_and(|f| muted(&f, None)) && told.source.is_none() && !seen.contains(key)
+            {
+                now.insert(key.clone(), told.clone());
+                continue;
+            }
             if told.source.is_none() && !seen.contains(key) {
                 let id = key
                     .parse()
@@ -314,6 +327,10 @@ mod tests {
         }
     }
 
+    fn judge(book: &mut AlertBook, report: &Report) -> Vec<Alert> {
+        book.judge(report, |_, _| false)
+    }
+
     fn never(_: &Alert, _: &str) -> bool {
         false
     }
@@ -327,32 +344,46 @@ mod tests {
         let nas = Keypair::generate().id();
         let mut book = AlertBook::default();
         // The first report is only recorded.
-        assert!(book
-            .judge(&report(vec![row(&nas, Some("old"), State::Failed)]))
-            .is_empty());
-        let failed = book.judge(&report(vec![
-            row(&nas, Some("old"), State::Failed),
-            row(&nas, Some("backup"), State::Failed),
-        ]));
+        assert!(judge(
+            &mut book,
+            &report(vec![row(&nas, Some("old"), State::Failed)])
+        )
+        .is_empty());
+        let failed = judge(
+            &mut book,
+            &report(vec![
+                row(&nas, Some("old"), State::Failed),
+                row(&nas, Some("backup"), State::Failed),
+            ]),
+        );
         assert_eq!(said(&failed), ["backup failed on nas (exit 23)"]);
         assert_eq!(failed[0].to_json()["state"], "failed");
         // A repeat, a new run, and the same failure again: silent.
         for state in [State::Failed, State::Running, State::Failed] {
-            let alerts = book.judge(&report(vec![
-                row(&nas, Some("old"), State::Failed),
-                row(&nas, Some("backup"), state),
-            ]));
+            let alerts = judge(
+                &mut book,
+                &report(vec![
+                    row(&nas, Some("old"), State::Failed),
+                    row(&nas, Some("backup"), state),
+                ]),
+            );
             assert!(alerts.is_empty(), "{:?}", said(&alerts));
         }
-        let recovered = book.judge(&report(vec![
-            row(&nas, Some("old"), State::Failed),
-            row(&nas, Some("backup"), State::Ok),
-        ]));
+        let recovered = judge(
+            &mut book,
+            &report(vec![
+                row(&nas, Some("old"), State::Failed),
+                row(&nas, Some("backup"), State::Ok),
+            ]),
+        );
         assert_eq!(said(&recovered), ["backup recovered on nas"]);
-        let late = book.judge(&report(vec![
-            row(&nas, Some("old"), State::Failed),
-            row(&nas, Some("backup"), State::Late),
-        ]));
+        let late = judge(
+            &mut book,
+            &report(vec![
+                row(&nas, Some("old"), State::Failed),
+                row(&nas, Some("backup"), State::Late),
+            ]),
+        );
         assert_eq!(said(&late), ["backup is late on nas"]);
         // Ids name the change and the run it is about, the same anywhere.
         assert_eq!(
@@ -401,33 +432,66 @@ mod tests {
     fn a_quiet_machine_is_one_alert_and_its_jobs_are_folded_in() {
         let nas = Keypair::generate().id();
         let mut book = AlertBook::default();
-        book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
-        let quiet = book.judge(&report(vec![
-            row(&nas, None, State::Quiet),
-            row(&nas, Some("backup"), State::Late),
-            row(&nas, Some("sync"), State::Late),
-        ]));
+        judge(
+            &mut book,
+            &report(vec![row(&nas, Some("backup"), State::Ok)]),
+        );
+        let quiet = judge(
+            &mut book,
+            &report(vec![
+                row(&nas, None, State::Quiet),
+                row(&nas, Some("backup"), State::Late),
+                row(&nas, Some("sync"), State::Late),
+            ]),
+        );
         assert_eq!(said(&quiet), ["nas is quiet"]);
         assert!(quiet[0].source.is_none());
-        let back = book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
+        let back = judge(
+            &mut book,
+            &report(vec![row(&nas, Some("backup"), State::Ok)]),
+        );
         assert_eq!(said(&back), ["nas is heard from again"]);
         assert_eq!(back[0].change, Change::Recovered);
+    }
+
+    #[test]
+    fn a_muted_job_is_silent_and_judged_again_when_the_mute_ends() {
+        let nas = Keypair::generate().id();
+        let mut book = AlertBook::default();
+        judge(
+            &mut book,
+            &report(vec![row(&nas, Some("backup"), State::Ok)]),
+        );
+        let failing = report(vec![row(&nas, Some("backup"), State::Failed)]);
+        assert!(book.judge(&failing, |_, s| s == Some("backup")).is_empty());
+        // A machine's mute covers its jobs.
+        assert!(book
+            .judge(&failing, |f, s| *f == nas && s.is_none())
+            .is_empty());
+        // Still failing when it ends: told then.
+        assert_eq!(
+            said(&judge(&mut book, &failing)),
+            ["backup failed on nas (exit 23)"]
+        );
     }
 
     #[test]
     fn lateness_waits_for_its_machine_to_speak_or_go_quiet() {
         let nas = Keypair::generate().id();
         let mut book = AlertBook::default();
-        book.judge(&report(vec![row(&nas, Some("backup"), State::Ok)]));
+        judge(
+            &mut book,
+            &report(vec![row(&nas, Some("backup"), State::Ok)]),
+        );
         // Due at 1,000 + 1 d × 1.1; last heard before that: held.
         let due = crate::health::due_ms(Some("1d"), 1_000.0).unwrap();
         let mut silent = report(vec![row(&nas, Some("backup"), State::Late)]);
         silent.heard_ms.insert(nas, due - 1.0);
-        assert!(book.judge(&silent).is_empty());
+        assert!(judge(&mut book, &silent).is_empty());
         // Heard from since (a heartbeat): the lateness is told.
         let mut heard = report(vec![row(&nas, Some("backup"), State::Late)]);
         heard.heard_ms.insert(nas, due + 1.0);
-        assert_eq!(said(&book.judge(&heard)), ["backup is late on nas"]);
+        assert_eq!(said(&judge(&mut book, &heard)), ["backup is late on nas"]);
     }
 
     #[test]

@@ -40,6 +40,14 @@ pub const ANNOUNCED_TYPE: &str = "scuttlefs-alert";
 /// `{type, targets}`, the fingerprints it alerts.
 pub const ALERTING_TYPE: &str = "scuttlefs-alerting";
 
+/// The message type `scuttlefs alert mute` publishes: `{type, machine,
+/// source, until}` (`source` null for a whole machine; `until` in ms).
+pub const MUTE_TYPE: &str = "scuttlefs-mute";
+
+/// The message type `scuttlefs job retire` publishes: `{type, machine,
+/// source}`. The job leaves every machine's health until it runs again.
+pub const RETIRE_TYPE: &str = "scuttlefs-retire";
+
 /// The message type an otherwise silent daemon publishes every
 /// [`HEARTBEAT_MS`], so that "quiet" means off or cut off.
 pub const HEARTBEAT_TYPE: &str = "scuttlefs-heartbeat";
@@ -145,7 +153,11 @@ pub fn spawn(node: Arc<Node>) {
                 let targets = configured_targets(&node.config.path, &mut warned);
                 say_targets(&node, &targets);
                 if let Some(report) = node.health(now, node.config.max_silence_ms) {
-                    let alerts = book.judge(&report);
+                    let muted = |feed: &crate::feed::FeedId, source: Option<&str>| {
+                        node.with_jobs(|jobs| jobs.muted(feed, source, now))
+                            .unwrap_or(false)
+                    };
+                    let alerts = book.judge(&report, muted);
                     for alert in &alerts {
                         tracing::info!("alert: {}", alert.title);
                     }

@@ -51,7 +51,14 @@ pub struct Job {
     /// Its last line is a long one whose next part is still to come.
     #[serde(default)]
     pub in_long_line: bool,
+    /// The last lines the command of its last run printed, at most
+    /// [`RECENT_LINES`], each cut short (an alert's body shows them).
+    #[serde(default)]
+    pub recent: Vec<String>,
 }
+
+/// How many of a run's last lines a job keeps for its alerts.
+pub const RECENT_LINES: usize = 10;
 
 /// A job's state, worst first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -242,20 +249,31 @@ impl JobTable {
                 .take(LAST_LINE_CHARS)
                 .collect::<String>()
         };
+        let printed = |job: &mut Job, text: String| {
+            if job.recent.len() == RECENT_LINES {
+                job.recent.remove(0);
+            }
+            job.recent.push(text.clone());
+            job.last_text = text;
+        };
         match content.get(RUN_FIELD).and_then(Value::as_str) {
             // The run's own markers say less than what the command printed
             // last: an end line shows only when the command printed nothing.
-            Some("start") => job.last_text.clear(),
+            Some("start") => {
+                job.last_text.clear();
+                job.recent.clear();
+            }
             Some("end") if !job.last_text.is_empty() => {}
+            Some("end") => job.last_text = text(),
             // A long line comes in parts: its start says more than its end.
             _ if crate::view::line::continues(msg) => {
                 if !job.in_long_line {
-                    job.last_text = text();
+                    printed(job, text());
                 }
                 job.in_long_line = true;
             }
             _ if job.in_long_line => job.in_long_line = false,
-            _ => job.last_text = text(),
+            _ => printed(job, text()),
         }
         if let Some(every) = content.get(EVERY_FIELD).and_then(Value::as_str) {
             job.every = Some(every.to_string());
@@ -428,6 +446,7 @@ impl JobTable {
                     took: job.took.clone(),
                     every: job.every.clone(),
                     last_line: job.last_text.clone(),
+                    recent: job.recent.clone(),
                 });
             }
         }
@@ -448,6 +467,7 @@ impl JobTable {
                 took: None,
                 every: None,
                 last_line: format!("no message for {}", age(silent)),
+                recent: Vec::new(),
             });
         }
         rows.sort_by(|a, b| {
@@ -464,6 +484,8 @@ impl JobTable {
 /// One row of the health report: a job, or a machine gone quiet.
 #[derive(Clone, Debug)]
 pub struct Row {
+    /// A job's last run's last lines, as its alerts show them.
+    pub recent: Vec<String>,
     /// Its state.
     pub state: State,
     /// The machine's label.
@@ -537,6 +559,7 @@ impl Report {
             took: None,
             every: None,
             last_line: text,
+            recent: Vec::new(),
         });
         self.rows.sort_by(|a, b| {
             (a.state, &a.machine, &a.source).cmp(&(b.state, &b.machine, &b.source))

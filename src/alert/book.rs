@@ -316,6 +316,10 @@ mod tests {
             took: Some("93s".into()),
             every: Some("1d".into()),
             last_line: "Error: No space left on device".into(),
+            recent: vec![
+                "copying /home".into(),
+                "Error: No space left on device".into(),
+            ],
         }
     }
 
@@ -357,6 +361,13 @@ mod tests {
             ]),
         );
         assert_eq!(said(&failed), ["backup failed on nas (exit 23)"]);
+        assert!(
+            failed[0]
+                .body
+                .ends_with("copying /home\nError: No space left on device"),
+            "{}",
+            failed[0].body
+        );
         assert_eq!(failed[0].to_json()["state"], "failed");
         // A repeat, a new run, and the same failure again: silent.
         for state in [State::Failed, State::Running, State::Failed] {

@@ -439,9 +439,14 @@ impl Alert {
                     .map(|e| format!(", runs every {e}"))
                     .unwrap_or_default();
                 let mut body = format!("Last run {ran} ({ago} ago{took}{every}).");
-                if !row.last_line.is_empty() {
+                let printed = if row.recent.is_empty() {
+                    row.last_line.clone()
+                } else {
+                    row.recent.join("\n")
+                };
+                if !printed.is_empty() {
                     body.push('\n');
-                    body.push_str(&cut(&row.last_line, 1024));
+                    body.push_str(&last_bytes(&printed, BODY_LINES_BYTES));
                 }
                 (title, body)
             }
@@ -494,14 +499,42 @@ impl Alert {
     }
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn cut(text: &str, max: usize) -> String {
+/// The most of a run's last lines an alert's body carries.
+pub const BODY_LINES_BYTES: usize = 1024;
+
+/// The end of `text`, at most `max` bytes of it, from a character
+/// boundary (and a line's start, when one is within reach).
+fn last_bytes(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
     }
-    format!("{}…", &text[..end])
+    let tail = &text[start..];
+    match tail.find('\n') {
+        Some(at) if at + 1 < tail.len() => format!("…\n{}", &tail[at + 1..]),
+        _ => format!("…{tail}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_keeps_the_end_of_what_the_run_printed() {
+        let lines: Vec<String> = (0..100).map(|i| format!("line {i} of the run")).collect();
+        let body = last_bytes(&lines.join("\n"), BODY_LINES_BYTES);
+        assert!(body.len() <= BODY_LINES_BYTES + 4);
+        assert!(body.starts_with("…\nline "), "{body}");
+        assert!(body.ends_with("line 99 of the run"));
+        assert_eq!(last_bytes("short", BODY_LINES_BYTES), "short");
+        // Never splits a character.
+        let wide = "é".repeat(1000);
+        assert!(last_bytes(&wide, 1001)
+            .chars()
+            .all(|c| c == 'é' || c == '…'));
+    }
 }

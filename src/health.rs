@@ -48,6 +48,12 @@ pub struct Job {
     pub took: Option<String>,
     /// The cadence its runs announce (`1d`).
     pub every: Option<String>,
+    /// How long past its cadence it may start (default: a tenth of it).
+    #[serde(default)]
+    pub grace: Option<String>,
+    /// How long a run may take before it is stuck.
+    #[serde(default)]
+    pub timeout: Option<String>,
     /// Its last line is a long one whose next part is still to come.
     #[serde(default)]
     pub in_long_line: bool,
@@ -66,6 +72,8 @@ pub const RECENT_LINES: usize = 10;
 pub enum State {
     /// Its last run failed.
     Failed,
+    /// A run has gone on past its `--timeout`.
+    Stuck,
     /// A machine whose feed forked: two different messages at one
     /// sequence (often a machine restored from a backup).
     Forked,
@@ -91,11 +99,14 @@ fn job_key(content: &Value) -> Option<(String, bool)> {
     }
 }
 
-/// When a job that runs `every` and last ran at `last_run_ms` is late
-/// from; `None` without a cadence.
-pub fn due_ms(every: Option<&str>, last_run_ms: f64) -> Option<f64> {
-    let every = parse_duration(every?).ok()?;
-    Some(last_run_ms + every.as_secs_f64() * 1000.0 * LATE_MARGIN)
+/// When a job that runs `every` (with `grace`, by default a tenth of it)
+/// and last ran at `last_run_ms` is late from; `None` without a cadence.
+pub fn due_ms(every: Option<&str>, grace: Option<&str>, last_run_ms: f64) -> Option<f64> {
+    let every = parse_duration(every?).ok()?.as_secs_f64() * 1000.0;
+    let grace = grace
+        .and_then(|g| parse_duration(g).ok())
+        .map_or(every * (LATE_MARGIN - 1.0), |g| g.as_secs_f64() * 1000.0);
+    Some(last_run_ms + every + grace)
 }
 
 impl Job {
@@ -107,15 +118,24 @@ impl Job {
             _ => false,
         };
         let late = self
-            .every
-            .as_deref()
-            .and_then(|e| parse_duration(e).ok())
-            .zip(self.start_ms.or(self.end_ms))
-            .is_some_and(|(every, last)| {
-                now_ms - last > every.as_secs_f64() * 1000.0 * LATE_MARGIN
-            });
+            .start_ms
+            .or(self.end_ms)
+            .and_then(|last| due_ms(self.every.as_deref(), self.grace.as_deref(), last))
+            .is_some_and(|due| now_ms > due);
         if running {
-            return if late { State::Late } else { State::Running };
+            let stuck = self
+                .timeout
+                .as_deref()
+                .and_then(|t| parse_duration(t).ok())
+                .zip(self.start_ms)
+                .is_some_and(|(timeout, start)| now_ms - start > timeout.as_secs_f64() * 1000.0);
+            return if stuck {
+                State::Stuck
+            } else if late {
+                State::Late
+            } else {
+                State::Running
+            };
         }
         if self.exit.is_some_and(|code| code != 0) {
             State::Failed
@@ -277,6 +297,18 @@ impl JobTable {
         }
         if let Some(every) = content.get(EVERY_FIELD).and_then(Value::as_str) {
             job.every = Some(every.to_string());
+        }
+        if content.get(RUN_FIELD).and_then(Value::as_str) == Some("start") {
+            // A run's schedule is what its start says: a field dropped is
+            // gone.
+            let field = |name| {
+                content
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            job.grace = field(crate::run::GRACE_FIELD);
+            job.timeout = field(crate::run::TIMEOUT_FIELD);
         }
         match content.get(RUN_FIELD).and_then(Value::as_str) {
             Some("start") => job.start_ms = Some(msg.timestamp),
@@ -527,6 +559,7 @@ impl State {
         match self {
             State::Failed => "failed",
             State::Forked => "forked",
+            State::Stuck => "stuck",
             State::Late => "late",
             State::Quiet => "quiet",
             State::Clock => "clock",

@@ -49,6 +49,8 @@ const RUN_HELP: &str = "\
 Options before --:
       --source NAME   Names the job (required); on every line it publishes
       --every D       How often it should run (90s, 30m, 1h, 1d): later than that is late
+      --grace D       How long past --every it may start before it is late (default: a tenth)
+      --timeout D     How long a run may take: longer, and it is stuck
       --quiet         Do not echo the command's output
       --FIELD VALUE   Any other field, on every line (--FIELD=VALUE for a value that begins with -)
 

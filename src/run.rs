@@ -36,6 +36,11 @@ pub const SIGNAL_FIELD: &str = "signal";
 pub const TOOK_FIELD: &str = "took";
 /// The expected cadence (`1d`), on the first and last lines.
 pub const EVERY_FIELD: &str = "every";
+/// How long past its cadence a job may start before it is late (default:
+/// a tenth of the cadence).
+pub const GRACE_FIELD: &str = "grace";
+/// How long a run may take before it counts as stuck.
+pub const TIMEOUT_FIELD: &str = "timeout";
 /// `stderr`, on lines the command wrote to standard error.
 pub const STREAM_FIELD: &str = "stream";
 
@@ -69,6 +74,10 @@ pub struct RunSpec {
     pub fields: Map<String, Value>,
     /// The cadence as given (`1d`), checked.
     pub every: Option<String>,
+    /// The grace past the cadence (`30m`), checked.
+    pub grace: Option<String>,
+    /// How long a run may take before it is stuck (`2h`), checked.
+    pub timeout: Option<String>,
     /// The command and its arguments.
     pub command: Vec<OsString>,
     /// Do not echo the command's output.
@@ -91,8 +100,8 @@ pub trait Publisher {
     fn message(&mut self, content: Value) -> Result<(), String>;
 }
 
-/// Parses `--source NAME [--every D] [--quiet] [--FIELD VALUE]… -- COMMAND
-/// [ARGS…]`.
+/// Parses `--source NAME [--every D] [--grace D] [--timeout D] [--quiet]
+/// [--FIELD VALUE]… -- COMMAND [ARGS…]`.
 pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
     let usage = |why: &str| {
         RunError::Usage(format!(
@@ -108,7 +117,7 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
         return Err(usage("no command after --"));
     }
     let mut fields = Map::new();
-    let mut every = None;
+    let (mut every, mut grace, mut timeout) = (None, None, None);
     let mut quiet = false;
     let mut i = 0;
     while i < flags.len() {
@@ -141,9 +150,15 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
         if name.is_empty() || RESERVED.contains(&name.as_str()) {
             return Err(usage(&format!("--{name} is not a field you can set")));
         }
-        if name == EVERY_FIELD {
-            crate::cli::parse_duration(&value).map_err(|e| usage(&e.to_string()))?;
-            every = Some(value);
+        let schedule = match name.as_str() {
+            EVERY_FIELD => Some(&mut every),
+            GRACE_FIELD => Some(&mut grace),
+            TIMEOUT_FIELD => Some(&mut timeout),
+            _ => None,
+        };
+        if let Some(slot) = schedule {
+            crate::cli::parse_duration(&value).map_err(|e| usage(&format!("--{name}: {e}")))?;
+            *slot = Some(value);
         } else {
             fields.insert(name, Value::String(value));
         }
@@ -165,6 +180,8 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
     Ok(RunSpec {
         fields: ordered,
         every,
+        grace,
+        timeout,
         command: command.to_vec(),
         quiet,
     })
@@ -188,8 +205,14 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> i32 {
         .collect::<Vec<_>>()
         .join(" ");
     let mut start = spec.fields.clone();
-    if let Some(every) = &spec.every {
-        start.insert(EVERY_FIELD.into(), every.clone().into());
+    for (field, value) in [
+        (EVERY_FIELD, &spec.every),
+        (GRACE_FIELD, &spec.grace),
+        (TIMEOUT_FIELD, &spec.timeout),
+    ] {
+        if let Some(value) = value {
+            start.insert(field.into(), value.clone().into());
+        }
     }
     let mut end = start.clone();
     start.insert(RUN_FIELD.into(), "start".into());

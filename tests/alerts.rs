@@ -603,3 +603,83 @@ fn a_muted_job_is_silent_until_the_mute_ends_and_a_retired_job_leaves_health() {
     assert_eq!(job(path_str, "backup", "true"), 0);
     assert!(daemon.read("health").contains("backup"));
 }
+
+#[test]
+fn a_run_past_its_timeout_is_stuck_and_a_job_past_its_grace_is_late() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    let script = recorder(dir.path(), None);
+    run_ok(&[
+        "alert",
+        "add",
+        &format!("exec:{}", script.display()),
+        "--path",
+        path_str,
+    ]);
+    let daemon = start(&path, 1);
+    // A run that hangs past its 2 s timeout.
+    let gate = dir.path().join("go");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut hanging = std::process::Command::new(common::bin())
+        .args([
+            "run",
+            "--path",
+            path_str,
+            "--source",
+            "dump",
+            "--timeout",
+            "2s",
+            "--quiet",
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            &format!("while [ ! -e '{}' ]; do sleep 0.1; done", gate.display()),
+        ])
+        .spawn()
+        .map(KillOnDrop)
+        .expect("run starts");
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("stuck|dump||dump is stuck on nas (running for "),
+        "{got:?}"
+    );
+    assert!(daemon
+        .read("health")
+        .lines()
+        .any(|l| l.starts_with("stuck ")));
+    std::fs::write(&gate, "").expect("gate");
+    assert!(hanging.0.wait().expect("run ends").success());
+    let got = wait_for_alerts(dir.path(), 2);
+    assert_eq!(got[1], "recovered|dump|0|dump recovered on nas");
+    // Every 1 s with 3 s of grace: late only after 4 s.
+    assert_eq!(
+        run(&[
+            "run", "--path", path_str, "--source", "tick", "--every", "1s", "--grace", "3s",
+            "--quiet", "--", "true"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    let ran = std::time::Instant::now();
+    let got = wait_for_alerts(dir.path(), 3);
+    assert_eq!(got[2], "late|tick|0|tick is late on nas");
+    assert!(
+        ran.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        ran.elapsed()
+    );
+}

@@ -141,7 +141,7 @@ impl AlertBook {
             // speaks again (a daemon says it is up every hour).
             let silent_since_due = row.state == State::Late
                 && report.heard_ms.get(&row.id).is_some_and(|heard| {
-                    crate::health::due_ms(row.every.as_deref(), row.last_run_ms)
+                    crate::health::due_ms(row.every.as_deref(), None, row.last_run_ms)
                         .is_some_and(|due| *heard < due)
                 });
             let muted = muted(&row.id, None) || muted(&row.id, row.source.as_deref());
@@ -495,7 +495,7 @@ mod tests {
             &report(vec![row(&nas, Some("backup"), State::Ok)]),
         );
         // Due at 1,000 + 1 d × 1.1; last heard before that: held.
-        let due = crate::health::due_ms(Some("1d"), 1_000.0).unwrap();
+        let due = crate::health::due_ms(Some("1d"), None, 1_000.0).unwrap();
         let mut silent = report(vec![row(&nas, Some("backup"), State::Late)]);
         silent.heard_ms.insert(nas, due - 1.0);
         assert!(judge(&mut book, &silent).is_empty());

@@ -18,7 +18,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(15);
 /// Publishes `alert` to an ntfy topic.
 pub fn ntfy(endpoint: &Endpoint, alert: &Alert) -> Result<(), String> {
     let (priority, tags) = match alert.change {
-        Change::Failed => ("high", "rotating_light"),
+        Change::Failed | Change::Stuck => ("high", "rotating_light"),
         Change::Late | Change::Quiet => ("default", "warning"),
         Change::Recovered => ("default", "white_check_mark"),
         Change::Test => ("low", "bell"),

@@ -339,6 +339,8 @@ pub enum Change {
     Failed,
     /// No run of a job started within its cadence.
     Late,
+    /// A run has gone on past its `--timeout`.
+    Stuck,
     /// A machine has sent nothing for longer than the allowed silence.
     Quiet,
     /// A job or machine that was in trouble is well again.
@@ -353,6 +355,7 @@ impl Change {
         match self {
             Change::Failed => "failed",
             Change::Late => "late",
+            Change::Stuck => "stuck",
             Change::Quiet => "quiet",
             Change::Recovered => "recovered",
             Change::Test => "test",
@@ -364,6 +367,7 @@ impl Change {
         match state {
             State::Failed => Some(Change::Failed),
             State::Late => Some(Change::Late),
+            State::Stuck => Some(Change::Stuck),
             State::Quiet => Some(Change::Quiet),
             _ => None,
         }
@@ -425,6 +429,9 @@ impl Alert {
                         _ => format!("{source} failed on {}", row.machine),
                     },
                     Change::Late => format!("{source} is late on {}", row.machine),
+                    Change::Stuck => {
+                        format!("{source} is stuck on {} (running for {ago})", row.machine)
+                    }
                     Change::Recovered => format!("{source} recovered on {}", row.machine),
                     _ => format!("{source} on {}", row.machine),
                 };

@@ -35,6 +35,19 @@ fn recorder(dir: &Path, fails_until: Option<&Path>) -> PathBuf {
     script
 }
 
+/// Adds a [`recorder`] in `dir` as an alert target of the machine at
+/// `path`.
+fn add_recorder(dir: &Path, path: &str) {
+    let script = recorder(dir, None);
+    run_ok(&[
+        "alert",
+        "add",
+        &format!("exec:{}", script.display()),
+        "--path",
+        path,
+    ]);
+}
+
 fn alerts(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("alerts.txt"))
         .unwrap_or_default()
@@ -485,14 +498,7 @@ fn a_machine_that_stops_is_one_quiet_alert_not_one_per_job_then_one_recovered() 
     let dir = tempfile::tempdir().expect("tempdir");
     let (nas_path, laptop_path) = (dir.path().join("nas"), dir.path().join("laptop"));
     let laptop_str = laptop_path.to_str().expect("utf8");
-    let script = recorder(dir.path(), None);
-    run_ok(&[
-        "alert",
-        "add",
-        &format!("exec:{}", script.display()),
-        "--path",
-        laptop_str,
-    ]);
+    add_recorder(dir.path(), laptop_str);
     let laptop = Daemon::start(
         &laptop_path,
         "laptop",
@@ -547,14 +553,7 @@ fn a_muted_job_is_silent_until_the_mute_ends_and_a_retired_job_leaves_health() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nas");
     let path_str = path.to_str().expect("utf8");
-    let script = recorder(dir.path(), None);
-    run_ok(&[
-        "alert",
-        "add",
-        &format!("exec:{}", script.display()),
-        "--path",
-        path_str,
-    ]);
+    add_recorder(dir.path(), path_str);
     let daemon = start(&path, 1);
     assert_eq!(job(path_str, "backup", "true"), 0);
     let said = run_ok(&[
@@ -612,14 +611,7 @@ fn a_run_past_its_timeout_is_stuck_and_a_job_past_its_grace_is_late() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nas");
     let path_str = path.to_str().expect("utf8");
-    let script = recorder(dir.path(), None);
-    run_ok(&[
-        "alert",
-        "add",
-        &format!("exec:{}", script.display()),
-        "--path",
-        path_str,
-    ]);
+    add_recorder(dir.path(), path_str);
     let daemon = start(&path, 1);
     // A run that hangs past its 2 s timeout.
     let gate = dir.path().join("go");

@@ -16,17 +16,9 @@ use scuttlefs::config::Config;
 use scuttlefs::feed::{Keypair, Message};
 use scuttlefs::node::Node;
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod common;
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs[xs.len() / 2]
-}
+use common::{env_or, median};
 
 fn node_in(dir: &std::path::Path, keys: Keypair) -> Node {
     let config = Config {

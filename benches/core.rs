@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use scuttlefs::config::Config;
 use scuttlefs::feed::{Keypair, Message};
 use scuttlefs::node::Node;
 
@@ -21,16 +20,7 @@ mod common;
 use common::{env_or, median};
 
 fn node_in(dir: &std::path::Path, keys: Keypair) -> Node {
-    let config = Config {
-        path: dir.to_path_buf(),
-        port: 0,
-        network_key: [0; 32],
-        hops: 3,
-        name: "bench".into(),
-        host: None,
-        max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
-    };
-    Node::open(config, keys, false).expect("node")
+    Node::open(common::config(dir), keys, false).expect("node")
 }
 
 fn contents(n: usize) -> Vec<Value> {

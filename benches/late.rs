@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use scuttlefs::config::Config;
 use scuttlefs::feed::{FeedTip, Keypair, Message};
 use scuttlefs::node::Node;
 
@@ -103,16 +102,7 @@ fn main() {
     let lines = env_or("BENCH_LINES", 1_000_000);
     let bursts = env_or("BENCH_BURSTS", 21);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        path: dir.path().to_path_buf(),
-        port: 0,
-        network_key: [0; 32],
-        hops: 3,
-        name: "bench".into(),
-        host: None,
-        max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
-    };
-    let node = Node::open(config, Keypair::generate(), true).expect("node");
+    let node = Node::open(common::config(dir.path()), Keypair::generate(), true).expect("node");
     let views = node.views().expect("views");
     let mut a = Machine::new("nas");
     let mut b = Machine::new("laptop");

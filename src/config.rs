@@ -15,6 +15,8 @@ use crate::feed::{FeedError, Keypair};
 pub const DEFAULT_PORT: u16 = 8008;
 /// How far along the follow graph feeds are replicated, as ssb-server does.
 pub const DEFAULT_HOPS: u32 = 3;
+/// An alert is repeated this often while its trouble lasts, by default.
+pub const DEFAULT_REMIND_MS: f64 = 86_400_000.0;
 
 /// Why the configuration or identity cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,10 @@ pub struct ConfigFile {
     /// How long a machine may be silent before it counts as quiet (`26h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_silence: Option<String>,
+    /// How often an alert is repeated while its trouble lasts (`1d`, or
+    /// `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind: Option<String>,
 }
 
 /// `caps` in ssb-server's config.
@@ -111,6 +117,8 @@ pub struct Overrides {
     pub host: Option<String>,
     /// `serve --max-silence`.
     pub max_silence: Option<String>,
+    /// `serve --remind`.
+    pub remind: Option<String>,
 }
 
 /// Everything a node needs to know about itself.
@@ -131,6 +139,9 @@ pub struct Config {
     /// How long a machine may be silent before it counts as quiet, for
     /// `mount/health`, `scuttlefs health` and alerts (`serve --max-silence`).
     pub max_silence_ms: f64,
+    /// How often an alert is repeated while its trouble lasts; `None`
+    /// for never (`serve --remind`, default a day).
+    pub remind_ms: Option<f64>,
 }
 
 impl Config {
@@ -209,6 +220,24 @@ impl Config {
             }
             None => crate::health::DEFAULT_MAX_SILENCE_MS,
         };
+        if overrides.remind.is_some() {
+            file.remind.clone_from(&overrides.remind);
+        }
+        let remind_ms = match file.remind.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(text) => Some(
+                crate::cli::parse_duration(text)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| ConfigError::BadConfig {
+                        path: file_path.clone(),
+                        message: format!("remind: {text:?} is not a duration (such as 1d) or off"),
+                    })?
+                    .as_secs_f64()
+                    * 1000.0,
+            ),
+            None => Some(DEFAULT_REMIND_MS),
+        };
         let config = Config {
             port: file.port.unwrap_or(DEFAULT_PORT),
             network_key,
@@ -219,6 +248,7 @@ impl Config {
             name: file.name.clone().unwrap_or_else(hostname),
             host: file.host.clone(),
             max_silence_ms,
+            remind_ms,
             path,
         };
         if save {

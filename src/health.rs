@@ -18,13 +18,12 @@ use serde_json::{json, Value};
 use crate::cli::parse_duration;
 use crate::feed::{FeedId, Message};
 use crate::run::{EVERY_FIELD, EXIT_FIELD, RUN_FIELD, SIGNAL_FIELD, TOOK_FIELD};
+use crate::schedule::Schedule;
 use crate::store::{Store, StoreError};
 use crate::view::line::{format_timestamp, is_log, label, text_of};
 
 /// A machine silent this long counts as gone quiet, by default.
 pub const DEFAULT_MAX_SILENCE_MS: f64 = 26.0 * 3600.0 * 1000.0;
-/// A job is late when no run started within its cadence and this much more.
-const LATE_MARGIN: f64 = 1.1;
 /// How much of a job's last line is kept.
 const LAST_LINE_CHARS: usize = 200;
 
@@ -54,6 +53,12 @@ pub struct Job {
     /// How long a run may take before it is stuck.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Its cron expression (`0 2 * * *`), instead of a cadence.
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// The time zone its cron expression is judged in.
+    #[serde(default)]
+    pub tz: Option<String>,
     /// Its last line is a long one whose next part is still to come.
     #[serde(default)]
     pub in_long_line: bool,
@@ -99,17 +104,21 @@ fn job_key(content: &Value) -> Option<(String, bool)> {
     }
 }
 
-/// When a job that runs `every` (with `grace`, by default a tenth of it)
-/// and last ran at `last_run_ms` is late from; `None` without a cadence.
-pub fn due_ms(every: Option<&str>, grace: Option<&str>, last_run_ms: f64) -> Option<f64> {
-    let every = parse_duration(every?).ok()?.as_secs_f64() * 1000.0;
-    let grace = grace
-        .and_then(|g| parse_duration(g).ok())
-        .map_or(every * (LATE_MARGIN - 1.0), |g| g.as_secs_f64() * 1000.0);
-    Some(last_run_ms + every + grace)
-}
-
 impl Job {
+    /// How the job is scheduled, as its last run's start said.
+    pub fn schedule(&self) -> Schedule<'_> {
+        Schedule {
+            every: self.every.as_deref(),
+            cron: self.cron.as_deref().zip(self.tz.as_deref()),
+            grace: self.grace.as_deref(),
+        }
+    }
+
+    /// When the job is late from; `None` without a schedule or a run.
+    pub fn due_ms(&self) -> Option<f64> {
+        self.schedule().due_ms(self.start_ms.or(self.end_ms)?)
+    }
+
     /// The job's state at `now_ms`.
     pub fn state(&self, now_ms: f64) -> State {
         let running = match (self.start_ms, self.end_ms) {
@@ -117,11 +126,7 @@ impl Job {
             (Some(_), None) => true,
             _ => false,
         };
-        let late = self
-            .start_ms
-            .or(self.end_ms)
-            .and_then(|last| due_ms(self.every.as_deref(), self.grace.as_deref(), last))
-            .is_some_and(|due| now_ms > due);
+        let late = self.due_ms().is_some_and(|due| now_ms > due);
         if running {
             let stuck = self
                 .timeout
@@ -309,6 +314,8 @@ impl JobTable {
             };
             job.grace = field(crate::run::GRACE_FIELD);
             job.timeout = field(crate::run::TIMEOUT_FIELD);
+            job.cron = field(crate::run::CRON_FIELD);
+            job.tz = field(crate::run::TZ_FIELD);
         }
         match content.get(RUN_FIELD).and_then(Value::as_str) {
             Some("start") => job.start_ms = Some(msg.timestamp),
@@ -477,6 +484,8 @@ impl JobTable {
                     signal: job.signal.clone(),
                     took: job.took.clone(),
                     every: job.every.clone(),
+                    cron: job.cron.clone().zip(job.tz.clone()),
+                    due_ms: job.due_ms(),
                     last_line: job.last_text.clone(),
                     recent: job.recent.clone(),
                 });
@@ -498,6 +507,8 @@ impl JobTable {
                 signal: None,
                 took: None,
                 every: None,
+                cron: None,
+                due_ms: None,
                 last_line: format!("no message for {}", age(silent)),
                 recent: Vec::new(),
             });
@@ -538,8 +549,23 @@ pub struct Row {
     pub took: Option<String>,
     /// The job's cadence.
     pub every: Option<String>,
+    /// The job's cron expression and its time zone.
+    pub cron: Option<(String, String)>,
+    /// When the job is late from.
+    pub due_ms: Option<f64>,
     /// Its last line.
     pub last_line: String,
+}
+
+impl Row {
+    /// The job's schedule as a person reads it: `1d`, or a cron
+    /// expression and its zone.
+    pub fn schedule(&self) -> Option<String> {
+        match (&self.cron, &self.every) {
+            (Some((expr, zone)), _) => Some(format!("{expr} {zone}")),
+            (None, every) => every.clone(),
+        }
+    }
 }
 
 /// The health of every job and machine at one moment, worst first.
@@ -591,6 +617,8 @@ impl Report {
             signal: None,
             took: None,
             every: None,
+            cron: None,
+            due_ms: None,
             last_line: text,
             recent: Vec::new(),
         });
@@ -624,6 +652,9 @@ impl Report {
                     "signal": row.signal,
                     "took": row.took,
                     "every": row.every,
+                    "cron": row.cron.as_ref().map(|(expr, _)| expr),
+                    "tz": row.cron.as_ref().map(|(_, zone)| zone),
+                    "due": row.due_ms.map(format_timestamp),
                     "last_line": row.last_line,
                 })
             })
@@ -664,7 +695,7 @@ impl Report {
                 age(row.age_ms),
                 exit,
                 row.took.clone().unwrap_or_else(dash),
-                row.every.clone().unwrap_or_else(dash),
+                row.schedule().unwrap_or_else(dash),
                 row.last_line.clone(),
             ]);
         }

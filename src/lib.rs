@@ -21,6 +21,7 @@ pub mod notices;
 pub mod platform;
 pub mod publish;
 pub mod run;
+pub mod schedule;
 pub mod status;
 pub mod store;
 pub mod view;

@@ -49,7 +49,10 @@ const RUN_HELP: &str = "\
 Options before --:
       --source NAME   Names the job (required); on every line it publishes
       --every D       How often it should run (90s, 30m, 1h, 1d): later than that is late
-      --grace D       How long past --every it may start before it is late (default: a tenth)
+      --cron EXPR     When it should run, as cron says it (\"0 2 * * *\"; six fields for seconds)
+      --tz ZONE       The zone --cron is judged in (Europe/Berlin; default: this machine's)
+      --grace D       How long past its time it may start before it is late (default: a tenth
+                      of its interval)
       --timeout D     How long a run may take: longer, and it is stuck
       --quiet         Do not echo the command's output
       --FIELD VALUE   Any other field, on every line (--FIELD=VALUE for a value that begins with -)
@@ -106,6 +109,10 @@ enum Command {
         /// config).
         #[arg(long)]
         max_silence: Option<String>,
+        /// How often an alert is repeated while its trouble lasts: a
+        /// duration, or `off` (default 1d; saved in the config).
+        #[arg(long)]
+        remind: Option<String>,
     },
     /// Every job on every machine: failed, late, running or ok, worst
     /// first; machines silent too long. Exit 0 when all is well, 1 when the
@@ -299,8 +306,10 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             rooms,
             room_caps,
             max_silence,
+            remind,
         } => {
             overrides.max_silence = max_silence;
+            overrides.remind = remind;
             overrides.name = name;
             overrides.hops = hops;
             overrides.host = host;

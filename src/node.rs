@@ -1057,6 +1057,7 @@ mod tests {
             name: "here".into(),
             host: None,
             max_silence_ms: crate::health::DEFAULT_MAX_SILENCE_MS,
+            remind_ms: Some(crate::config::DEFAULT_REMIND_MS),
         };
         let node = Node::open(config, Keypair::from_seed(&[1; 32]), false).expect("opens");
         let (x, y) = (Keypair::from_seed(&[2; 32]), Keypair::from_seed(&[3; 32]));

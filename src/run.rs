@@ -41,6 +41,10 @@ pub const EVERY_FIELD: &str = "every";
 pub const GRACE_FIELD: &str = "grace";
 /// How long a run may take before it counts as stuck.
 pub const TIMEOUT_FIELD: &str = "timeout";
+/// A cron expression (`0 2 * * *`) the job runs on, instead of a cadence.
+pub const CRON_FIELD: &str = "cron";
+/// The time zone (`Europe/Berlin`) its cron expression is judged in.
+pub const TZ_FIELD: &str = "tz";
 /// `stderr`, on lines the command wrote to standard error.
 pub const STREAM_FIELD: &str = "stream";
 
@@ -78,6 +82,11 @@ pub struct RunSpec {
     pub grace: Option<String>,
     /// How long a run may take before it is stuck (`2h`), checked.
     pub timeout: Option<String>,
+    /// The cron expression, checked.
+    pub cron: Option<String>,
+    /// The zone the cron expression is judged in (given, or this
+    /// machine's); only with `cron`.
+    pub tz: Option<String>,
     /// The command and its arguments.
     pub command: Vec<OsString>,
     /// Do not echo the command's output.
@@ -100,8 +109,8 @@ pub trait Publisher {
     fn message(&mut self, content: Value) -> Result<(), String>;
 }
 
-/// Parses `--source NAME [--every D] [--grace D] [--timeout D] [--quiet]
-/// [--FIELD VALUE]… -- COMMAND [ARGS…]`.
+/// Parses `--source NAME [--every D | --cron EXPR [--tz ZONE]] [--grace D]
+/// [--timeout D] [--quiet] [--FIELD VALUE]… -- COMMAND [ARGS…]`.
 pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
     let usage = |why: &str| {
         RunError::Usage(format!(
@@ -118,6 +127,7 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
     }
     let mut fields = Map::new();
     let (mut every, mut grace, mut timeout) = (None, None, None);
+    let (mut cron, mut tz) = (None, None);
     let mut quiet = false;
     let mut i = 0;
     while i < flags.len() {
@@ -150,6 +160,17 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
         if name.is_empty() || RESERVED.contains(&name.as_str()) {
             return Err(usage(&format!("--{name} is not a field you can set")));
         }
+        match name.as_str() {
+            CRON_FIELD => {
+                cron = Some(value);
+                continue;
+            }
+            TZ_FIELD => {
+                tz = Some(value);
+                continue;
+            }
+            _ => {}
+        }
         let schedule = match name.as_str() {
             EVERY_FIELD => Some(&mut every),
             GRACE_FIELD => Some(&mut grace),
@@ -170,6 +191,20 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
     {
         return Err(usage("--source NAME is required: it names the job"));
     }
+    if cron.is_some() && every.is_some() {
+        return Err(usage(
+            "--every and --cron both say when the job runs: give one",
+        ));
+    }
+    let tz = match (&cron, tz) {
+        (None, Some(_)) => return Err(usage("--tz goes with --cron")),
+        (None, None) => None,
+        (Some(expr), zone) => {
+            let zone = zone.unwrap_or_else(crate::schedule::local_zone);
+            crate::schedule::CronSchedule::parse(expr, &zone).map_err(|e| usage(&e.to_string()))?;
+            Some(zone)
+        }
+    };
     // `source` first, so that it leads every line.
     let mut ordered = Map::new();
     ordered.insert("type".into(), Value::String(LOG_TYPE.into()));
@@ -182,6 +217,8 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
         every,
         grace,
         timeout,
+        cron,
+        tz,
         command: command.to_vec(),
         quiet,
     })
@@ -209,6 +246,8 @@ pub fn run(spec: &RunSpec, publisher: &mut dyn Publisher) -> i32 {
         (EVERY_FIELD, &spec.every),
         (GRACE_FIELD, &spec.grace),
         (TIMEOUT_FIELD, &spec.timeout),
+        (CRON_FIELD, &spec.cron),
+        (TZ_FIELD, &spec.tz),
     ] {
         if let Some(value) = value {
             start.insert(field.into(), value.clone().into());
@@ -529,6 +568,20 @@ mod tests {
         );
         assert_eq!(spec.every.as_deref(), Some("1d"));
         assert_eq!(spec.command, args(&["duplicity", "--full"]));
+        let nightly = parse_args(&args(&[
+            "--source",
+            "backup",
+            "--cron",
+            "0 2 * * *",
+            "--tz",
+            "Asia/Kathmandu",
+            "--",
+            "true",
+        ]))
+        .expect("parses");
+        assert_eq!(nightly.cron.as_deref(), Some("0 2 * * *"));
+        assert_eq!(nightly.tz.as_deref(), Some("Asia/Kathmandu"));
+        assert!(!nightly.fields.contains_key("cron"));
     }
 
     #[test]
@@ -546,6 +599,40 @@ mod tests {
                 "often",
             ),
             (&["--source", "--", "true"][..], "needs a value"),
+            (
+                &["--source", "x", "--cron", "0 2 * *", "--", "true"][..],
+                "--cron \"0 2 * *\"",
+            ),
+            (
+                &[
+                    "--source",
+                    "x",
+                    "--cron",
+                    "0 2 * * *",
+                    "--tz",
+                    "Nowhere",
+                    "--",
+                    "true",
+                ][..],
+                "Nowhere",
+            ),
+            (
+                &[
+                    "--source",
+                    "x",
+                    "--cron",
+                    "0 2 * * *",
+                    "--every",
+                    "1d",
+                    "--",
+                    "true",
+                ][..],
+                "give one",
+            ),
+            (
+                &["--source", "x", "--tz", "UTC", "--", "true"][..],
+                "goes with --cron",
+            ),
             (
                 &["--source=", "--", "true"][..],
                 "--source NAME is required",

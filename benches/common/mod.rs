@@ -13,6 +13,7 @@ pub fn config(dir: &std::path::Path) -> Config {
         name: "bench".into(),
         host: None,
         max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
+        remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
     }
 }
 

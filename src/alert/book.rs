@@ -36,6 +36,9 @@ struct Told {
     /// id names it.
     #[serde(default)]
     basis_ms: f64,
+    /// How many reminders of it were told.
+    #[serde(default)]
+    reminded: u64,
 }
 
 /// A delivery waiting for its (next) try.
@@ -110,12 +113,14 @@ impl AlertBook {
     }
 
     /// The alerts `report` calls for, against what was told; records them
-    /// as told. What `muted` says is muted (a job, or with `None` a whole
+    /// as told. Trouble that lasts is told again each `remind_ms` since
+    /// the run (or message) it is about. What `muted` says is muted (a job, or with `None` a whole
     /// machine) keeps what was told, and is judged again once the mute
     /// ends.
     pub fn judge(
         &mut self,
         report: &Report,
+        remind_ms: Option<f64>,
         muted: impl Fn(&crate::feed::FeedId, Option<&str>) -> bool,
     ) -> Vec<Alert> {
         let quiet: HashSet<_> = report
@@ -140,10 +145,10 @@ impl AlertBook {
             // it may be off, which its quiet alert will say. Told once it
             // speaks again (a daemon says it is up every hour).
             let silent_since_due = row.state == State::Late
-                && report.heard_ms.get(&row.id).is_some_and(|heard| {
-                    crate::health::due_ms(row.every.as_deref(), None, row.last_run_ms)
-                        .is_some_and(|due| *heard < due)
-                });
+                && report
+                    .heard_ms
+                    .get(&row.id)
+                    .is_some_and(|heard| row.due_ms.is_some_and(|due| *heard < due));
             let muted = muted(&row.id, None) || muted(&row.id, row.source.as_deref());
             if folded || silent_since_due || muted || row.state == State::Running {
                 if let Some(told) = before {
@@ -154,12 +159,31 @@ impl AlertBook {
             let change = Change::of(row.state);
             let source = row.source.as_deref();
             let mut basis_ms = row.last_run_ms;
+            // Reminders are counted from the basis, so that every machine
+            // numbers them alike and the turn-taking holds for them too.
+            let reminders_due = |basis_ms: f64| {
+                remind_ms.map_or(0, |every| {
+                    ((report.now_ms - basis_ms) / every).max(0.0) as u64
+                })
+            };
+            let mut reminded = 0;
             match (before, change) {
-                (Some(old), Some(new)) if old.change == new => basis_ms = old.basis_ms,
+                (Some(old), Some(new)) if old.change == new => {
+                    basis_ms = old.basis_ms;
+                    reminded = old.reminded;
+                    let due = reminders_due(basis_ms);
+                    if due > reminded {
+                        let mut alert = Alert::about(row, new, report.now_ms);
+                        alert.id = super::change_id(&row.id, source, new, basis_ms);
+                        alerts.push(alert.reminder(due));
+                        reminded = due;
+                    }
+                }
                 (_, Some(new)) => {
                     let mut alert = Alert::about(row, new, report.now_ms);
                     alert.id = super::change_id(&row.id, source, new, basis_ms);
                     alerts.push(alert);
+                    reminded = reminders_due(basis_ms);
                 }
                 (Some(old), None) => {
                     let mut alert = Alert::about(row, Change::Recovered, report.now_ms);
@@ -176,6 +200,7 @@ impl AlertBook {
                         machine: row.machine.clone(),
                         source: row.source.clone(),
                         basis_ms,
+                        reminded,
                     },
                 );
             }
@@ -202,6 +227,7 @@ impl AlertBook {
                     body: format!("{} sent a message again after going quiet.", told.machine),
                     exit: None,
                     time_ms: report.now_ms,
+                    reminder: false,
                 });
             }
         }
@@ -315,6 +341,8 @@ mod tests {
             signal: None,
             took: Some("93s".into()),
             every: Some("1d".into()),
+            cron: None,
+            due_ms: Some(1_000.0 + 1.1 * 86_400_000.0),
             last_line: "Error: No space left on device".into(),
             recent: vec![
                 "copying /home".into(),
@@ -332,7 +360,7 @@ mod tests {
     }
 
     fn judge(book: &mut AlertBook, report: &Report) -> Vec<Alert> {
-        book.judge(report, |_, _| false)
+        book.judge(report, None, |_, _| false)
     }
 
     fn never(_: &Alert, _: &str) -> bool {
@@ -474,10 +502,12 @@ mod tests {
             &report(vec![row(&nas, Some("backup"), State::Ok)]),
         );
         let failing = report(vec![row(&nas, Some("backup"), State::Failed)]);
-        assert!(book.judge(&failing, |_, s| s == Some("backup")).is_empty());
+        assert!(book
+            .judge(&failing, None, |_, s| s == Some("backup"))
+            .is_empty());
         // A machine's mute covers its jobs.
         assert!(book
-            .judge(&failing, |f, s| *f == nas && s.is_none())
+            .judge(&failing, None, |f, s| *f == nas && s.is_none())
             .is_empty());
         // Still failing when it ends: told then.
         assert_eq!(
@@ -495,7 +525,7 @@ mod tests {
             &report(vec![row(&nas, Some("backup"), State::Ok)]),
         );
         // Due at 1,000 + 1 d × 1.1; last heard before that: held.
-        let due = crate::health::due_ms(Some("1d"), None, 1_000.0).unwrap();
+        let due = row(&nas, None, State::Ok).due_ms.unwrap();
         let mut silent = report(vec![row(&nas, Some("backup"), State::Late)]);
         silent.heard_ms.insert(nas, due - 1.0);
         assert!(judge(&mut book, &silent).is_empty());
@@ -537,5 +567,33 @@ mod tests {
         book.queue(&targets, &[Alert::test("nas", 0.0)], 0.0, |_, _| 0.0);
         assert!(book.retry(&[], 0.0, never, |_, _| Ok(())).changed);
         assert!(book.pending.is_empty());
+    }
+
+    #[test]
+    fn trouble_that_lasts_is_told_again_each_remind_interval() {
+        let nas = Keypair::generate().id();
+        let mut book = AlertBook::default();
+        let day = 86_400_000.0;
+        let at = |now_ms: f64| Report {
+            now_ms,
+            ..report(vec![row(&nas, Some("backup"), State::Failed)])
+        };
+        book.judge(&report(Vec::new()), Some(day), |_, _| false);
+        // The failed run was at 1,000 ms.
+        let first = book.judge(&at(2_000.0), Some(day), |_, _| false);
+        assert_eq!(said(&first), ["backup failed on nas (exit 23)"]);
+        assert!(!first[0].reminder);
+        assert!(book.judge(&at(day), Some(day), |_, _| false).is_empty());
+        let again = book.judge(&at(day + 1_000.0), Some(day), |_, _| false);
+        assert_eq!(said(&again), ["Still: backup failed on nas (exit 23)"]);
+        assert!(again[0].reminder && again[0].to_json()["reminder"] == true);
+        assert_eq!(again[0].id, format!("{}r1", first[0].id));
+        assert!(book
+            .judge(&at(2.0 * day), Some(day), |_, _| false)
+            .is_empty());
+        // Off: never again.
+        assert!(book.judge(&at(5.0 * day), None, |_, _| false).is_empty());
+        let third = book.judge(&at(5.0 * day), Some(day), |_, _| false);
+        assert_eq!(third[0].id, format!("{}r4", first[0].id));
     }
 }

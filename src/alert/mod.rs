@@ -52,8 +52,17 @@ pub const RETIRE_TYPE: &str = "scuttlefs-retire";
 /// [`HEARTBEAT_MS`], so that "quiet" means off or cut off.
 pub const HEARTBEAT_TYPE: &str = "scuttlefs-heartbeat";
 
-/// A daemon whose feed has had no message for this long says it is up.
+/// A daemon whose feed has had no message for this long says it is up
+/// (sooner under a `--max-silence` shorter than four of these).
 pub const HEARTBEAT_MS: f64 = 3_600_000.0;
+
+/// How long this machine's feed may be silent before it says it is up:
+/// an hour, or a quarter of the allowed silence when that is shorter, so
+/// that a machine that is up is never judged quiet by one that shares its
+/// `--max-silence`.
+pub fn heartbeat_ms(max_silence_ms: f64) -> f64 {
+    HEARTBEAT_MS.min(max_silence_ms / 4.0)
+}
 
 /// How long each machine that alerts a target waits after the one before
 /// it in an alert's order, for that one's announcement to arrive.
@@ -157,7 +166,7 @@ pub fn spawn(node: Arc<Node>) {
                         node.with_jobs(|jobs| jobs.muted(feed, source, now))
                             .unwrap_or(false)
                     };
-                    let alerts = book.judge(&report, muted);
+                    let alerts = book.judge(&report, node.config.remind_ms, muted);
                     for alert in &alerts {
                         tracing::info!("alert: {}", alert.title);
                     }
@@ -241,13 +250,13 @@ fn say_targets(node: &Node, targets: &[Target]) {
 }
 
 /// Publishes a heartbeat when this machine's feed has said nothing for
-/// [`HEARTBEAT_MS`]: machines that run no jobs (a pub) would otherwise
+/// [`heartbeat_ms`]: machines that run no jobs (a pub) would otherwise
 /// look quiet. A feed that has never published stays empty.
 fn heartbeat(node: &Node, now_ms: f64) {
     let Some(tip) = node.store.tip(&node.id()) else {
         return;
     };
-    if now_ms - tip.timestamp < HEARTBEAT_MS {
+    if now_ms - tip.timestamp < heartbeat_ms(node.config.max_silence_ms) {
         return;
     }
     if let Err(e) = node.publish(vec![json!({"type": HEARTBEAT_TYPE})]) {
@@ -394,6 +403,9 @@ pub struct Alert {
     pub exit: Option<i64>,
     /// When the change was noticed (ms since the epoch).
     pub time_ms: f64,
+    /// A repeat of an alert whose trouble lasts (`serve --remind`).
+    #[serde(default)]
+    pub reminder: bool,
 }
 
 impl Alert {
@@ -440,11 +452,11 @@ impl Alert {
                     .as_deref()
                     .map(|t| format!(", took {t}"))
                     .unwrap_or_default();
-                let every = row
-                    .every
-                    .as_deref()
-                    .map(|e| format!(", runs every {e}"))
-                    .unwrap_or_default();
+                let every = match (&row.cron, &row.every) {
+                    (Some((expr, zone)), _) => format!(", runs at \"{expr}\" {zone}"),
+                    (None, Some(every)) => format!(", runs every {every}"),
+                    (None, None) => String::new(),
+                };
                 let mut body = format!("Last run {ran} ({ago} ago{took}{every}).");
                 let printed = if row.recent.is_empty() {
                     row.last_line.clone()
@@ -467,6 +479,7 @@ impl Alert {
             body,
             exit: row.exit,
             time_ms: now_ms,
+            reminder: false,
         }
     }
 
@@ -481,7 +494,16 @@ impl Alert {
             body: "If you read this, alerts reach you.".into(),
             exit: None,
             time_ms: now_ms,
+            reminder: false,
         }
+    }
+
+    /// This alert told again, the `n`th time, because its trouble lasts.
+    pub fn reminder(mut self, n: u64) -> Alert {
+        self.title = format!("Still: {}", self.title);
+        self.id = format!("{}r{n}", self.id);
+        self.reminder = true;
+        self
     }
 
     /// The alert as JSON: `state`, `machine`, `source`, `title`, `body`,
@@ -495,6 +517,7 @@ impl Alert {
             "body": self.body,
             "exit": self.exit,
             "time": self.time(),
+            "reminder": self.reminder,
         })
     }
 

@@ -330,6 +330,7 @@ pub fn node_config(path: &Path) -> scuttlefs::config::Config {
         name: "here".into(),
         host: None,
         max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
+        remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
     }
 }
 

@@ -354,7 +354,8 @@ pub fn parse_room_caps(text: &str) -> Result<[u8; 32], ConfigError> {
     parse_network_key(text)
 }
 
-fn hostname() -> String {
+/// This machine's host name (`localhost` when the system will not say).
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its whole length, and gethostname
     // writes at most that many bytes.

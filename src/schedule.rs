@@ -16,6 +16,10 @@ use crate::cli::parse_duration;
 /// A job without its own grace may start this much of its interval late.
 const DEFAULT_GRACE: f64 = 0.1;
 
+/// A cron job's run that starts at most this long before its time (or a
+/// tenth of its interval, when that is less) served that time.
+const EARLY_START_MS: f64 = 60_000.0;
+
 /// Why a schedule was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
@@ -52,38 +56,28 @@ impl CronSchedule {
         Ok(CronSchedule { cron, zone })
     }
 
-    /// The first occurrence strictly after `ms`.
+    /// The first occurrence strictly after `ms` (counted in whole
+    /// seconds, as cron counts).
     fn after(&self, ms: f64) -> Option<f64> {
-        let at = self.at(ms)?;
-        let next = self.cron.find_next_occurrence(&at, false).ok()?;
+        let whole_second = (ms / 1000.0).floor() as i64;
+        let utc: DateTime<Utc> = Utc.timestamp_opt(whole_second, 0).single()?;
+        let next = self
+            .cron
+            .find_next_occurrence(&utc.with_timezone(&self.zone), false)
+            .ok()?;
         Some(next.timestamp_millis() as f64)
     }
 
-    /// The last occurrence at or before `ms`.
-    fn before(&self, ms: f64) -> Option<f64> {
-        let at = self.at(ms)?;
-        let previous = self.cron.find_previous_occurrence(&at, true).ok()?;
-        Some(previous.timestamp_millis() as f64)
-    }
-
-    fn at(&self, ms: f64) -> Option<DateTime<Tz>> {
-        let utc: DateTime<Utc> = Utc.timestamp_millis_opt(ms as i64).single()?;
-        Some(utc.with_timezone(&self.zone))
-    }
-
     /// When a job whose last run started at `last_run_ms` is late from:
-    /// the occurrence after the one that run served, plus `grace_ms` (by
-    /// default a tenth of the time to the occurrence after that).
+    /// its next time after that run, plus `grace_ms` (by default a tenth
+    /// of the time from then to the time after).
     pub fn due_ms(&self, grace_ms: Option<f64>, last_run_ms: f64) -> Option<f64> {
-        // The run served the occurrence nearest its start: one that began
-        // a moment early (a clock a little ahead) served the coming one.
-        let served = match (self.before(last_run_ms), self.after(last_run_ms)) {
-            (Some(before), Some(after)) if after - last_run_ms < last_run_ms - before => after,
-            (Some(before), _) => before,
-            (None, Some(after)) => after,
-            (None, None) => return None,
-        };
-        let next = self.after(served)?;
+        // A run that began a moment before its time (a clock a little
+        // ahead) served that time: look from a little later.
+        let first = self.after(last_run_ms)?;
+        let interval = self.after(first)? - first;
+        let slack = (interval * DEFAULT_GRACE).min(EARLY_START_MS);
+        let next = self.after(last_run_ms + slack)?;
         let grace = match grace_ms {
             Some(grace) => grace,
             None => (self.after(next)? - next) * DEFAULT_GRACE,
@@ -166,9 +160,21 @@ mod tests {
         };
         let ran = ms("2026-12-06T20:15:03Z");
         assert_eq!(nightly.due_ms(ran), Some(ms("2026-12-07T20:45:00Z")));
-        // A run that began a little before its time served that time.
+        // A run that began a little before its time served that time; one
+        // started by hand in between serves none, and the next is due.
         let early = ms("2026-12-06T20:14:58Z");
         assert_eq!(nightly.due_ms(early), Some(ms("2026-12-07T20:45:00Z")));
+        let by_hand = ms("2026-12-07T15:40:53.181Z");
+        assert_eq!(nightly.due_ms(by_hand), Some(ms("2026-12-07T20:45:00Z")));
+        let seconds = Schedule {
+            cron: Some(("*/2 * * * * *", "UTC")),
+            grace: Some("1s"),
+            ..Schedule::default()
+        };
+        assert_eq!(
+            seconds.due_ms(ms("2026-12-07T15:40:52.100Z")),
+            Some(ms("2026-12-07T15:40:55Z"))
+        );
         // Without a grace: a tenth of the day.
         let default_grace = Schedule {
             cron: Some(("0 2 * * *", "Asia/Kathmandu")),

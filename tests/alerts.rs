@@ -24,10 +24,13 @@ fn recorder(dir: &Path, fails_until: Option<&Path>) -> PathBuf {
             )
         })
         .unwrap_or_default();
+    // The JSON first: a test that sees a line in alerts.txt reads its
+    // JSON next.
     let body = format!(
-        "#!/bin/sh\n{gate}printf '%s|%s|%s|%s\\n' \"$SCUTTLEFS_ALERT_STATE\" \
+        "#!/bin/sh\n{gate}{{ cat; echo; }} >> '{dir}/alerts.jsonl'\n\
+         printf '%s|%s|%s|%s\\n' \"$SCUTTLEFS_ALERT_STATE\" \
          \"$SCUTTLEFS_ALERT_SOURCE\" \"$SCUTTLEFS_ALERT_EXIT\" \"$SCUTTLEFS_ALERT_TITLE\" \
-         >> '{dir}/alerts.txt'\n{{ cat; echo; }} >> '{dir}/alerts.jsonl'\n",
+         >> '{dir}/alerts.txt'\n",
         dir = dir.display()
     );
     std::fs::write(&script, body).expect("script");
@@ -674,4 +677,192 @@ fn a_run_past_its_timeout_is_stuck_and_a_job_past_its_grace_is_late() {
         "{:?}",
         ran.elapsed()
     );
+}
+
+/// The latest sequence `daemon` holds of `feed`, from its status file.
+fn held_sequence(daemon: &Daemon, feed: &str) -> u64 {
+    daemon
+        .read("status")
+        .lines()
+        .find(|l| l.contains(feed) && l.contains(" seq "))
+        .and_then(|l| l.split(" seq ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_pub_that_publishes_no_lines_stays_out_of_quiet_while_it_runs() {
+    if !fuse_available() {
+        return;
+    }
+    const KEY: &str = "QS1wdWItdGhhdC1zYXlzLW5vdGhpbmctaXMtdXAhISE=";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pub_path, laptop_path) = (dir.path().join("pub"), dir.path().join("laptop"));
+    add_recorder(dir.path(), laptop_path.to_str().expect("utf8"));
+    // Both allow 8 s of silence: the pub says it is up every 2 s.
+    let mut hub = Daemon::start(
+        &pub_path,
+        "pub",
+        &["--caps.shs", KEY, "--max-silence", "8s"],
+    );
+    let laptop = Daemon::start(
+        &laptop_path,
+        "laptop",
+        &[
+            "--caps.shs",
+            KEY,
+            "--max-silence",
+            "8s",
+            "--peer",
+            &hub.loopback_address(),
+        ],
+    );
+    let hub_id = hub.id();
+    assert!(laptop
+        .sh(&format!("echo '{hub_id}' >> follow"))
+        .status
+        .success());
+    // The pub's one line, then nothing but what the daemon says itself.
+    assert!(hub.sh("echo 'pub up' >> publish").status.success());
+    assert!(
+        wait_until(Duration::from_secs(30), || held_sequence(&laptop, &hub_id)
+            >= 1),
+        "{}",
+        laptop.read("status")
+    );
+    let first = held_sequence(&laptop, &hub_id);
+    // Watch for longer than the allowed silence (six heartbeats: over
+    // 12 s): never quiet, and no alert.
+    let mut saw_quiet = false;
+    let long_enough = wait_until(Duration::from_secs(60), || {
+        saw_quiet |= laptop.read("health").contains("quiet");
+        held_sequence(&laptop, &hub_id) >= first + 6
+    });
+    assert!(long_enough, "no heartbeats: {}", laptop.read("status"));
+    assert!(!saw_quiet, "{}", laptop.read("health"));
+    assert!(alerts(dir.path()).is_empty(), "{:?}", alerts(dir.path()));
+    // The views do not show heartbeats.
+    let lines = laptop.read("pub/log");
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    // Stopped, it is quiet: this watch could have failed.
+    assert_eq!(hub.stop(), Some(0));
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["quiet|||pub is quiet"]);
+}
+
+#[test]
+fn a_cron_job_in_a_time_zone_is_judged_the_same_on_two_machines() {
+    if !fuse_available() {
+        return;
+    }
+    const KEY: &str = "Q3Jvbi1pbi1hLXpvbmUtanVkZ2VkLWFsaWtlLW9rISE=";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (nas_path, laptop_path) = (dir.path().join("nas"), dir.path().join("laptop"));
+    add_recorder(dir.path(), laptop_path.to_str().expect("utf8"));
+    // The machines sit in different zones; the job names its own.
+    let nas = Daemon::start_with_env(
+        None,
+        &[("TZ", "America/New_York")],
+        &nas_path,
+        "nas",
+        &["--no-discovery", "--port", "0", "--caps.shs", KEY],
+    );
+    let laptop = Daemon::start_with_env(
+        None,
+        &[("TZ", "Asia/Tokyo")],
+        &laptop_path,
+        "laptop",
+        &[
+            "--no-discovery",
+            "--port",
+            "0",
+            "--caps.shs",
+            KEY,
+            "--peer",
+            &nas.loopback_address(),
+        ],
+    );
+    assert!(laptop
+        .sh(&format!("echo '{}' >> follow", nas.id()))
+        .status
+        .success());
+    let nas_str = nas_path.to_str().expect("utf8");
+    let cron_job = |source: &str, cron: &str, grace: &str| {
+        run(&[
+            "run",
+            "--path",
+            nas_str,
+            "--source",
+            source,
+            "--cron",
+            cron,
+            "--tz",
+            "Asia/Kathmandu",
+            "--grace",
+            grace,
+            "--quiet",
+            "--",
+            "true",
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(cron_job("nightly", "0 2 * * *", "30m"), Some(0));
+    // Every 2 s (a seconds field), late 1 s after its next time.
+    assert_eq!(cron_job("tick", "*/2 * * * * *", "1s"), Some(0));
+    // Exit 3 once a job is late: the JSON says the same either way.
+    let health = |daemon: &Daemon| -> Value {
+        let out = run(&[
+            "health",
+            "--json",
+            "--path",
+            daemon.path.to_str().expect("utf8"),
+        ]);
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let row = |report: &Value, source: &str| -> Value {
+        report["rows"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["source"] == source).cloned())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || !row(
+            &health(&laptop),
+            "nightly"
+        )
+        .is_null()),
+        "{}",
+        laptop.read("health")
+    );
+    // 02:00 in Kathmandu (UTC+5:45) is 20:15 UTC: due then, plus 30 m.
+    let on_nas = row(&health(&nas), "nightly");
+    let on_laptop = row(&health(&laptop), "nightly");
+    let due = on_nas["due"].as_str().expect("a due time").to_string();
+    assert!(due.ends_with("T20:45:00.000Z"), "{on_nas}");
+    assert_eq!(on_laptop["due"], on_nas["due"]);
+    assert_eq!(on_laptop["cron"], "0 2 * * *");
+    assert_eq!(on_laptop["tz"], "Asia/Kathmandu");
+    assert!(laptop.read("health").contains("0 2 * * * Asia/Kathmandu"));
+    // The job that ran once every 2 s and stopped: late on both, and one
+    // alert.
+    for daemon in [&nas, &laptop] {
+        assert!(
+            wait_until(Duration::from_secs(30), || row(&health(daemon), "tick")
+                ["state"]
+                == "late"),
+            "{}",
+            daemon.read("health")
+        );
+    }
+    assert_eq!(
+        row(&health(&laptop), "tick")["due"],
+        row(&health(&nas), "tick")["due"]
+    );
+    // Told once the machine speaks after the job fell due (until then
+    // it may be off, which a quiet alert would say).
+    assert!(nas.sh("echo still here >> publish").status.success());
+    let got = wait_for_alerts(dir.path(), 1);
+    assert_eq!(got, ["late|tick|0|tick is late on nas"]);
 }

@@ -284,7 +284,7 @@ impl AlertBook {
             if p.next_ms > now_ms {
                 return true;
             }
-            if !p.alert.id.is_empty() && announced(&p.alert, &p.target) {
+            if target.shared() && !p.alert.id.is_empty() && announced(&p.alert, &p.target) {
                 tracing::info!("{:?}: another machine told {target}", p.alert.title);
                 round.skipped += 1;
                 return false;

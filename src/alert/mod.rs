@@ -15,8 +15,10 @@
 
 pub mod book;
 pub mod command;
+pub mod desktop;
 pub mod exec;
 pub mod http;
+pub mod mail;
 pub mod target;
 
 use std::path::Path;
@@ -110,6 +112,8 @@ pub fn deliver(target: &Target, alert: &Alert) -> Result<(), String> {
         Target::Exec { program } => exec::deliver(program, alert),
         Target::Ntfy { endpoint, .. } => http::ntfy(endpoint, alert),
         Target::Json { endpoint, .. } => http::json(endpoint, alert),
+        Target::Mail { mail: server, .. } => mail::deliver(server, alert),
+        Target::Desktop => desktop::deliver(alert),
     }
 }
 
@@ -172,6 +176,9 @@ pub fn spawn(node: Arc<Node>) {
                     }
                     let me = node.id();
                     book.queue(&targets, &alerts, now, |alert, target| {
+                        if !target.shared() {
+                            return 0.0;
+                        }
                         let fingerprint = target.fingerprint();
                         let holders = node
                             .with_jobs(|jobs| jobs.alerting(&fingerprint))
@@ -191,7 +198,10 @@ pub fn spawn(node: Arc<Node>) {
                 counts.0 += done.delivered.len();
                 counts.1 += done.skipped;
                 for (id, target, change) in done.delivered {
-                    if id.is_empty() {
+                    let shared = targets
+                        .iter()
+                        .any(|t| t.fingerprint() == target && t.shared());
+                    if id.is_empty() || !shared {
                         continue;
                     }
                     let announcement = json!({
@@ -233,7 +243,11 @@ pub fn spawn(node: Arc<Node>) {
 /// that differs from what its feed last said, so that the machines that
 /// share a target can take turns.
 fn say_targets(node: &Node, targets: &[Target]) {
-    let mut fingerprints: Vec<String> = targets.iter().map(Target::fingerprint).collect();
+    let mut fingerprints: Vec<String> = targets
+        .iter()
+        .filter(|t| t.shared())
+        .map(Target::fingerprint)
+        .collect();
     fingerprints.sort();
     let me = node.id();
     let said = node

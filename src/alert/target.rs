@@ -6,9 +6,14 @@
 //! - `exec:/path/to/program`;
 //! - `ntfy://[user:pass@]host[:port]/topic`, `ntfys://…` (HTTPS), and
 //!   `ntfy://topic` for ntfy.sh (over HTTPS);
-//! - `json://[user:pass@]host[:port]/path`, `jsons://…`: a webhook.
+//! - `json://[user:pass@]host[:port]/path`, `jsons://…`: a webhook;
+//! - `mailto://[user:pass@]smtp-host[:port]?to=ADDR[&from=ADDR]`: SMTP
+//!   submission (port 587), with STARTTLS when offered and required with
+//!   credentials; `mailtos://…` with implicit TLS (port 465);
+//! - `desktop://`: a notification on this machine's desktop, over D-Bus.
 //!
-//! Credentials go only over TLS, or to this machine (loopback).
+//! Credentials go only over TLS; for HTTP also to this machine
+//! (loopback).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,16 +26,11 @@ use sha2::{Digest, Sha256};
 pub enum TargetError {
     /// Not a scheme scuttlefs knows.
     #[error(
-        "unknown alert target {0:?}: use exec:/path/to/program, ntfy://host/topic, \
-         ntfys://host/topic or json://host/path (jsons:// for HTTPS)"
+        "unknown alert target {0:?}: use ntfy://host/topic (ntfys:// for HTTPS), \
+         json://host/path (jsons://), mailto://smtp-host?to=ADDR (mailtos://), desktop:// \
+         or exec:/path/to/program"
     )]
     Unknown(String),
-    /// A scheme whose delivery is not built yet.
-    #[error("{scheme} alert targets are not built yet; exec:, ntfy:// and json:// are")]
-    NotYet {
-        /// The scheme, with its `://`.
-        scheme: String,
-    },
     /// `exec:` with a relative path, which would depend on the daemon's
     /// working directory.
     #[error("exec: needs an absolute path, such as exec:/usr/local/bin/notify-me (got {0:?})")]
@@ -95,6 +95,32 @@ pub enum Target {
         /// Where to POST.
         endpoint: Endpoint,
     },
+    /// Mail, through an SMTP server.
+    Mail {
+        /// The URL as given.
+        url: String,
+        /// The server and the addresses.
+        mail: MailServer,
+    },
+    /// A notification on this machine's desktop.
+    Desktop,
+}
+
+/// An SMTP server to submit alerts to, and who they go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailServer {
+    /// TLS from the first byte (`mailtos://`), rather than STARTTLS.
+    pub implicit_tls: bool,
+    /// The server's name (its certificate must match it).
+    pub host: String,
+    /// Its port: by default 587, or 465 with implicit TLS.
+    pub port: u16,
+    /// The login, when given: sent only over TLS.
+    pub credentials: Option<(String, String)>,
+    /// Where alerts go.
+    pub to: Vec<String>,
+    /// Who they come from, when given.
+    pub from: Option<String>,
 }
 
 impl Target {
@@ -117,9 +143,12 @@ impl Target {
             "ntfys" => (true, true),
             "json" => (false, false),
             "jsons" => (true, false),
-            "mailto" | "mailtos" | "desktop" => {
-                return Err(TargetError::NotYet {
-                    scheme: format!("{scheme}://"),
+            "mailto" | "mailtos" => return mail(url, rest, scheme == "mailtos"),
+            "desktop" if rest.trim_matches('/').is_empty() => return Ok(Target::Desktop),
+            "desktop" => {
+                return Err(TargetError::Malformed {
+                    url: mask(url),
+                    why: "desktop:// takes nothing after it: it is this machine's desktop",
                 })
             }
             _ => return Err(TargetError::Unknown(url.to_string())),
@@ -160,8 +189,18 @@ impl Target {
     pub fn url(&self) -> String {
         match self {
             Target::Exec { program } => format!("exec:{}", program.display()),
-            Target::Ntfy { url, .. } | Target::Json { url, .. } => url.clone(),
+            Target::Ntfy { url, .. } | Target::Json { url, .. } | Target::Mail { url, .. } => {
+                url.clone()
+            }
+            Target::Desktop => "desktop://".into(),
         }
+    }
+
+    /// Whether other machines may alert the same place, so that the
+    /// machines take turns ([`super::rank`]). A desktop is this machine's
+    /// own: every machine with one shows its alerts there.
+    pub fn shared(&self) -> bool {
+        !matches!(self, Target::Desktop)
     }
 
     /// The URL with any password masked, for `alert list`, `status` and
@@ -181,6 +220,92 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.masked())
+    }
+}
+
+/// A `mailto://` (or with `implicit_tls`, `mailtos://`) target; `rest` is
+/// what follows the `://`.
+fn mail(url: &str, rest: &str, implicit_tls: bool) -> Result<Target, TargetError> {
+    let malformed = |why| TargetError::Malformed {
+        url: mask(url),
+        why,
+    };
+    let server = endpoint(url, rest, implicit_tls)?;
+    let (host, port) = split_port(&server.host).ok_or(malformed("a port that is not a number"))?;
+    if host.is_empty() {
+        return Err(malformed(
+            "no SMTP server (mailto://smtp.example.org?to=ADDR)",
+        ));
+    }
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split('#').next().unwrap_or("");
+    let (mut to, mut from) = (Vec::new(), None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(&value.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned();
+        match name {
+            "to" => to.extend(
+                value
+                    .split([',', ' '])
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            ),
+            "from" => from = Some(value),
+            _ => {}
+        }
+    }
+    // Apprise's shorthand: a login that is an address is also where the
+    // mail goes.
+    if to.is_empty() {
+        match &server.credentials {
+            Some((user, _)) if user.contains('@') => to.push(user.clone()),
+            _ => return Err(malformed("no recipient: add ?to=you@example.org")),
+        }
+    }
+    for address in to.iter().chain(&from) {
+        if address.parse::<lettre::Address>().is_err() {
+            return Err(malformed(
+                "an address that is not one (to= and from= take user@domain)",
+            ));
+        }
+    }
+    Ok(Target::Mail {
+        url: url.to_string(),
+        mail: MailServer {
+            implicit_tls,
+            host: host.to_string(),
+            port: port.unwrap_or(if implicit_tls { 465 } else { 587 }),
+            credentials: server.credentials,
+            to,
+            from,
+        },
+    })
+}
+
+/// `host[:port]` apart; `None` when the port is not a number.
+fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let colon = match authority.strip_prefix('[') {
+        // `[v6]:port`
+        Some(v6) => v6
+            .find(']')
+            .map(|end| end + 2)
+            .filter(|&at| at < authority.len()),
+        None => authority.rfind(':'),
+    };
+    match colon {
+        Some(at) if authority.as_bytes().get(at) == Some(&b':') => {
+            let port = authority[at + 1..].parse().ok()?;
+            let host = authority[..at]
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            Some((host, Some(port)))
+        }
+        _ => Some((
+            authority.trim_start_matches('[').trim_end_matches(']'),
+            None,
+        )),
     }
 }
 
@@ -265,12 +390,9 @@ mod tests {
             Target::parse("exec:notify"),
             Err(TargetError::RelativeProgram("notify".into()))
         );
-        assert_eq!(
-            Target::parse("mailto://smtp.example.org?to=me@example.org"),
-            Err(TargetError::NotYet {
-                scheme: "mailto://".into()
-            })
-        );
+        assert_eq!(Target::parse("desktop://"), Ok(Target::Desktop));
+        assert!(!Target::Desktop.shared());
+        assert!(Target::parse("desktop://elsewhere").is_err());
         assert!(matches!(
             Target::parse("gopher://x"),
             Err(TargetError::Unknown(_))
@@ -316,5 +438,51 @@ mod tests {
             Target::parse("ntfy://example.org/"),
             Err(TargetError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn mail_urls_name_a_server_and_recipients() {
+        let Target::Mail { mail, .. } =
+            Target::parse("mailto://smtp.example.org?to=me@example.org,you@example.org").unwrap()
+        else {
+            panic!("mail");
+        };
+        assert_eq!(
+            mail,
+            MailServer {
+                implicit_tls: false,
+                host: "smtp.example.org".into(),
+                port: 587,
+                credentials: None,
+                to: vec!["me@example.org".into(), "you@example.org".into()],
+                from: None,
+            }
+        );
+        let target = Target::parse("mailtos://me%40example.org:s3cret@smtp.example.org").unwrap();
+        let Target::Mail { mail, .. } = &target else {
+            panic!("mail");
+        };
+        assert_eq!((mail.implicit_tls, mail.port), (true, 465));
+        assert_eq!(mail.to, ["me@example.org"]);
+        assert!(!target.masked().contains("s3cret"), "{}", target.masked());
+        let Target::Mail { mail, .. } =
+            Target::parse("mailto://127.0.0.1:2525/?to=a@b.example&from=nas%40example.org")
+                .unwrap()
+        else {
+            panic!("mail");
+        };
+        assert_eq!((mail.host.as_str(), mail.port), ("127.0.0.1", 2525));
+        assert_eq!(mail.from.as_deref(), Some("nas@example.org"));
+        for bad in [
+            "mailto://smtp.example.org",
+            "mailto://smtp.example.org?to=nobody",
+            "mailto://smtp.example.org:smtp?to=a@b.example",
+            "mailto://?to=a@b.example",
+        ] {
+            assert!(
+                matches!(Target::parse(bad), Err(TargetError::Malformed { .. })),
+                "{bad}"
+            );
+        }
     }
 }

@@ -210,13 +210,18 @@ impl Config {
         }
         let max_silence_ms = match &file.max_silence {
             Some(text) => {
-                crate::cli::parse_duration(text)
-                    .map_err(|e| ConfigError::BadConfig {
+                let silence =
+                    crate::cli::parse_duration(text).map_err(|e| ConfigError::BadConfig {
                         path: file_path.clone(),
                         message: format!("max_silence: {e}"),
-                    })?
-                    .as_secs_f64()
-                    * 1000.0
+                    })?;
+                if silence.is_zero() {
+                    return Err(ConfigError::BadConfig {
+                        path: file_path.clone(),
+                        message: "max_silence: 0 would call every machine quiet at once".into(),
+                    });
+                }
+                silence.as_secs_f64() * 1000.0
             }
             None => crate::health::DEFAULT_MAX_SILENCE_MS,
         };

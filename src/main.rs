@@ -3,6 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
@@ -293,6 +294,9 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
     overrides.path = overrides.path.or(cli.path);
     overrides.port = overrides.port.or(cli.port);
     overrides.network_key = overrides.network_key.or(cli.caps_shs);
+    if !matches!(cli.command, Command::Serve { .. } | Command::Run { .. }) {
+        scuttlefs::platform::exit_on_closed_stdout();
+    }
     match cli.command {
         Command::Serve {
             mount,
@@ -582,6 +586,10 @@ fn run_locally(
 
 /// `scuttlefs run`: through the daemon when one answers, else on the store
 /// directly (held for the whole run).
+/// How long `run` waits for a daemon that holds the store but does not
+/// answer yet (one that is starting).
+const DAEMON_START_WAIT: Duration = Duration::from_secs(30);
+
 fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCode, String> {
     let spec = run::parse_args(args).map_err(|e| e.to_string())?;
     let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
@@ -594,12 +602,26 @@ fn run_job(overrides: &Overrides, args: &[std::ffi::OsString]) -> Result<ExitCod
         let node = match Node::open(config.clone(), keys, false) {
             Ok(node) => node,
             Err(NodeError::Store(StoreError::Locked(_))) => {
-                return Err(format!(
-                    "the store in {} is held by {}, and no daemon answers on {}",
-                    config.path.display(),
-                    scuttlefs::store::holder(&config.store_dir()),
-                    socket.display()
-                ))
+                // A daemon holds the store but does not answer yet: it is
+                // starting (a job started at boot, beside it). The job
+                // runs regardless; its lines go to the daemon once it
+                // answers.
+                let answers = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
+                let deadline = std::time::Instant::now() + DAEMON_START_WAIT;
+                while !answers() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                if !answers() {
+                    eprintln!(
+                        "scuttlefs run: the store in {} is held by {}, and no daemon answers \
+                         on {}; running the job, its lines may not be published",
+                        config.path.display(),
+                        scuttlefs::store::holder(&config.store_dir()),
+                        socket.display()
+                    );
+                }
+                let code = run::run(&spec, &mut Via(DaemonPublisher { socket }));
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
             Err(e) => return Err(e.to_string()),
         };

@@ -133,3 +133,17 @@ pub fn thread_group(tid: u32) -> u32 {
         tid
     }
 }
+
+/// Lets a closed standard output end this process quietly, as it ends
+/// `cat`: `scuttlefs health | head` then stops at the pipe's end instead
+/// of panicking in `println!`. Only for commands that print and exit; the
+/// daemon and `run` (whose job must finish whatever happens to its
+/// output) keep ignoring SIGPIPE, as Rust sets it up.
+pub fn exit_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal; no handler
+    // is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

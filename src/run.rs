@@ -201,7 +201,14 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
         (None, None) => None,
         (Some(expr), zone) => {
             let zone = zone.unwrap_or_else(crate::schedule::local_zone);
-            crate::schedule::CronSchedule::parse(expr, &zone).map_err(|e| usage(&e.to_string()))?;
+            let schedule = crate::schedule::CronSchedule::parse(expr, &zone)
+                .map_err(|e| usage(&e.to_string()))?;
+            if !schedule.fires(crate::clock::now_ms()) {
+                return Err(usage(&format!(
+                    "--cron {expr:?} has no times to come (such as February 30th): \
+                     the job could never be late"
+                )));
+            }
             Some(zone)
         }
     };

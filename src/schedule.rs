@@ -56,21 +56,50 @@ impl CronSchedule {
         Ok(CronSchedule { cron, zone })
     }
 
+    /// Whether the expression has times still to come: `0 0 30 2 *`
+    /// (February 30th) parses but never fires, and a job on it could never
+    /// be judged late.
+    pub fn fires(&self, now_ms: f64) -> bool {
+        self.after(now_ms)
+            .and_then(|next| self.after(next))
+            .is_some()
+    }
+
     /// The first occurrence strictly after `ms` (counted in whole
     /// seconds, as cron counts).
     fn after(&self, ms: f64) -> Option<f64> {
-        let whole_second = (ms / 1000.0).floor() as i64;
-        let utc: DateTime<Utc> = Utc.timestamp_opt(whole_second, 0).single()?;
-        let next = self
+        let mut from_second = (ms / 1000.0).floor() as i64;
+        // Where clocks go back, cron's wall-clock search can answer with
+        // the first pass of a repeated hour, before `ms`: look again from
+        // an hour on, so that a job is never taken for late by it.
+        for _ in 0..3 {
+            let utc: DateTime<Utc> = Utc.timestamp_opt(from_second, 0).single()?;
+            let next = self
+                .cron
+                .find_next_occurrence(&utc.with_timezone(&self.zone), false)
+                .ok()?;
+            let next_ms = next.timestamp_millis() as f64;
+            if next_ms > ms {
+                return Some(next_ms);
+            }
+            from_second += 3600;
+        }
+        None
+    }
+
+    /// The last occurrence strictly before `ms`.
+    fn before(&self, ms: f64) -> Option<f64> {
+        let utc: DateTime<Utc> = Utc.timestamp_opt((ms / 1000.0).ceil() as i64, 0).single()?;
+        let previous = self
             .cron
-            .find_next_occurrence(&utc.with_timezone(&self.zone), false)
+            .find_previous_occurrence(&utc.with_timezone(&self.zone), false)
             .ok()?;
-        Some(next.timestamp_millis() as f64)
+        Some(previous.timestamp_millis() as f64).filter(|p| *p < ms)
     }
 
     /// When a job whose last run started at `last_run_ms` is late from:
     /// its next time after that run, plus `grace_ms` (by default a tenth
-    /// of the time from then to the time after).
+    /// of the time from the time before it).
     pub fn due_ms(&self, grace_ms: Option<f64>, last_run_ms: f64) -> Option<f64> {
         // A run that began a moment before its time (a clock a little
         // ahead) served that time: look from a little later.
@@ -80,19 +109,39 @@ impl CronSchedule {
         let next = self.after(last_run_ms + slack)?;
         let grace = match grace_ms {
             Some(grace) => grace,
-            None => (self.after(next)? - next) * DEFAULT_GRACE,
+            None => {
+                let interval = match self.before(next) {
+                    Some(previous) => next - previous,
+                    None => self.after(next)? - next,
+                };
+                interval * DEFAULT_GRACE
+            }
         };
         Some(next + grace)
     }
 }
 
 /// This machine's time zone by its IANA name, for `run --cron` without
-/// `--tz`; UTC when the system does not say.
+/// `--tz`: `TZ` when it names one, else the system's; UTC (with a
+/// warning) when neither says.
 pub fn local_zone() -> String {
-    iana_time_zone::get_timezone()
-        .ok()
-        .filter(|zone| Tz::from_str(zone).is_ok())
-        .unwrap_or_else(|| "UTC".to_string())
+    let from_env = std::env::var("TZ").ok().and_then(|tz| {
+        let name = tz.trim_start_matches(':');
+        let name = name.rsplit_once("zoneinfo/").map_or(name, |(_, n)| n);
+        Tz::from_str(name).is_ok().then(|| name.to_string())
+    });
+    from_env
+        .or_else(|| {
+            iana_time_zone::get_timezone()
+                .ok()
+                .filter(|zone| Tz::from_str(zone).is_ok())
+        })
+        .unwrap_or_else(|| {
+            tracing::warn!(
+                "cannot tell this machine's time zone; judging --cron in UTC (give --tz ZONE)"
+            );
+            "UTC".to_string()
+        })
 }
 
 /// How a job is scheduled, as its last run's start line said.
@@ -206,6 +255,33 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_hour_never_makes_a_job_late() {
+        // Berlin repeats 02:00-03:00 on 2026-10-25. A run at 02:10 on the
+        // second pass (01:10 UTC) is due after it, not before.
+        let quarterly = Schedule {
+            cron: Some(("*/15 * * * *", "Europe/Berlin")),
+            grace: Some("0s"),
+            ..Schedule::default()
+        };
+        let ran = ms("2026-10-25T01:10:00Z");
+        let due = quarterly.due_ms(ran).expect("due");
+        // (The second pass's own quarter hours are not seen: cron
+        // searches wall-clock time. At worst a late job is told an hour
+        // later, once a year.)
+        assert!(due > ran && due <= ran + 2.0 * 3_600_000.0, "{due} {ran}");
+        // Weekdays at 09:00: Friday's grace is a tenth of the day before
+        // it, not of the weekend after.
+        let weekdays = Schedule {
+            cron: Some(("0 9 * * 1-5", "UTC")),
+            ..Schedule::default()
+        };
+        assert_eq!(
+            weekdays.due_ms(ms("2026-12-10T09:00:01Z")),
+            Some(ms("2026-12-11T09:00:00Z") + 8_640_000.0)
+        );
+    }
+
+    #[test]
     fn bad_expressions_and_zones_are_refused_with_the_reason() {
         let error = CronSchedule::parse("0 25 * * *", "UTC").unwrap_err();
         assert!(
@@ -215,6 +291,9 @@ mod tests {
         let error = CronSchedule::parse("0 2 * * *", "Mars/Olympus").unwrap_err();
         assert!(error.to_string().contains("Mars/Olympus"), "{error}");
         assert!(CronSchedule::parse("*/3 * * * * *", "UTC").is_ok());
+        let now = ms("2026-12-07T15:00:00Z");
+        assert!(CronSchedule::parse("0 2 * * *", "UTC").unwrap().fires(now));
+        assert!(!CronSchedule::parse("0 0 30 2 *", "UTC").unwrap().fires(now));
         assert!(!local_zone().is_empty());
     }
 }

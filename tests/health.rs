@@ -456,3 +456,45 @@ fn job_and_day_files_hold_the_matching_lines_of_merged_log() {
         assert!(seen, "tail -f did not see the new line");
     }
 }
+
+#[test]
+fn a_job_started_while_the_daemon_starts_runs_and_publishes_through_it() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::io::AsRawFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nas");
+    let path_str = path.to_str().expect("utf8");
+    // A first run makes the store.
+    assert_eq!(run_job(path_str, &["--source", "warm", "--", "true"]).0, 0);
+    // The store held, as a daemon that is still starting holds it.
+    let lock = std::fs::File::open(path.join("db").join("lock")).expect("the store's lock");
+    // SAFETY: flock on a descriptor this test owns.
+    let taken = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    assert!(taken, "could not take the store's lock");
+    let mut job = Command::new(bin())
+        .args([
+            "run", "--path", path_str, "--source", "boot", "--quiet", "--",
+        ])
+        .args(["sh", "-c", "echo booted"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run starts");
+    // It waits for the daemon rather than giving up.
+    let gave_up = wait_until(Duration::from_secs(2), || {
+        job.try_wait().ok().flatten().is_some()
+    });
+    assert!(!gave_up, "run gave up while the daemon was starting");
+    drop(lock);
+    let daemon = Daemon::start(&path, "nas", &[]);
+    let status = job.wait().expect("run ends");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon
+            .read("nas/jobs/boot.log")
+            .contains("booted")),
+        "{}",
+        daemon.read("merged.log")
+    );
+}

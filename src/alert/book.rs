@@ -36,9 +36,12 @@ struct Told {
     /// id names it.
     #[serde(default)]
     basis_ms: f64,
-    /// How many reminders of it were told.
+    /// The time the last reminder (or the alert itself) was told for:
+    /// the next is due a `--remind` interval later. `None` in a book
+    /// from before reminders, which then starts counting without
+    /// sending.
     #[serde(default)]
-    reminded: u64,
+    reminded_ms: Option<f64>,
 }
 
 /// A delivery waiting for its (next) try.
@@ -159,31 +162,37 @@ impl AlertBook {
             let change = Change::of(row.state);
             let source = row.source.as_deref();
             let mut basis_ms = row.last_run_ms;
-            // Reminders are counted from the basis, so that every machine
-            // numbers them alike and the turn-taking holds for them too.
-            let reminders_due = |basis_ms: f64| {
-                remind_ms.map_or(0, |every| {
-                    ((report.now_ms - basis_ms) / every).max(0.0) as u64
-                })
+            // Reminders fall on whole intervals from the basis, so that
+            // every machine (with the same --remind) numbers them alike and
+            // the turn-taking holds for them too.
+            let slot = |basis_ms: f64| match remind_ms {
+                Some(every) => {
+                    let n = ((report.now_ms - basis_ms) / every).floor().max(0.0);
+                    (n as u64, basis_ms + n * every)
+                }
+                None => (0, report.now_ms),
             };
-            let mut reminded = 0;
+            let mut reminded_ms = None;
             match (before, change) {
                 (Some(old), Some(new)) if old.change == new => {
                     basis_ms = old.basis_ms;
-                    reminded = old.reminded;
-                    let due = reminders_due(basis_ms);
-                    if due > reminded {
-                        let mut alert = Alert::about(row, new, report.now_ms);
-                        alert.id = super::change_id(&row.id, source, new, basis_ms);
-                        alerts.push(alert.reminder(due));
-                        reminded = due;
+                    let (n, at) = slot(basis_ms);
+                    reminded_ms = Some(at);
+                    match (remind_ms, old.reminded_ms) {
+                        (Some(every), Some(last)) if report.now_ms - last >= every => {
+                            let mut alert = Alert::about(row, new, report.now_ms);
+                            alert.id = super::change_id(&row.id, source, new, basis_ms);
+                            alerts.push(alert.reminder(n));
+                        }
+                        (_, Some(last)) => reminded_ms = Some(last),
+                        (_, None) => {}
                     }
                 }
                 (_, Some(new)) => {
                     let mut alert = Alert::about(row, new, report.now_ms);
                     alert.id = super::change_id(&row.id, source, new, basis_ms);
                     alerts.push(alert);
-                    reminded = reminders_due(basis_ms);
+                    reminded_ms = Some(slot(basis_ms).1);
                 }
                 (Some(old), None) => {
                     let mut alert = Alert::about(row, Change::Recovered, report.now_ms);
@@ -200,7 +209,7 @@ impl AlertBook {
                         machine: row.machine.clone(),
                         source: row.source.clone(),
                         basis_ms,
-                        reminded,
+                        reminded_ms,
                     },
                 );
             }
@@ -595,5 +604,19 @@ mod tests {
         assert!(book.judge(&at(5.0 * day), None, |_, _| false).is_empty());
         let third = book.judge(&at(5.0 * day), Some(day), |_, _| false);
         assert_eq!(third[0].id, format!("{}r4", first[0].id));
+        // A shorter interval: one reminder an hour on, not a burst.
+        let hour = 3_600_000.0;
+        let sooner = book.judge(&at(5.0 * day + hour + 2_000.0), Some(hour), |_, _| false);
+        assert_eq!(sooner.len(), 1);
+        assert!(book
+            .judge(&at(5.0 * day + hour + 3_000.0), Some(hour), |_, _| false)
+            .is_empty());
+        // A book from before reminders starts counting without sending.
+        for told in book.trouble.values_mut() {
+            told.reminded_ms = None;
+        }
+        assert!(book
+            .judge(&at(9.0 * day), Some(hour), |_, _| false)
+            .is_empty());
     }
 }

@@ -21,10 +21,13 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// Submits `alert` to `server`; an error says why it is not delivered.
 pub fn deliver(server: &MailServer, alert: &Alert) -> Result<(), String> {
     let machine = crate::config::hostname();
-    let from = server
-        .from
-        .clone()
-        .unwrap_or_else(|| format!("scuttlefs@{}", sender_domain(&machine)));
+    let from = server.from.clone().unwrap_or_else(|| {
+        let address = format!("scuttlefs@{}", sender_domain(&machine));
+        match address.parse::<lettre::Address>() {
+            Ok(_) => address,
+            Err(_) => "scuttlefs@localhost".into(),
+        }
+    });
     let mut message = Message::builder()
         .from(
             from.parse()
@@ -44,14 +47,42 @@ pub fn deliver(server: &MailServer, alert: &Alert) -> Result<(), String> {
     let message = message
         .body(body)
         .map_err(|e| format!("cannot build the mail: {e}"))?;
-    let parameters = TlsParameters::new(server.host.clone())
-        .map_err(|e| format!("TLS for {}: {e}", server.host))?;
-    let tls = if server.implicit_tls {
-        Tls::Wrapper(parameters)
+    let tls: fn(TlsParameters) -> Tls = if server.implicit_tls {
+        Tls::Wrapper
     } else if server.credentials.is_some() {
-        Tls::Required(parameters)
+        Tls::Required
     } else {
-        Tls::Opportunistic(parameters)
+        Tls::Opportunistic
+    };
+    match submit(server, &message, Some(tls)) {
+        // Without a login, a server whose STARTTLS cannot be verified (a
+        // LAN relay with a self-signed certificate) gets the mail in the
+        // clear, as it would without STARTTLS: there is no secret to keep.
+        Err(why) if server.credentials.is_none() && !server.implicit_tls && is_tls(&why) => {
+            tracing::warn!(
+                "{}:{}: STARTTLS failed ({why}); sending without TLS",
+                server.host,
+                server.port
+            );
+            submit(server, &message, None)
+        }
+        other => other,
+    }
+}
+
+/// One submission of `message`, with `tls` (given the server's name) or
+/// in the clear.
+fn submit(
+    server: &MailServer,
+    message: &Message,
+    tls: Option<fn(TlsParameters) -> Tls>,
+) -> Result<(), String> {
+    let tls = match tls {
+        Some(make) => make(
+            TlsParameters::new(server.host.clone())
+                .map_err(|e| format!("TLS for {}: {e}", server.host))?,
+        ),
+        None => Tls::None,
     };
     let mut transport = SmtpTransport::builder_dangerous(&server.host)
         .port(server.port)
@@ -60,7 +91,7 @@ pub fn deliver(server: &MailServer, alert: &Alert) -> Result<(), String> {
     if let Some((user, password)) = &server.credentials {
         transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
     }
-    transport.build().send(&message).map(|_| ()).map_err(|e| {
+    transport.build().send(message).map(|_| ()).map_err(|e| {
         let why = e.to_string();
         if server.credentials.is_some() && !server.implicit_tls && why.contains("STARTTLS") {
             format!(
@@ -72,6 +103,12 @@ pub fn deliver(server: &MailServer, alert: &Alert) -> Result<(), String> {
             format!("{}:{}: {why}", server.host, server.port)
         }
     })
+}
+
+/// Whether a submission failed in its TLS handshake.
+fn is_tls(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    why.contains("tls") || why.contains("certificate")
 }
 
 /// A domain for the sender's address: this machine's name when it can

@@ -63,7 +63,7 @@ pub const HEARTBEAT_MS: f64 = 3_600_000.0;
 /// that a machine that is up is never judged quiet by one that shares its
 /// `--max-silence`.
 pub fn heartbeat_ms(max_silence_ms: f64) -> f64 {
-    HEARTBEAT_MS.min(max_silence_ms / 4.0)
+    HEARTBEAT_MS.min(max_silence_ms / 4.0).max(1_000.0)
 }
 
 /// How long each machine that alerts a target waits after the one before
@@ -183,7 +183,7 @@ pub fn spawn(node: Arc<Node>) {
                         let holders = node
                             .with_jobs(|jobs| jobs.alerting(&fingerprint))
                             .unwrap_or_default();
-                        rank(&alert.id, &me, &holders) as f64 * HANDOFF_MS
+                        rank(&alert.id, &me, &holders) as f64 * target.handoff_ms()
                     });
                 }
                 save_if_changed(&book, &path, &mut saved);

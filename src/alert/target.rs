@@ -203,6 +203,16 @@ impl Target {
         !matches!(self, Target::Desktop)
     }
 
+    /// How long each machine waits after the one before it in an alert's
+    /// turn: long enough for that one to deliver and announce it. A mail
+    /// submission (connect, TLS, login, data) takes longer than a POST.
+    pub fn handoff_ms(&self) -> f64 {
+        match self {
+            Target::Mail { .. } => 4.0 * super::HANDOFF_MS,
+            _ => super::HANDOFF_MS,
+        }
+    }
+
     /// The URL with any password masked, for `alert list`, `status` and
     /// logs.
     pub fn masked(&self) -> String {
@@ -210,9 +220,11 @@ impl Target {
     }
 
     /// A short name for the target that neither shows nor reveals its
-    /// URL: what the alert state and the feed record deliveries by.
+    /// URL: what the alert state and the feed record deliveries by. Made
+    /// from the URL without its password, so that the feed gives nothing
+    /// to guess a password against; a new password is the same place.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.url().as_bytes());
+        let digest = Sha256::digest(self.masked().as_bytes());
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
@@ -242,9 +254,8 @@ fn mail(url: &str, rest: &str, implicit_tls: bool) -> Result<Target, TargetError
     let (mut to, mut from) = (Vec::new(), None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode_str(&value.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned();
+        // RFC 6068: `+` is itself (me+alerts@example.org), not a space.
+        let value = percent_decode_str(value).decode_utf8_lossy().into_owned();
         match name {
             "to" => to.extend(
                 value
@@ -340,21 +351,18 @@ fn endpoint(url: &str, rest: &str, tls: bool) -> Result<Endpoint, TargetError> {
     })
 }
 
-/// `url` with the password of its `user:password@` (if any) replaced.
+/// `url` with the password of its `user:password@` (if any) replaced. The
+/// credentials end at the last `@` before the query, so a password with a
+/// `/` in it is masked too.
 fn mask(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
+    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..query_start].rfind('@') {
         Some(at) => {
-            let user = authority[..at].split(':').next().unwrap_or("");
-            format!(
-                "{scheme}://{user}:****@{}{}",
-                &authority[at + 1..],
-                &rest[authority_end..]
-            )
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:****@{}", &rest[at + 1..])
         }
         None => url.to_string(),
     }
@@ -465,6 +473,19 @@ mod tests {
         assert_eq!((mail.implicit_tls, mail.port), (true, 465));
         assert_eq!(mail.to, ["me@example.org"]);
         assert!(!target.masked().contains("s3cret"), "{}", target.masked());
+        // A password with a slash, and its error, give nothing away.
+        let error = Target::parse("mailto://me:ab/cd@smtp.example.org:x?to=a@b.example")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("ab/cd"), "{error}");
+        assert_eq!(
+            Target::parse("mailto://me:one@smtp.example.org?to=me+alerts@example.org")
+                .unwrap()
+                .fingerprint(),
+            Target::parse("mailto://me:two@smtp.example.org?to=me+alerts@example.org")
+                .unwrap()
+                .fingerprint()
+        );
         let Target::Mail { mail, .. } =
             Target::parse("mailto://127.0.0.1:2525/?to=a@b.example&from=nas%40example.org")
                 .unwrap()
@@ -473,6 +494,12 @@ mod tests {
         };
         assert_eq!((mail.host.as_str(), mail.port), ("127.0.0.1", 2525));
         assert_eq!(mail.from.as_deref(), Some("nas@example.org"));
+        let Target::Mail { mail, .. } =
+            Target::parse("mailto://smtp.example.org?to=me+alerts@example.org").unwrap()
+        else {
+            panic!("mail");
+        };
+        assert_eq!(mail.to, ["me+alerts@example.org"]);
         for bad in [
             "mailto://smtp.example.org",
             "mailto://smtp.example.org?to=nobody",

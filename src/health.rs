@@ -66,6 +66,11 @@ pub struct Job {
     /// [`RECENT_LINES`], each cut short (an alert's body shows them).
     #[serde(default)]
     pub recent: Vec<String>,
+    /// When it is late from, worked out when its run or schedule last
+    /// changed (not on each judgement: a cron expression costs its
+    /// parsing), and again when the table is loaded.
+    #[serde(skip)]
+    due: Option<f64>,
 }
 
 /// How many of a run's last lines a job keeps for its alerts.
@@ -116,7 +121,15 @@ impl Job {
 
     /// When the job is late from; `None` without a schedule or a run.
     pub fn due_ms(&self) -> Option<f64> {
-        self.schedule().due_ms(self.start_ms.or(self.end_ms)?)
+        self.due
+    }
+
+    /// Works out [`Job::due_ms`] again, after its run or schedule changed.
+    fn refresh_due(&mut self) {
+        self.due = self
+            .start_ms
+            .or(self.end_ms)
+            .and_then(|last| self.schedule().due_ms(last));
     }
 
     /// The job's state at `now_ms`.
@@ -300,7 +313,8 @@ impl JobTable {
             _ if job.in_long_line => job.in_long_line = false,
             _ => printed(job, text()),
         }
-        if let Some(every) = content.get(EVERY_FIELD).and_then(Value::as_str) {
+        let every = content.get(EVERY_FIELD).and_then(Value::as_str);
+        if let Some(every) = every {
             job.every = Some(every.to_string());
         }
         if content.get(RUN_FIELD).and_then(Value::as_str) == Some("start") {
@@ -331,8 +345,10 @@ impl JobTable {
                     .and_then(Value::as_str)
                     .map(str::to_string);
             }
+            _ if every.is_none() => return,
             _ => {}
         }
+        job.refresh_due();
     }
 
     /// Whether alerts about `feed`'s job `source` (or, with `None`, about
@@ -439,8 +455,13 @@ impl JobTable {
     /// Loads a saved table; `None` when there is none or it is damaged.
     pub fn load(path: &Path) -> Option<JobTable> {
         let bytes = std::fs::read(path).ok()?;
-        match serde_json::from_slice(&bytes) {
-            Ok(table) => Some(table),
+        match serde_json::from_slice::<JobTable>(&bytes) {
+            Ok(mut table) => {
+                for job in table.jobs.values_mut().flat_map(|jobs| jobs.values_mut()) {
+                    job.refresh_due();
+                }
+                Some(table)
+            }
             Err(e) => {
                 tracing::warn!("{} is damaged ({e}); rebuilding it", path.display());
                 None
@@ -468,7 +489,11 @@ impl JobTable {
         for (feed, jobs) in &self.jobs {
             let machine = label(feed, names);
             for (source, job) in jobs {
-                let retired = self.retired.get(&format!("{feed} {source}"));
+                let retired = if self.retired.is_empty() {
+                    None
+                } else {
+                    self.retired.get(&format!("{feed} {source}"))
+                };
                 if retired.is_some_and(|at| job.last_ms <= *at) {
                     continue;
                 }

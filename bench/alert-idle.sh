@@ -17,7 +17,7 @@ if [ -z "${BIN:-}" ]; then
   BIN=$PWD/target/release/scuttlefs
 fi
 WORK=$(mktemp -d)
-trap 'pkill -f "$WORK" 2>/dev/null; sleep 0.5; rm -rf $WORK' EXIT
+trap 'pkill -f "$WORK" 2>/dev/null; sleep 0.5; rm -rf $WORK; true' EXIT
 TICKS=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -39,9 +39,8 @@ pub fn deliver(server: &MailServer, alert: &Alert) -> Result<(), String> {
         message = message.to(to.parse().map_err(|e| format!("address {to:?}: {e}"))?);
     }
     let body = format!(
-        "{}\n\n-- \nscuttlefs on {machine}: {} {}\n",
+        "{}\n\n-- \nSent by scuttlefs on {machine} at {}.\n",
         alert.body,
-        alert.change.name(),
         alert.time()
     );
     let message = message

@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         Target::Ntfy { endpoint, .. } | Target::Json { endpoint, .. } => {
             endpoint.credentials.is_some()
         }
-        Target::Exec { .. } => false,
+        Target::Mail { mail, .. } => mail.credentials.is_some(),
+        Target::Exec { .. } | Target::Desktop => false,
     };
     if has_password {
         let masked = target.masked();

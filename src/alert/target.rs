@@ -351,15 +351,20 @@ fn endpoint(url: &str, rest: &str, tls: bool) -> Result<Endpoint, TargetError> {
     })
 }
 
-/// `url` with the password of its `user:password@` (if any) replaced. The
-/// credentials end at the last `@` before the query, so a password with a
-/// `/` in it is masked too.
+/// `url` with the password of its `user:password@` (if any) replaced, a
+/// password with a `/` in it too.
 fn mask(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
+    // The credentials end at the authority's last `@`; failing that (a
+    // password with an unencoded `/`), at the last `@` before the query.
     let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
-    match rest[..query_start].rfind('@') {
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end]
+        .rfind('@')
+        .or_else(|| rest[..query_start].rfind('@'));
+    match at {
         Some(at) => {
             let user = rest[..at].split(':').next().unwrap_or("");
             format!("{scheme}://{user}:****@{}", &rest[at + 1..])

@@ -5,7 +5,6 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -28,14 +27,6 @@ pub enum CliError {
         "unexpected argument {0:?}: publish takes --key value pairs (e.g. --type log --text \"…\")"
     )]
     Positional(String),
-    /// A duration that does not parse, or is too long to represent.
-    #[error("bad duration {text:?}: {reason} (use e.g. 90s, 30m, 1h, 2d, or plain seconds)")]
-    BadDuration {
-        /// What was given.
-        text: String,
-        /// Why it cannot be used.
-        reason: String,
-    },
 }
 
 /// Removes the global options from `args` (wherever they stand before a
@@ -160,25 +151,6 @@ pub fn publish_content(args: &[String]) -> Result<(Map<String, Value>, bool), Cl
         }
     }
     Ok((content, stdin))
-}
-
-/// Parses a duration as humantime does (`90s`, `30m`, `1h 30m`, `2days`),
-/// or plain seconds (`90`). A duration too long to represent is refused,
-/// not wrapped around.
-pub fn parse_duration(text: &str) -> Result<Duration, CliError> {
-    let bad = |reason: String| CliError::BadDuration {
-        text: text.to_string(),
-        reason,
-    };
-    let trimmed = text.trim();
-    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        // Only digits, so the one way to fail is not fitting in a u64.
-        return trimmed
-            .parse()
-            .map(Duration::from_secs)
-            .map_err(|_| bad("number is too large".into()));
-    }
-    humantime::parse_duration(trimmed).map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
@@ -321,47 +293,5 @@ mod tests {
             r#"{"type":"contact","contact":"@x","following":true,"text":" hi"}"#
         );
         assert!(publish_content(&args(&["stray"])).is_err());
-    }
-
-    #[test]
-    fn durations() {
-        let secs = |text| parse_duration(text).map(|d| d.as_secs()).ok();
-        assert_eq!(secs("1h"), Some(3600));
-        assert_eq!(secs("90"), Some(90));
-        assert_eq!(secs(" 90s "), Some(90));
-        assert_eq!(secs("1h 30m"), Some(5400));
-        assert_eq!(secs("2d"), Some(172_800));
-        assert_eq!(
-            parse_duration("500ms").expect("ok"),
-            Duration::from_millis(500)
-        );
-        for bad in ["", "1fortnight", "-5s", "s", "1.5.h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} parsed");
-        }
-    }
-
-    #[test]
-    fn durations_too_long_are_refused_not_wrapped() {
-        // 307445734561825861 minutes is 2^64 + 44 seconds: it used to wrap
-        // around to 44 s.
-        for text in [
-            "307445734561825861m",
-            "18446744073709551616",
-            "99999999999999999999s",
-            "584942417356y",
-        ] {
-            match parse_duration(text) {
-                Err(CliError::BadDuration { reason, .. }) => {
-                    assert!(reason.contains("too large"), "{text}: {reason}")
-                }
-                other => panic!("{text} gave {other:?}"),
-            }
-        }
-        let max = u64::MAX.to_string();
-        assert_eq!(
-            parse_duration(&max).expect("fits").as_secs(),
-            u64::MAX,
-            "the largest plain number still fits"
-        );
     }
 }

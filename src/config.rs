@@ -211,7 +211,7 @@ impl Config {
         let max_silence_ms = match &file.max_silence {
             Some(text) => {
                 let silence =
-                    crate::cli::parse_duration(text).map_err(|e| ConfigError::BadConfig {
+                    crate::vocab::parse_duration(text).map_err(|e| ConfigError::BadConfig {
                         path: file_path.clone(),
                         message: format!("max_silence: {e}"),
                     })?;
@@ -231,7 +231,7 @@ impl Config {
         let remind_ms = match file.remind.as_deref().map(str::trim) {
             Some("off") => None,
             Some(text) => Some(
-                crate::cli::parse_duration(text)
+                crate::vocab::parse_duration(text)
                     .ok()
                     .filter(|d| !d.is_zero())
                     .ok_or_else(|| ConfigError::BadConfig {

@@ -15,12 +15,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::cli::parse_duration;
 use crate::feed::{FeedId, Message};
-use crate::run::{EVERY_FIELD, EXIT_FIELD, RUN_FIELD, SIGNAL_FIELD, TOOK_FIELD};
 use crate::schedule::Schedule;
 use crate::store::{Store, StoreError};
 use crate::view::line::{format_timestamp, is_log, label, text_of};
+use crate::vocab::{
+    parse_duration, ALERTING_TYPE, ANNOUNCED_TYPE, CRON_FIELD, EVERY_FIELD, EXIT_FIELD,
+    GRACE_FIELD, MUTE_TYPE, RETIRE_TYPE, RUN_FIELD, SIGNAL_FIELD, TIMEOUT_FIELD, TOOK_FIELD,
+    TZ_FIELD,
+};
 
 /// A machine silent this long counts as gone quiet, by default.
 pub const DEFAULT_MAX_SILENCE_MS: f64 = 26.0 * 3600.0 * 1000.0;
@@ -216,7 +219,7 @@ impl JobTable {
         }
         *seen = msg.sequence;
         match msg.content_type() {
-            Some(crate::alert::ANNOUNCED_TYPE) => {
+            Some(ANNOUNCED_TYPE) => {
                 let content = msg.content();
                 let field = |name| content.get(name).and_then(Value::as_str);
                 if let (Some(change), Some(target)) = (field("change"), field("target")) {
@@ -224,7 +227,7 @@ impl JobTable {
                 }
                 return;
             }
-            Some(crate::alert::MUTE_TYPE) => {
+            Some(MUTE_TYPE) => {
                 if let Some((key, _)) = job_key(msg.content()) {
                     let until = msg.content().get("until").and_then(Value::as_f64);
                     let newer = self
@@ -237,14 +240,14 @@ impl JobTable {
                 }
                 return;
             }
-            Some(crate::alert::RETIRE_TYPE) => {
+            Some(RETIRE_TYPE) => {
                 if let Some((key, true)) = job_key(msg.content()) {
                     let at = self.retired.entry(key).or_insert(msg.timestamp);
                     *at = at.max(msg.timestamp);
                 }
                 return;
             }
-            Some(crate::alert::ALERTING_TYPE) => {
+            Some(ALERTING_TYPE) => {
                 let targets = msg
                     .content()
                     .get("targets")
@@ -326,10 +329,10 @@ impl JobTable {
                     .and_then(Value::as_str)
                     .map(str::to_string)
             };
-            job.grace = field(crate::run::GRACE_FIELD);
-            job.timeout = field(crate::run::TIMEOUT_FIELD);
-            job.cron = field(crate::run::CRON_FIELD);
-            job.tz = field(crate::run::TZ_FIELD);
+            job.grace = field(GRACE_FIELD);
+            job.timeout = field(TIMEOUT_FIELD);
+            job.cron = field(CRON_FIELD);
+            job.tz = field(TZ_FIELD);
         }
         match content.get(RUN_FIELD).and_then(Value::as_str) {
             Some("start") => job.start_ms = Some(msg.timestamp),

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
 use scuttlefs::alert;
-use scuttlefs::cli::{parse_duration, publish_content, split_globals};
+use scuttlefs::cli::{publish_content, split_globals};
 use scuttlefs::config::{Config, Overrides};
 use scuttlefs::control::{self, Request, RequestError};
 use scuttlefs::daemon::{self, ServeOptions};
@@ -19,6 +19,7 @@ use scuttlefs::node::{now_ms, Node, NodeError};
 use scuttlefs::run;
 use scuttlefs::status;
 use scuttlefs::store::StoreError;
+use scuttlefs::vocab::{parse_duration, MUTE_TYPE, RETIRE_TYPE};
 
 /// Secure Scuttlebutt feeds, replicated between machines and mounted as a
 /// filesystem.
@@ -381,7 +382,7 @@ fn alert_command(overrides: &Overrides, action: AlertAction) -> Result<ExitCode,
             let (feed, source) = machine_and_job(&config, &what)?;
             let until = now_ms() + lasting.as_secs_f64() * 1000.0;
             let mut content = Map::new();
-            content.insert("type".into(), alert::MUTE_TYPE.into());
+            content.insert("type".into(), MUTE_TYPE.into());
             content.insert("machine".into(), feed.to_string().into());
             content.insert(
                 "source".into(),
@@ -470,7 +471,7 @@ fn retire_job(overrides: &Overrides, job: &str) -> Result<ExitCode, String> {
         return Err("usage: scuttlefs job retire MACHINE/SOURCE".into());
     };
     let mut content = Map::new();
-    content.insert("type".into(), alert::RETIRE_TYPE.into());
+    content.insert("type".into(), RETIRE_TYPE.into());
     content.insert("machine".into(), feed.to_string().into());
     content.insert("source".into(), source.into());
     ask_daemon(

@@ -19,8 +19,9 @@ use crate::graph::FollowGraph;
 use crate::health::JobTable;
 use crate::notices::Notices;
 use crate::store::{contact_edge, Store, StoreError, Stored};
-use crate::view::line::{LineRenderer, RenderOverlay, LOG_TYPE, MORE_FIELD};
+use crate::view::line::{LineRenderer, RenderOverlay};
 use crate::view::{ViewEntry, Views};
+use crate::vocab::{LOG_TYPE, MORE_FIELD};
 
 /// The saved job table, brought up to date with every feed's tip. A table
 /// ahead of the store (it was saved before a power cut took messages the

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::view::line::LOG_TYPE;
+use crate::vocab::LOG_TYPE;
 
 /// The content for one written line, or `None` for an empty line.
 ///

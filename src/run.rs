@@ -24,29 +24,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::view::line::LOG_TYPE;
-
-/// Marks a run's first line (`start`) and last line (`end`).
-pub const RUN_FIELD: &str = "run";
-/// The exit code, on the last line.
-pub const EXIT_FIELD: &str = "exit";
-/// The signal that killed the command, on the last line.
-pub const SIGNAL_FIELD: &str = "signal";
-/// How long the run took, on the last line (`93s`).
-pub const TOOK_FIELD: &str = "took";
-/// The expected cadence (`1d`), on the first and last lines.
-pub const EVERY_FIELD: &str = "every";
-/// How long past its cadence a job may start before it is late (default:
-/// a tenth of the cadence).
-pub const GRACE_FIELD: &str = "grace";
-/// How long a run may take before it counts as stuck.
-pub const TIMEOUT_FIELD: &str = "timeout";
-/// A cron expression (`0 2 * * *`) the job runs on, instead of a cadence.
-pub const CRON_FIELD: &str = "cron";
-/// The time zone (`Europe/Berlin`) its cron expression is judged in.
-pub const TZ_FIELD: &str = "tz";
-/// `stderr`, on lines the command wrote to standard error.
-pub const STREAM_FIELD: &str = "stream";
+use crate::vocab::{
+    CRON_FIELD, EVERY_FIELD, EXIT_FIELD, GRACE_FIELD, LOG_TYPE, RUN_FIELD, SIGNAL_FIELD,
+    STREAM_FIELD, TIMEOUT_FIELD, TOOK_FIELD, TZ_FIELD,
+};
 
 /// Content fields a user may not set: `run` writes them.
 const RESERVED: &[&str] = &[
@@ -178,7 +159,7 @@ pub fn parse_args(args: &[OsString]) -> Result<RunSpec, RunError> {
             _ => None,
         };
         if let Some(slot) = schedule {
-            crate::cli::parse_duration(&value).map_err(|e| usage(&format!("--{name}: {e}")))?;
+            crate::vocab::parse_duration(&value).map_err(|e| usage(&format!("--{name}: {e}")))?;
             *slot = Some(value);
         } else {
             fields.insert(name, Value::String(value));

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
-use crate::cli::parse_duration;
+use crate::vocab::parse_duration;
 
 /// A job without its own grace may start this much of its interval late.
 const DEFAULT_GRACE: f64 = 0.1;

@@ -30,29 +30,9 @@ use serde_json::{json, Value};
 
 use crate::health::{Row, State};
 use crate::node::Node;
+use crate::vocab::{ALERTING_TYPE, ANNOUNCED_TYPE, HEARTBEAT_TYPE};
 use book::AlertBook;
 use target::Target;
-
-/// The message type a machine publishes after delivering an alert:
-/// `{type, change, target, state}`, `change` being the alert's id and
-/// `target` the target's fingerprint. The views do not show it.
-pub const ANNOUNCED_TYPE: &str = "scuttlefs-alert";
-
-/// The message type a machine publishes when its targets change:
-/// `{type, targets}`, the fingerprints it alerts.
-pub const ALERTING_TYPE: &str = "scuttlefs-alerting";
-
-/// The message type `scuttlefs alert mute` publishes: `{type, machine,
-/// source, until}` (`source` null for a whole machine; `until` in ms).
-pub const MUTE_TYPE: &str = "scuttlefs-mute";
-
-/// The message type `scuttlefs job retire` publishes: `{type, machine,
-/// source}`. The job leaves every machine's health until it runs again.
-pub const RETIRE_TYPE: &str = "scuttlefs-retire";
-
-/// The message type an otherwise silent daemon publishes every
-/// [`HEARTBEAT_MS`], so that "quiet" means off or cut off.
-pub const HEARTBEAT_TYPE: &str = "scuttlefs-heartbeat";
 
 /// A daemon whose feed has had no message for this long says it is up
 /// (sooner under a `--max-silence` shorter than four of these).

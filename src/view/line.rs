@@ -18,13 +18,7 @@ use serde_json::Value;
 
 use crate::feed::json::{js_key_order, to_js_compact};
 use crate::feed::{FeedId, Message};
-
-/// The content type that log views show.
-pub const LOG_TYPE: &str = "log";
-
-/// Content field marking a message whose line continues in the feed's next
-/// message. A line too long for one message is split this way.
-pub const MORE_FIELD: &str = "more";
+use crate::vocab::{LOG_TYPE, MORE_FIELD};
 
 /// The longest line a local writer may publish (`fs::linebuf`): longer
 /// lines are split across messages, and this bounds what one joins into.

@@ -20,7 +20,7 @@ use scuttlefs::feed::json::{to_js_pretty, utf16_len};
 use scuttlefs::feed::{FeedTip, Keypair, Message, MsgId, MAX_MESSAGE_UTF16};
 use scuttlefs::node::split_for_size;
 use scuttlefs::publish::{content_for_line, content_for_stdin_line};
-use scuttlefs::view::line::{LOG_TYPE, MORE_FIELD};
+use scuttlefs::vocab::{LOG_TYPE, MORE_FIELD};
 use serde_json::{Map, Value};
 
 const NOW: f64 = 1_764_081_234_567.0;

@@ -13,15 +13,14 @@ use tokio::sync::broadcast;
 
 use crate::commit_group::CommitGroup;
 use crate::config::Config;
-use crate::feed::json::{js_pretty_utf16_len, to_js_pretty, utf16_len};
-use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message, MAX_MESSAGE_UTF16};
+use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message};
 use crate::graph::FollowGraph;
 use crate::health::JobTable;
 use crate::notices::Notices;
+use crate::publish::split_for_size;
 use crate::store::{contact_edge, Store, StoreError, Stored};
 use crate::view::line::{LineRenderer, RenderOverlay};
 use crate::view::{ViewEntry, Views};
-use crate::vocab::{LOG_TYPE, MORE_FIELD};
 
 /// The saved job table, brought up to date with every feed's tip. A table
 /// ahead of the store (it was saved before a power cut took messages the
@@ -935,9 +934,6 @@ struct Unviewed {
 /// Milliseconds since the epoch (kept here for the many callers).
 pub use crate::clock::now_ms;
 
-/// Room left for the sequence and timestamp to grow between parts.
-const SPLIT_MARGIN: usize = 64;
-
 /// Messages per chunk when signing and storing overlap.
 const PUBLISH_CHUNK: usize = 512;
 
@@ -945,93 +941,6 @@ const PUBLISH_CHUNK: usize = 512;
 /// wait for the views during one publish.
 const VIEW_GROUP_MESSAGES: usize = 4096;
 const VIEW_GROUP_BYTES: usize = 256 * 1024;
-
-/// Everything in a signed message besides its content, in UTF-16 units, with
-/// room to spare: previous, author, signature, the other fields and keys.
-const ENVELOPE_BOUND: usize = 600;
-
-/// `content` as one message, or as several when it is a log line whose text
-/// is too long for one. Other oversize content is refused.
-/// Deterministic for the same arguments: `publish_with` splits every
-/// content twice and relies on both giving the same parts.
-/// Public for the `publish_line` fuzz target.
-pub fn split_for_size(
-    keys: &Keypair,
-    tip: Option<&FeedTip>,
-    now: f64,
-    content: Value,
-) -> Result<Vec<Value>, FeedError> {
-    crate::feed::message::check_content(&content)?;
-    // Cheap bound first: most content is far below the limit. Inside a
-    // message, the content is nested one level deep.
-    if js_pretty_utf16_len(&content, 1) + ENVELOPE_BOUND < MAX_MESSAGE_UTF16 {
-        return Ok(vec![content]);
-    }
-    let is_log_text = content.get("type").and_then(Value::as_str) == Some(LOG_TYPE)
-        && content.get("text").is_some_and(Value::is_string);
-    let probe = Message::sign(keys, tip, now, content.clone());
-    match probe {
-        // The margin covers a longer sequence number by the time it is signed.
-        Ok(msg) if utf16_len(&to_js_pretty(&msg.value)) + SPLIT_MARGIN <= MAX_MESSAGE_UTF16 => {
-            return Ok(vec![content])
-        }
-        Ok(msg) if !is_log_text => {
-            return Err(FeedError::TooLarge(utf16_len(&to_js_pretty(&msg.value))))
-        }
-        Ok(_) => {}
-        Err(FeedError::TooLarge(size)) if !is_log_text => return Err(FeedError::TooLarge(size)),
-        Err(FeedError::TooLarge(_)) => {}
-        Err(other) => return Err(other),
-    }
-    let text = content["text"].as_str().unwrap_or("").to_string();
-    let mut empty = content.clone();
-    empty["text"] = Value::String(String::new());
-    empty[MORE_FIELD] = Value::Bool(true);
-    let overhead = utf16_len(&to_js_pretty(
-        &Message::sign(keys, tip, now, empty.clone())?.value,
-    ));
-    let budget = MAX_MESSAGE_UTF16.saturating_sub(overhead + SPLIT_MARGIN);
-    if budget < 16 {
-        return Err(FeedError::TooLarge(overhead));
-    }
-    let chunks = chunk_by_json_length(&text, budget);
-    let last = chunks.len() - 1;
-    Ok(chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| {
-            let mut part = content.clone();
-            part["text"] = Value::String(chunk.to_string());
-            if i < last {
-                part[MORE_FIELD] = Value::Bool(true);
-            }
-            part
-        })
-        .collect())
-}
-
-/// Splits `text` into pieces whose JSON-escaped UTF-16 length is at most
-/// `budget`, never inside a character.
-fn chunk_by_json_length(text: &str, budget: usize) -> Vec<&str> {
-    let mut chunks = Vec::new();
-    let mut start = 0;
-    let mut used = 0;
-    for (i, c) in text.char_indices() {
-        let cost = match c {
-            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-            c if (c as u32) < 0x20 => 6,
-            c => c.len_utf16(),
-        };
-        if used + cost > budget {
-            chunks.push(&text[start..i]);
-            start = i;
-            used = 0;
-        }
-        used += cost;
-    }
-    chunks.push(&text[start..]);
-    chunks
-}
 
 #[cfg(test)]
 mod tests {
@@ -1082,13 +991,5 @@ mod tests {
             None,
             "nothing of the refused batch"
         );
-    }
-
-    #[test]
-    fn chunks_respect_escapes_and_characters() {
-        let text = "ab\"😀cd";
-        let chunks = chunk_by_json_length(text, 3);
-        assert_eq!(chunks.concat(), text);
-        assert_eq!(chunks, vec!["ab", "\"", "😀c", "d"]);
     }
 }

@@ -1,6 +1,6 @@
 //! What a user writes to the mount's `publish` file or pipes to `publish
 //! --stdin`: one line (src/publish.rs), split for size as `publish_with`
-//! does (src/node.rs `split_for_size`), then signed part after part.
+//! does (src/publish.rs `split_for_size`), then signed part after part.
 //!
 //! The first input byte: bits 0-2 repeat the rest 2^n times (so lines run
 //! past the message size limit), bit 3 reads it as a `--stdin` line with a
@@ -18,7 +18,7 @@
 use libfuzzer_sys::fuzz_target;
 use scuttlefs::feed::json::{to_js_pretty, utf16_len};
 use scuttlefs::feed::{FeedTip, Keypair, Message, MsgId, MAX_MESSAGE_UTF16};
-use scuttlefs::node::split_for_size;
+use scuttlefs::publish::split_for_size;
 use scuttlefs::publish::{content_for_line, content_for_stdin_line};
 use scuttlefs::vocab::{LOG_TYPE, MORE_FIELD};
 use serde_json::{Map, Value};

@@ -159,7 +159,7 @@ pub fn handle(
         } => {
             let max_silence = max_silence_ms.unwrap_or(node.config.max_silence_ms);
             let report = node
-                .health(crate::node::now_ms(), max_silence)
+                .health(crate::clock::now_ms(), max_silence)
                 .ok_or_else(|| RequestError {
                     kind: "internal".into(),
                     message: "health needs the daemon: start it with scuttlefs serve".into(),

@@ -426,7 +426,7 @@ impl FreedMemory {
     }
 
     fn return_to_system(&mut self, node: &Node) {
-        let now = crate::node::now_ms();
+        let now = crate::clock::now_ms();
         let changed = node.last_change_ms() > self.trimmed_at_ms;
         if (changed || self.worked) && now - self.trimmed_at_ms >= 1000.0 {
             self.trimmed_at_ms = now;

@@ -10,12 +10,13 @@ use serde_json::{Map, Value};
 
 use scuttlefs::alert;
 use scuttlefs::cli::{publish_content, split_globals};
+use scuttlefs::clock::now_ms;
 use scuttlefs::config::{Config, Overrides};
 use scuttlefs::control::{self, Request, RequestError};
 use scuttlefs::daemon::{self, ServeOptions};
 use scuttlefs::feed::json::to_js_pretty;
 use scuttlefs::feed::FeedId;
-use scuttlefs::node::{now_ms, Node, NodeError};
+use scuttlefs::node::{Node, NodeError};
 use scuttlefs::run;
 use scuttlefs::status;
 use scuttlefs::store::StoreError;

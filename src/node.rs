@@ -11,11 +11,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::clock::now_ms;
 use crate::commit_group::CommitGroup;
 use crate::config::Config;
 use crate::feed::{FeedError, FeedId, FeedTip, Keypair, Message};
 use crate::graph::FollowGraph;
 use crate::health::JobTable;
+use crate::net::status::NetStatus;
 use crate::notices::Notices;
 use crate::publish::split_for_size;
 use crate::store::{contact_edge, Store, StoreError, Stored};
@@ -114,34 +116,6 @@ pub enum Event {
     },
     /// A contact message changed the follow graph.
     GraphChanged,
-}
-
-/// What the network layer reports about one connected peer.
-#[derive(Clone, Debug)]
-pub struct PeerStatus {
-    /// The peer's feed id.
-    pub id: FeedId,
-    /// `ip:port`.
-    pub address: String,
-    /// Messages received from it on this connection.
-    pub received: u64,
-    /// Messages sent to it on this connection.
-    pub sent: u64,
-    /// When the connection started (milliseconds since the epoch).
-    pub since_ms: f64,
-}
-
-/// The network's state as the `status` views show it.
-#[derive(Default, Clone, Debug)]
-pub struct NetStatus {
-    /// Connected peers.
-    pub peers: Vec<PeerStatus>,
-    /// When the last peer connection ended or was seen (ms since epoch).
-    pub last_peer_ms: Option<f64>,
-    /// The address the node listens on.
-    pub listening: Option<String>,
-    /// Peers dialled again after a restart.
-    pub remembered: Vec<crate::net::remembered::Remembered>,
 }
 
 /// A running node.
@@ -930,9 +904,6 @@ struct Unviewed {
     entries: Vec<ViewEntry>,
     bytes: usize,
 }
-
-/// Milliseconds since the epoch (kept here for the many callers).
-pub use crate::clock::now_ms;
 
 /// Messages per chunk when signing and storing overlap.
 const PUBLISH_CHUNK: usize = 512;

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::node::Node;
 use crate::view::line::{format_timestamp, label};
 
 /// The status as JSON: what both the mount's `status` file and

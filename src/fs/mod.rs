@@ -605,7 +605,7 @@ impl ScuttleFs {
                 return text.clone();
             }
         }
-        let now = crate::node::now_ms();
+        let now = crate::clock::now_ms();
         let text = self
             .node
             .health(now, self.node.config.max_silence_ms)

@@ -24,9 +24,10 @@ use serde_json::{json, Value};
 use super::address::PeerAddress;
 use super::muxrpc::{Call, Frame, Wire};
 use super::shs::{self, Connection, ShsError};
+use crate::clock::now_ms;
 use crate::config::write_private;
 use crate::feed::{FeedId, Keypair};
-use crate::node::{now_ms, Node};
+use crate::node::Node;
 
 /// The seed every ssb-room 1.x invite ends in: it marks a room, and its
 /// guest key is never used.

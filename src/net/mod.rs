@@ -25,6 +25,7 @@ pub mod remembered;
 pub mod room;
 pub mod session;
 pub mod shs;
+pub mod status;
 pub mod tunnel;
 
 use std::sync::{Arc, OnceLock};
@@ -169,7 +170,7 @@ pub async fn start(
         let stale_lan = remembered.source == Source::Lan
             && remembered
                 .last_success_ms
-                .is_none_or(|ms| crate::node::now_ms() - ms > STALE_LAN_MS);
+                .is_none_or(|ms| crate::clock::now_ms() - ms > STALE_LAN_MS);
         if stale_lan {
             continue;
         }

@@ -37,9 +37,11 @@ use super::remembered::Source;
 use super::room;
 use super::session::{self, Counters, SessionError};
 use super::shs::{self, Connection};
+use super::status::PeerStatus;
 use super::Net;
+use crate::clock::now_ms;
 use crate::feed::FeedId;
-use crate::node::{now_ms, Node, PeerStatus};
+use crate::node::Node;
 
 /// Sessions open at once, dialled and accepted together.
 pub const MAX_CONNECTIONS: usize = 16;

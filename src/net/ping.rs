@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::muxrpc::Frame;
-use crate::node::now_ms;
+use crate::clock::now_ms;
 
 /// How often we ping a peer.
 pub const PING_INTERVAL: Duration = Duration::from_secs(20);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::address::PeerAddress;
 
-use crate::node::now_ms;
+use crate::clock::now_ms;
 
 /// How many peers are remembered. Beyond it, LAN peers that have not
 /// worked for the longest are forgotten first.

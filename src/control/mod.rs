@@ -13,12 +13,16 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+mod health;
+mod invite;
+mod log;
+mod publish;
+mod status;
+mod whoami;
+
 use crate::feed::FeedError;
-use crate::net::invite::InviteError;
 use crate::net::Net;
 use crate::node::{Node, NodeError};
-use crate::publish::content_for_stdin_line;
-use crate::status;
 use crate::store::StoreError;
 
 /// A command for the node.
@@ -100,114 +104,42 @@ impl From<NodeError> for RequestError {
     }
 }
 
-/// Runs `request` on `node`, handing each result item to `emit`.
+/// Where a verb's result items go, one at a time.
+type Emit<'a> = &'a mut dyn FnMut(Value) -> std::io::Result<()>;
+
+/// A failure to hand an item on: the other end went away.
+fn io_err(e: std::io::Error) -> RequestError {
+    RequestError {
+        kind: "internal".into(),
+        message: e.to_string(),
+    }
+}
+
+/// Runs `request` on `node`, handing each result item to `emit`. Each verb
+/// lives in its own file.
 pub fn handle(
     node: &Arc<Node>,
     net: &Arc<Net>,
     request: Request,
-    emit: &mut dyn FnMut(Value) -> std::io::Result<()>,
+    emit: Emit<'_>,
 ) -> Result<(), RequestError> {
-    let io_err = |e: std::io::Error| RequestError {
-        kind: "internal".into(),
-        message: e.to_string(),
-    };
     match request {
-        Request::Whoami => emit(json!({"id": node.id().to_string()})).map_err(io_err),
-        Request::Publish { contents } => {
-            let stored = node.publish(contents)?;
-            node.flush()?;
-            for entry in stored {
-                emit(entry.msg.to_kvt(entry.received_ms)).map_err(io_err)?;
-            }
-            Ok(())
-        }
+        Request::Whoami => whoami::whoami(node, emit),
+        Request::Publish { contents } => publish::publish(node, contents, emit),
         Request::PublishLines { fields, lines } => {
-            let contents = lines
-                .iter()
-                .filter_map(|line| content_for_stdin_line(line, &fields));
-            let mut first: Option<(u64, String)> = None;
-            let mut last: Option<(u64, String)> = None;
-            let count = node.publish_with(contents, |stored| {
-                if let (Some(a), Some(b)) = (stored.first(), stored.last()) {
-                    if first.is_none() {
-                        first = Some((a.msg.sequence, a.msg.key.to_string()));
-                    }
-                    last = Some((b.msg.sequence, b.msg.key.to_string()));
-                }
-            })?;
-            node.flush()?;
-            emit(json!({
-                "published": count,
-                "feed": node.id().to_string(),
-                "first": first.map(|(seq, key)| json!({"sequence": seq, "key": key})),
-                "last": last.map(|(seq, key)| json!({"sequence": seq, "key": key})),
-            }))
-            .map_err(io_err)
+            publish::publish_lines(node, &fields, &lines, emit)
         }
-        Request::Log => {
-            for raw in node.store.receive_log() {
-                let raw = raw.map_err(NodeError::from)?;
-                let msg = raw.message().map_err(NodeError::from)?;
-                emit(msg.to_kvt(raw.received_ms)).map_err(io_err)?;
-            }
-            Ok(())
-        }
-        Request::Status => emit(status::report(node)).map_err(io_err),
+        Request::Log => log::log(node, emit),
+        Request::Status => status::status(node, emit),
         Request::Health {
             max_silence_ms,
             json,
-        } => {
-            let max_silence = max_silence_ms.unwrap_or(node.config.max_silence_ms);
-            let report = node
-                .health(crate::clock::now_ms(), max_silence)
-                .ok_or_else(|| RequestError {
-                    kind: "internal".into(),
-                    message: "health needs the daemon: start it with scuttlefs serve".into(),
-                })?;
-            let answer = if json {
-                report.to_json()
-            } else {
-                json!({"text": report.render(), "healthy": report.healthy()})
-            };
-            emit(answer).map_err(io_err)
-        }
+        } => health::health(node, max_silence_ms, json, emit),
         Request::InviteAccept { code, room_caps } => {
-            let room_caps = room_caps
-                .map(|c| crate::config::parse_room_caps(&c))
-                .transpose()
-                .map_err(|e| RequestError {
-                    kind: "invalid".into(),
-                    message: e.to_string(),
-                })?;
-            let answer =
-                block_on(net.accept_invite(node, &code, room_caps))?.map_err(invite_err)?;
-            emit(answer).map_err(io_err)
+            invite::accept(node, net, &code, room_caps, emit)
         }
-        Request::InviteCreate { uses } => {
-            let port = listening_port(node).unwrap_or(node.config.port);
-            let code = net.create_invite(node, uses, port).map_err(invite_err)?;
-            emit(Value::String(code)).map_err(io_err)
-        }
+        Request::InviteCreate { uses } => invite::create(node, net, uses, emit),
     }
-}
-
-fn invite_err(e: InviteError) -> RequestError {
-    let kind = match e {
-        InviteError::Malformed { .. } => "invalid",
-        InviteError::Refused { .. } => "refused",
-        InviteError::Unreachable { .. } | InviteError::NoAnswer(_) => "unreachable",
-        _ => "internal",
-    };
-    RequestError {
-        kind: kind.into(),
-        message: e.to_string(),
-    }
-}
-
-/// The port the daemon listens on (the configured one may be 0: any).
-fn listening_port(node: &Node) -> Option<u16> {
-    let net = node.net.read().ok()?;
-    net.listening.as_ref()?.rsplit(':').next()?.parse().ok()
 }
 
 /// Runs network work from a control request: on the daemon's runtime when

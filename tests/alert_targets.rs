@@ -11,7 +11,10 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{fuse_available, run, run_ok, system_available, wait_until, Daemon};
+use common::{
+    fuse_available, job, run, run_ok, system_available, wait_for_first_judgement, wait_until,
+    Daemon,
+};
 use serde_json::Value;
 
 /// A helper process, killed when the test ends however it ends.
@@ -29,14 +32,6 @@ fn has(program: &str) -> bool {
         .args(["-c", &format!("command -v {program}")])
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// `scuttlefs run --path P --source S -- sh -c SCRIPT`: its exit code.
-fn job(path: &str, source: &str, script: &str) -> i32 {
-    let out = run(&[
-        "run", "--path", path, "--source", source, "--quiet", "--", "sh", "-c", script,
-    ]);
-    out.status.code().unwrap_or(-1)
 }
 
 /// A port nothing listens on now.
@@ -114,9 +109,7 @@ fn mail_reaches_a_real_smtp_server_once_per_change_and_never_carries_a_login_in_
     let target = format!("mailto://127.0.0.1:{port}?to=ops@example.org&from=nas@example.org");
     run_ok(&["alert", "add", &target, "--path", path_str]);
     let _daemon = Daemon::start(&path, "nas", &[]);
-    assert!(wait_until(Duration::from_secs(20), || path
-        .join("alerts.json")
-        .exists()));
+    wait_for_first_judgement(&path);
 
     assert_eq!(
         job(
@@ -302,9 +295,7 @@ fn desktop_alerts_reach_a_real_notification_daemon_as_text() {
         "laptop",
         &["--no-discovery", "--port", "0"],
     );
-    assert!(wait_until(Duration::from_secs(20), || path
-        .join("alerts.json")
-        .exists()));
+    wait_for_first_judgement(&path);
 
     // A hostile line: markup a notification daemon would render.
     assert_eq!(

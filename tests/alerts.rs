@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{fuse_available, run, run_ok, wait_until, Daemon};
+use common::{fuse_available, job, run, run_ok, wait_until, Daemon};
 use serde_json::Value;
 
 /// A script that records each alert it is given: a line of
@@ -57,14 +57,6 @@ fn alerts(dir: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
-}
-
-/// `scuttlefs run --path P --source S -- sh -c SCRIPT`: its exit code.
-fn job(path: &str, source: &str, script: &str) -> i32 {
-    let out = run(&[
-        "run", "--path", path, "--source", source, "--quiet", "--", "sh", "-c", script,
-    ]);
-    out.status.code().unwrap_or(-1)
 }
 
 fn wait_for_alerts(dir: &Path, count: usize) -> Vec<String> {

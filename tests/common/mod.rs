@@ -363,3 +363,23 @@ pub fn merged_text(views: &scuttlefs::view::Views) -> String {
         .expect("reads merged.log");
     String::from_utf8(bytes).expect("utf8")
 }
+
+/// `scuttlefs run --path P --source S --quiet -- sh -c SCRIPT`: a job's
+/// exit code.
+pub fn job(path: &str, source: &str, script: &str) -> i32 {
+    let out = run(&[
+        "run", "--path", path, "--source", source, "--quiet", "--", "sh", "-c", script,
+    ]);
+    out.status.code().unwrap_or(-1)
+}
+
+/// Waits until the daemon on `path` has judged its first health report
+/// (its alert book exists), so that a change made after it is alerted.
+pub fn wait_for_first_judgement(path: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(20), || path
+            .join("alerts.json")
+            .exists()),
+        "the alert thread never judged"
+    );
+}

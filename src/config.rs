@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,11 @@ pub const DEFAULT_PORT: u16 = 8008;
 pub const DEFAULT_HOPS: u32 = 3;
 /// An alert is repeated this often while its trouble lasts, by default.
 pub const DEFAULT_REMIND_MS: f64 = 86_400_000.0;
+/// Where the status page listens unless told otherwise: this machine only.
+pub const DEFAULT_HTTP: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8807,
+));
 
 /// Why the configuration or identity cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,13 @@ pub struct ConfigFile {
     /// `off`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remind: Option<String>,
+    /// Where the status page listens (`127.0.0.1:8807`, or `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// The token every request to the status page must carry (required
+    /// when it listens beyond loopback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_token: Option<String>,
 }
 
 /// `caps` in ssb-server's config.
@@ -119,6 +132,10 @@ pub struct Overrides {
     pub max_silence: Option<String>,
     /// `serve --remind`.
     pub remind: Option<String>,
+    /// `serve --http`.
+    pub http: Option<String>,
+    /// `serve --http-token`.
+    pub http_token: Option<String>,
 }
 
 /// Everything a node needs to know about itself.
@@ -142,6 +159,11 @@ pub struct Config {
     /// How often an alert is repeated while its trouble lasts; `None`
     /// for never (`serve --remind`, default a day).
     pub remind_ms: Option<f64>,
+    /// Where the status page listens; `None` when it is off
+    /// (`serve --http`).
+    pub http: Option<SocketAddr>,
+    /// The status page's token (`serve --http-token`).
+    pub http_token: Option<String>,
 }
 
 impl Config {
@@ -243,7 +265,28 @@ impl Config {
             ),
             None => Some(DEFAULT_REMIND_MS),
         };
+        if overrides.http.is_some() {
+            file.http.clone_from(&overrides.http);
+        }
+        let http = match file.http.as_deref() {
+            Some(text) => parse_http_address(text).map_err(|message| ConfigError::BadConfig {
+                path: file_path.clone(),
+                message: format!("http: {message}"),
+            })?,
+            None => Some(DEFAULT_HTTP),
+        };
+        if overrides.http_token.is_some() {
+            file.http_token.clone_from(&overrides.http_token);
+        }
+        if let Some(token) = file.http_token.as_deref() {
+            check_http_token(token).map_err(|message| ConfigError::BadConfig {
+                path: file_path.clone(),
+                message: format!("http_token: {message}"),
+            })?;
+        }
         let config = Config {
+            http,
+            http_token: file.http_token.clone(),
             port: file.port.unwrap_or(DEFAULT_PORT),
             network_key,
             hops: file
@@ -337,6 +380,41 @@ fn read_config_file(file_path: &Path) -> Result<ConfigFile, ConfigError> {
             source,
         }),
     }
+}
+
+/// `serve --http`: `HOST:PORT`, a bare port (on loopback), or `off`.
+pub fn parse_http_address(text: &str) -> Result<Option<SocketAddr>, String> {
+    let text = text.trim();
+    if text == "off" {
+        return Ok(None);
+    }
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], port))));
+    }
+    text.parse::<SocketAddr>().map(Some).map_err(|_| {
+        format!("{text:?} is not an address to listen on: give HOST:PORT (127.0.0.1:8807), a port, or off")
+    })
+}
+
+/// The shortest `--http-token` taken: a token is the page's only lock
+/// once it listens beyond loopback.
+pub const MIN_HTTP_TOKEN_LEN: usize = 16;
+
+/// Refuses a token too short to guess at, or one that could not travel
+/// in a header or a cookie.
+pub fn check_http_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_HTTP_TOKEN_LEN {
+        return Err(format!(
+            "a token needs at least {MIN_HTTP_TOKEN_LEN} characters (openssl rand -hex 16 makes one)"
+        ));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        return Err("a token may hold only letters, digits and - . _ ~ + / =".into());
+    }
+    Ok(())
 }
 
 /// Decodes a `--caps.shs` value.

@@ -70,6 +70,9 @@ pub enum DaemonError {
         /// Its filesystem type, e.g. `fuse.scuttlefs`.
         fstype: String,
     },
+    /// The status page would be open to the network without a token.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// The mount failed; the diagnosis says what on this machine is wrong.
     #[error("cannot mount {mountpoint}: {diagnosis}")]
     Mount {
@@ -84,6 +87,9 @@ pub enum DaemonError {
 pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
     crate::platform::limit_malloc_arenas();
     let keys = config.load_or_create_keys()?;
+    if let Some(addr) = config.http {
+        crate::web::check(addr, config.http_token.as_deref())?;
+    }
     let peers = options
         .peers
         .iter()
@@ -137,6 +143,9 @@ pub fn serve(config: Config, options: ServeOptions) -> Result<(), DaemonError> {
                 tracing::error!("control socket {}: {e}", control_socket.display());
             }
         });
+        if let Some(addr) = node.config.http {
+            crate::web::start(node.clone(), addr, node.config.http_token.clone()).await;
+        }
         // The job table and the views' checkpoint are caches: saved now
         // and then, and at the end.
         let saver = node.clone();

@@ -12,13 +12,13 @@ use scuttlefs::alert;
 use scuttlefs::cli::{publish_content, split_globals};
 use scuttlefs::clock::now_ms;
 use scuttlefs::config::{Config, Overrides};
-use scuttlefs::control::{self, Request, RequestError};
+use scuttlefs::control::{self, LogFormat, Request, RequestError};
 use scuttlefs::daemon::{self, ServeOptions};
 use scuttlefs::feed::json::to_js_pretty;
 use scuttlefs::feed::FeedId;
 use scuttlefs::node::{Node, NodeError};
+use scuttlefs::query::status;
 use scuttlefs::run;
-use scuttlefs::status;
 use scuttlefs::store::StoreError;
 use scuttlefs::vocab::{parse_duration, MUTE_TYPE, RETIRE_TYPE};
 
@@ -71,6 +71,8 @@ Options:
       --FIELD VALUE   Any other content field; a --FIELD without a value is true
       --stdin         Publish each line of standard input as the text of one message";
 
+// Parsed once per process: the size of `serve`'s variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: replicate feeds and mount them.
@@ -116,6 +118,16 @@ enum Command {
         /// duration, or `off` (default 1d; saved in the config).
         #[arg(long)]
         remind: Option<String>,
+        /// Serve the status page, metrics and badges at HOST:PORT, or
+        /// `off` (default 127.0.0.1:8807; saved in the config). Beyond
+        /// loopback it needs --http-token.
+        #[arg(long)]
+        http: Option<String>,
+        /// The token every request to the status page must carry, as
+        /// `Authorization: Bearer T` or once as `?token=T` in a browser
+        /// (saved in the config).
+        #[arg(long)]
+        http_token: Option<String>,
     },
     /// Every job on every machine: failed, late, running or ok, worst
     /// first; machines silent too long. Exit 0 when all is well, 1 when the
@@ -163,8 +175,21 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
-    /// Print every stored message in receive order.
-    Log,
+    /// Print every stored message in receive order (as `sbot log` does);
+    /// with --follow, go on printing each new one as it is stored.
+    Log {
+        /// Go on printing messages as they arrive, until stopped.
+        #[arg(long)]
+        follow: bool,
+        /// Remember in FILE the last message printed, and start after it:
+        /// each message is printed once across stops of this command and
+        /// restarts of the daemon (journalctl's convention).
+        #[arg(long, value_name = "FILE")]
+        cursor_file: Option<PathBuf>,
+        /// `json` (sbot's, the default) or `text` (merged.log's lines).
+        #[arg(long, default_value = "json")]
+        format: LogFormat,
+    },
     /// Follow a feed.
     Follow {
         /// @<key>.ed25519
@@ -296,7 +321,17 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
     overrides.path = overrides.path.or(cli.path);
     overrides.port = overrides.port.or(cli.port);
     overrides.network_key = overrides.network_key.or(cli.caps_shs);
-    if !matches!(cli.command, Command::Serve { .. } | Command::Run { .. }) {
+    // A followed log handles a closed output itself: it must not die
+    // between printing and saving its cursor.
+    let follows = matches!(
+        cli.command,
+        Command::Log { follow: true, .. }
+            | Command::Log {
+                cursor_file: Some(_),
+                ..
+            }
+    );
+    if !follows && !matches!(cli.command, Command::Serve { .. } | Command::Run { .. }) {
         scuttlefs::platform::exit_on_closed_stdout();
     }
     match cli.command {
@@ -313,9 +348,13 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             room_caps,
             max_silence,
             remind,
+            http,
+            http_token,
         } => {
             overrides.max_silence = max_silence;
             overrides.remind = remind;
+            overrides.http = http;
+            overrides.http_token = http_token;
             overrides.name = name;
             overrides.hops = hops;
             overrides.host = host;
@@ -332,7 +371,29 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Whoami => request(&overrides, Request::Whoami),
-        Command::Log => request(&overrides, Request::Log),
+        Command::Log {
+            follow,
+            cursor_file,
+            format,
+        } => {
+            if !follow && cursor_file.is_none() && format == LogFormat::Json {
+                return request(&overrides, Request::Log);
+            }
+            let config = Config::load(&overrides, false).map_err(|e| e.to_string())?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            scuttlefs::follow::run(
+                &scuttlefs::follow::FollowOptions {
+                    socket: &config.socket_path(),
+                    cursor_file: cursor_file.as_deref(),
+                    follow,
+                    format,
+                },
+                &mut out,
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Publish { args } => {
             let (fields, stdin) = publish_content(&args).map_err(|e| e.to_string())?;
             if stdin {

@@ -160,30 +160,6 @@ pub struct Node {
 /// a peer that holds more of it, before it is refused.
 const PUBLISH_WAITS_FOR_OWN_FEED: Duration = Duration::from_secs(20);
 
-/// Something noticed about a machine beyond its jobs.
-#[derive(Clone, Debug)]
-pub struct MachineNote {
-    /// Its feed.
-    pub feed: FeedId,
-    /// What it is.
-    pub kind: NoteKind,
-    /// When it was noticed or measured (ms since the epoch).
-    pub at_ms: f64,
-    /// For a person.
-    pub text: String,
-}
-
-/// What a [`MachineNote`] is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoteKind {
-    /// The feed forked.
-    Fork,
-    /// The machine's clock is off.
-    Clock,
-    /// A peer holds more of this machine's own feed.
-    OwnFeedBehind,
-}
-
 /// A write to the mount that was refused.
 #[derive(Clone, Debug)]
 pub struct Refusal {
@@ -631,119 +607,10 @@ impl Node {
         self.read_graph().within(&self.id(), self.config.hops)
     }
 
-    /// The health of every job and machine at `now_ms` (see
-    /// [`crate::health`]); `None` on a node opened without views.
-    pub fn health(&self, now_ms: f64, max_silence_ms: f64) -> Option<crate::health::Report> {
-        use crate::health::State;
-        let jobs = self.jobs.as_ref()?;
-        let names = self.names();
-        let me = self.id();
-        let wanted = self.wanted_feeds();
-        let machines: Vec<(FeedId, f64)> = self
-            .store
-            .feeds()
-            .into_iter()
-            .filter(|(feed, _)| *feed != me && wanted.contains_key(feed))
-            .map(|(feed, tip)| (feed, self.last_heard(&feed, &tip)))
-            .collect();
-        let jobs = jobs.read().unwrap_or_else(|e| e.into_inner());
-        let mut report = jobs.report(now_ms, &names, &machines, max_silence_ms);
-        drop(jobs);
-        let label = |feed: &FeedId| crate::view::line::label(feed, &names);
-        for note in self.machine_notes() {
-            let state = match note.kind {
-                NoteKind::Fork => State::Forked,
-                NoteKind::Clock => State::Clock,
-                NoteKind::OwnFeedBehind => State::Forked,
-            };
-            report.add_machine_note(state, label(&note.feed), note.feed, note.at_ms, note.text);
-        }
-        Some(report)
-    }
-
     /// Runs `f` on the job table (`None` on a node opened without views).
     pub fn with_jobs<T>(&self, f: impl FnOnce(&JobTable) -> T) -> Option<T> {
         let jobs = self.jobs.as_ref()?;
         Some(f(&jobs.read().unwrap_or_else(|e| e.into_inner())))
-    }
-
-    /// When a machine was last heard from: its latest message's time, or
-    /// when it arrived if that time cannot be right (`crate::clock`).
-    fn last_heard(&self, feed: &FeedId, tip: &FeedTip) -> f64 {
-        match self.store.get_raw(feed, tip.sequence) {
-            Ok(Some(raw)) => crate::clock::placement_ms(tip.timestamp, raw.received_ms),
-            _ => tip.timestamp,
-        }
-    }
-
-    /// What this node noticed about machines beyond their jobs: forked
-    /// feeds, clocks that are off, and its own feed held further by a peer.
-    pub fn machine_notes(&self) -> Vec<MachineNote> {
-        let me = self.id();
-        let mut notes = Vec::new();
-        for (feed, fork) in self.notices.forks() {
-            let text = if feed == me {
-                format!(
-                    "this machine's feed forked at sequence {}: it no longer publishes (see status)",
-                    fork.sequence
-                )
-            } else {
-                format!(
-                    "its feed forked at sequence {}: restored from a backup? Lines past the fork are not shown",
-                    fork.sequence
-                )
-            };
-            notes.push(MachineNote {
-                feed,
-                kind: NoteKind::Fork,
-                at_ms: fork.seen_ms,
-                text,
-            });
-        }
-        if let Some(behind) = self.own_feed_progress(false) {
-            notes.push(MachineNote {
-                feed: me,
-                kind: NoteKind::OwnFeedBehind,
-                at_ms: behind.progress_ms,
-                text: format!(
-                    "{} holds this machine's feed up to {}, past {}: fetching it; publishing waits",
-                    behind.peer, behind.theirs, behind.ours
-                ),
-            });
-        }
-        let mut noted: std::collections::HashSet<FeedId> = std::collections::HashSet::new();
-        for (feed, skew) in self.notices.skews() {
-            noted.insert(feed);
-            notes.push(MachineNote {
-                feed,
-                kind: NoteKind::Clock,
-                at_ms: skew.at_ms,
-                text: format!(
-                    "its clock is {} (measured while connected)",
-                    skew.describe()
-                ),
-            });
-        }
-        for (feed, tip) in self.store.feeds() {
-            if feed == me || noted.contains(&feed) {
-                continue;
-            }
-            let Ok(Some(raw)) = self.store.get_raw(&feed, tip.sequence) else {
-                continue;
-            };
-            if let Some(why) = crate::clock::implausibility(tip.timestamp, raw.received_ms) {
-                notes.push(MachineNote {
-                    feed,
-                    kind: NoteKind::Clock,
-                    at_ms: raw.received_ms,
-                    text: format!(
-                        "its latest message claims {}: {why}; its lines are placed where they arrived",
-                        crate::view::line::format_timestamp(tip.timestamp)
-                    ),
-                });
-            }
-        }
-        notes
     }
 
     /// Saves the job table, so that the next start need not read the
@@ -939,6 +806,8 @@ mod tests {
             host: None,
             max_silence_ms: crate::health::DEFAULT_MAX_SILENCE_MS,
             remind_ms: Some(crate::config::DEFAULT_REMIND_MS),
+            http: None,
+            http_token: None,
         };
         let node = Node::open(config, Keypair::from_seed(&[1; 32]), false).expect("opens");
         let (x, y) = (Keypair::from_seed(&[2; 32]), Keypair::from_seed(&[3; 32]));

@@ -14,6 +14,8 @@ pub fn config(dir: &std::path::Path) -> Config {
         host: None,
         max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
         remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
+        http: None,
+        http_token: None,
     }
 }
 

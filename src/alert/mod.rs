@@ -145,7 +145,7 @@ pub fn spawn(node: Arc<Node>) {
                 let now = crate::clock::now_ms();
                 let targets = configured_targets(&node.config.path, &mut warned);
                 say_targets(&node, &targets);
-                if let Some(report) = node.health(now, node.config.max_silence_ms) {
+                if let Some(report) = crate::query::health(&node, now, node.config.max_silence_ms) {
                     let muted = |feed: &crate::feed::FeedId, source: Option<&str>| {
                         node.with_jobs(|jobs| jobs.muted(feed, source, now))
                             .unwrap_or(false)

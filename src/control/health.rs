@@ -14,11 +14,12 @@ pub(super) fn health(
     emit: Emit<'_>,
 ) -> Result<(), RequestError> {
     let max_silence = max_silence_ms.unwrap_or(node.config.max_silence_ms);
-    let report = node
-        .health(crate::clock::now_ms(), max_silence)
-        .ok_or_else(|| RequestError {
-            kind: "internal".into(),
-            message: "health needs the daemon: start it with scuttlefs serve".into(),
+    let report =
+        crate::query::health(node, crate::clock::now_ms(), max_silence).ok_or_else(|| {
+            RequestError {
+                kind: "internal".into(),
+                message: "health needs the daemon: start it with scuttlefs serve".into(),
+            }
         })?;
     let answer = if json {
         report.to_json()

@@ -20,6 +20,8 @@ mod publish;
 mod status;
 mod whoami;
 
+pub use log::{Cursor, LogFormat, LogItem};
+
 use crate::feed::FeedError;
 use crate::net::Net;
 use crate::node::{Node, NodeError};
@@ -51,8 +53,22 @@ pub enum Request {
         /// The lines, without their newlines.
         lines: Vec<String>,
     },
-    /// Every message in receive order.
+    /// Every message in receive order (`sbot log`).
     Log,
+    /// Every message after `after` with the cursor after it and, with
+    /// `follow`, each new one as it is stored, until the reader goes
+    /// (`log --follow --cursor-file`).
+    LogFrom {
+        /// Where the reader stopped last time.
+        #[serde(default)]
+        after: Option<Cursor>,
+        /// Go on with new messages.
+        #[serde(default)]
+        follow: bool,
+        /// JSON (`{key, value, timestamp}`) or merged.log's text.
+        #[serde(default)]
+        format: LogFormat,
+    },
     /// Peers, feeds and replication progress.
     Status,
     /// Every job's and machine's health.
@@ -130,6 +146,11 @@ pub fn handle(
             publish::publish_lines(node, &fields, &lines, emit)
         }
         Request::Log => log::log(node, emit),
+        Request::LogFrom {
+            after,
+            follow,
+            format,
+        } => log::log_from(node, after, follow, format, emit),
         Request::Status => status::status(node, emit),
         Request::Health {
             max_silence_ms,
@@ -240,8 +261,14 @@ fn serve_one(node: &Arc<Node>, net: &Arc<Net>, stream: UnixStream) -> std::io::R
     reader.read_line(&mut line)?;
     let outcome = match serde_json::from_str::<Request>(&line) {
         Ok(request) => handle(node, net, request, &mut |item| {
+            // A followed log says when what it sent should reach the reader.
+            let flush = item.get("flush").is_some();
             serde_json::to_writer(&mut writer, &json!({ "item": item }))?;
-            writer.write_all(b"\n")
+            writer.write_all(b"\n")?;
+            if flush {
+                writer.flush()?;
+            }
+            Ok(())
         }),
         Err(e) => Err(RequestError {
             kind: "invalid".into(),
@@ -277,6 +304,15 @@ mod tests {
                 lines: vec!["a".into()],
             },
             Request::Log,
+            Request::LogFrom {
+                after: Some(Cursor {
+                    start: 0,
+                    end: 1234,
+                    key: "%x=.sha256".into(),
+                }),
+                follow: true,
+                format: LogFormat::Text,
+            },
             Request::Status,
             Request::Health {
                 max_silence_ms: Some(93_600_000.0),

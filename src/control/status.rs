@@ -6,5 +6,5 @@ use crate::node::Node;
 
 /// Answers with the status report.
 pub(super) fn status(node: &Node, emit: Emit<'_>) -> Result<(), RequestError> {
-    emit(crate::status::report(node)).map_err(io_err)
+    emit(crate::query::status::report(node)).map_err(io_err)
 }

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::feed::FeedId;
 use crate::node::{Node, NodeError};
 use crate::publish::content_for_line;
-use crate::status;
+use crate::query::status;
 use crate::store::StoreError;
 use handle::{Handle, Handles};
 use inode::{
@@ -606,9 +606,7 @@ impl ScuttleFs {
             }
         }
         let now = crate::clock::now_ms();
-        let text = self
-            .node
-            .health(now, self.node.config.max_silence_ms)
+        let text = crate::query::health(&self.node, now, self.node.config.max_silence_ms)
             .map(|report| report.render())
             .unwrap_or_default();
         *cached = Some((std::time::Instant::now(), changed, text.clone()));

@@ -29,6 +29,8 @@ pub struct NetStatus {
     pub last_peer_ms: Option<f64>,
     /// The address the node listens on.
     pub listening: Option<String>,
+    /// Where the status page listens (`serve --http`), once it does.
+    pub http: Option<String>,
     /// Peers dialled again after a restart.
     pub remembered: Vec<crate::net::remembered::Remembered>,
 }

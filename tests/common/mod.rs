@@ -2,6 +2,7 @@
 //! daemons with real mounts, and the rule for skipping system tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod lan;
 pub mod room;
 pub mod sites;
@@ -134,6 +135,14 @@ pub fn status_port(status: &str) -> Option<u16> {
         .and_then(|p| p.parse().ok())
 }
 
+/// The address a status report says the status page listens on.
+pub fn status_http(status: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("status page: http://"))
+        .map(|l| l.trim().trim_end_matches('/').to_string())
+}
+
 /// A running `scuttlefs serve` with its own data directory and mount.
 pub struct Daemon {
     /// The process.
@@ -148,7 +157,8 @@ impl Daemon {
     /// Starts a daemon on `path`, mounted at `path/../mount-<name>`, without
     /// networking, and waits for the mount.
     pub fn start(path: &Path, name: &str, extra: &[&str]) -> Daemon {
-        let mut args = vec!["--no-discovery", "--port", "0"];
+        // The status page on a port of its own: tests run side by side.
+        let mut args = vec!["--no-discovery", "--port", "0", "--http", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         Daemon::start_in(None, path, name, &args)
     }
@@ -267,6 +277,21 @@ impl Daemon {
         format!("net:127.0.0.1:{}~shs:{key}", self.port())
     }
 
+    /// Where its status page listens (`HOST:PORT`), once it does; for a
+    /// daemon started with `--http 127.0.0.1:0`.
+    pub fn http(&self) -> String {
+        let mut address = None;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                address = status_http(&self.read("status"));
+                address.is_some()
+            }),
+            "the status page never listened: {}",
+            self.log()
+        );
+        address.unwrap_or_default()
+    }
+
     /// A file in the mount.
     pub fn file(&self, rel: &str) -> PathBuf {
         self.mount.join(rel)
@@ -331,6 +356,8 @@ pub fn node_config(path: &Path) -> scuttlefs::config::Config {
         host: None,
         max_silence_ms: scuttlefs::health::DEFAULT_MAX_SILENCE_MS,
         remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
+        http: None,
+        http_token: None,
     }
 }
 

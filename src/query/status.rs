@@ -74,17 +74,16 @@ pub fn report(node: &Node) -> Value {
             "at": format_timestamp(r.at_ms),
         })
     });
-    let notes: Vec<Value> = node
-        .machine_notes()
+    let notes: Vec<Value> = super::machine_notes(node)
         .into_iter()
         .map(|note| {
             json!({
                 "id": note.feed.to_string(),
                 "name": label(&note.feed, &names),
                 "kind": match note.kind {
-                    crate::node::NoteKind::Fork => "fork",
-                    crate::node::NoteKind::Clock => "clock",
-                    crate::node::NoteKind::OwnFeedBehind => "own feed behind",
+                    super::NoteKind::Fork => "fork",
+                    super::NoteKind::Clock => "clock",
+                    super::NoteKind::OwnFeedBehind => "own feed behind",
                 },
                 "since": format_timestamp(note.at_ms),
                 "text": note.text,
@@ -117,6 +116,7 @@ pub fn report(node: &Node) -> Value {
         "id": node.id().to_string(),
         "name": label(&node.id(), &names),
         "listening": net.listening,
+        "http": net.http,
         "started": format_timestamp(node.started_ms()),
         "started_ms": node.started_ms(),
         "last_peer_ms": last_peer_ms,
@@ -141,6 +141,9 @@ pub fn render(report: &Value) -> String {
     out.push_str(&format!("id:        {}\n", s(&report["id"])));
     out.push_str(&format!("name:      {}\n", s(&report["name"])));
     out.push_str(&format!("listening: {}\n", s(&report["listening"])));
+    if let Some(http) = report["http"].as_str() {
+        out.push_str(&format!("status page: http://{http}/\n"));
+    }
     out.push_str(&format!("started:   {}\n", s(&report["started"])));
     out.push_str(&format!(
         "messages:  {} stored, replicating {} hops\n",

@@ -28,6 +28,7 @@ if [ -z "${BIN:-}" ]; then
   BIN=$PWD/target/release/scuttlefs
 fi
 WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$WORK"
 A=$WORK/a
 B=$WORK/b
 KEY=$(head -c 32 /dev/urandom | base64)

@@ -115,7 +115,11 @@ fn publish(path: &Path, lines: &[String]) {
         input.as_bytes(),
         &["--type", "log", "--source", "shipper-test"],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -132,7 +136,10 @@ fn rsyslog_ships_every_line_once_across_restarts() {
     // B writes while it cannot reach A: its lines arrive late, older than
     // A's latest.
     let mut b = Daemon::start(&b_path, "b", &["--caps.shs", KEY]);
-    assert!(a.sh(&format!("echo '{}' >> follow", b.id())).status.success());
+    assert!(a
+        .sh(&format!("echo '{}' >> follow", b.id()))
+        .status
+        .success());
     publish(&b_path, &markers("b", 1..=100));
 
     let cursor = dir.path().join("cursor");
@@ -196,7 +203,8 @@ fn rsyslog_ships_every_line_once_across_restarts() {
     // In merged.log's format, with the machine's name.
     let text = std::fs::read_to_string(&shipped).expect("shipped");
     assert!(
-        text.lines().any(|l| l.contains(" b source=shipper-test ship-b-0001")),
+        text.lines()
+            .any(|l| l.contains(" b source=shipper-test ship-b-0001")),
         "{}",
         text.lines().next().unwrap_or("")
     );
@@ -218,7 +226,13 @@ fn a_cursor_from_another_store_is_refused_and_prints_nothing() {
     )
     .expect("writes");
     let path = a.path.to_str().expect("utf8");
-    let out = run(&["log", "--path", path, "--cursor-file", cursor.to_str().expect("utf8")]);
+    let out = run(&[
+        "log",
+        "--path",
+        path,
+        "--cursor-file",
+        cursor.to_str().expect("utf8"),
+    ]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,17 +241,40 @@ fn a_cursor_from_another_store_is_refused_and_prints_nothing() {
     // Without the file: everything, then nothing new.
     std::fs::remove_file(&cursor).expect("removes");
     let cursor_arg = cursor.to_str().expect("utf8");
-    let first = run(&["log", "--path", path, "--cursor-file", cursor_arg, "--format", "text"]);
+    let first = run(&[
+        "log",
+        "--path",
+        path,
+        "--cursor-file",
+        cursor_arg,
+        "--format",
+        "text",
+    ]);
     assert!(first.status.success());
     let text = String::from_utf8_lossy(&first.stdout);
     assert_eq!(text.matches("ship-a-").count(), 3, "{text}");
-    let again = run(&["log", "--path", path, "--cursor-file", cursor_arg, "--format", "text"]);
+    let again = run(&[
+        "log",
+        "--path",
+        path,
+        "--cursor-file",
+        cursor_arg,
+        "--format",
+        "text",
+    ]);
     assert!(again.status.success());
-    assert!(again.stdout.is_empty(), "{}", String::from_utf8_lossy(&again.stdout));
+    assert!(
+        again.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     // JSON: one sbot message per line.
     publish(&a.path, &markers("a", 4..=4));
     let json = run(&["log", "--path", path, "--cursor-file", cursor_arg]);
-    let lines: Vec<&str> = std::str::from_utf8(&json.stdout).expect("utf8").lines().collect();
+    let lines: Vec<&str> = std::str::from_utf8(&json.stdout)
+        .expect("utf8")
+        .lines()
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let message: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
     assert_eq!(message["value"]["content"]["text"], "ship-a-0004");

@@ -57,11 +57,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let node = node(dir.path());
         node.publish(vec![
-            line("backup", json!({"run": "start", "every": "1d", "text": "rsync -a"})),
+            line(
+                "backup",
+                json!({"run": "start", "every": "1d", "text": "rsync -a"}),
+            ),
             line("backup", json!({"text": "rsync: <b>disk</b> full"})),
-            line("backup", json!({"run": "end", "exit": 23, "took": "3s", "text": "failed"})),
+            line(
+                "backup",
+                json!({"run": "end", "exit": 23, "took": "3s", "text": "failed"}),
+            ),
             line("certbot", json!({"run": "start", "text": "certbot renew"})),
-            line("certbot", json!({"run": "end", "exit": 0, "took": "1s", "text": "ok"})),
+            line(
+                "certbot",
+                json!({"run": "end", "exit": 0, "took": "1s", "text": "ok"}),
+            ),
         ])
         .expect("publishes");
         let now = crate::clock::now_ms();
@@ -72,7 +81,10 @@ mod tests {
             .iter()
             .map(|r| (r.state.name(), r.source.as_deref()))
             .collect();
-        assert_eq!(states, vec![("failed", Some("backup")), ("ok", Some("certbot"))]);
+        assert_eq!(
+            states,
+            vec![("failed", Some("backup")), ("ok", Some("certbot"))]
+        );
 
         let runs = jobs::runs(&node, &node.id(), "backup", 10, 10).expect("reads");
         assert_eq!(runs.len(), 1);
@@ -107,11 +119,21 @@ mod tests {
         assert!(found[0].contains("rsync: <b>disk</b> full"));
 
         let text = metrics::render(&node, &report).expect("renders");
-        assert!(text.contains(r#"scuttlefs_job_up{machine="nas",source="backup"} 0"#), "{text}");
-        assert!(text.contains(r#"scuttlefs_job_up{machine="nas",source="certbot"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"scuttlefs_job_up{machine="nas",source="backup"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"scuttlefs_job_up{machine="nas",source="certbot"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"scuttlefs_job_last_exit_code{machine="nas",source="backup"} 23"#));
-        assert!(text.contains(r#"scuttlefs_job_last_duration_seconds{machine="nas",source="backup"} 3.0"#));
-        assert!(text.contains(r#"scuttlefs_messages_total{machine="nas"} 6"#), "{text}");
+        assert!(text
+            .contains(r#"scuttlefs_job_last_duration_seconds{machine="nas",source="backup"} 3.0"#));
+        assert!(
+            text.contains(r#"scuttlefs_messages_total{machine="nas"} 6"#),
+            "{text}"
+        );
 
         let machines = machines::machines(&node);
         assert_eq!(machines.len(), 1);

@@ -3,7 +3,7 @@
 //! Rendered log lines are appended to a line file, in arrival order; each
 //! machine's `log`, its jobs and the days are indexes into it, so a read
 //! is a few `pread`s of contiguous bytes. `merged.log` has its own file,
-//! kept in timestamp order (`sorted.rs`). The files and a checkpoint of
+//! kept in timestamp order (`sorted/`). The files and a checkpoint of
 //! the indexes (`checkpoint.rs`) outlive the daemon; a start reads only
 //! the messages committed after the checkpoint.
 //!

@@ -37,6 +37,8 @@ cleanup() {
   for _ in $(seq 600); do pgrep -f "$WORK/" > /dev/null || break; sleep 0.1; done
   pkill -9 -f "$WORK/" 2>/dev/null || true
   [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+  # A kept run keeps the filled node only: the rest is made again.
+  [ -z "${KEEP:-}" ] || rm -rf "$WORK/b" "$WORK/c" "$WORK"/cursor-* "$WORK/b-follow.txt"
 }
 trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -48,6 +50,9 @@ RUST_LOG=warn $BIN serve --path "$A" --no-mount --no-discovery --port 0 --caps.s
 for _ in $(seq 200); do [ -S "$A/scuttlefs.sock" ] && break; sleep 0.1; done
 URL=http://127.0.0.1:$HTTP_PORT
 
+if [ -e "$WORK/filled" ]; then
+  echo "== reusing the $LINES lines and $JOBS jobs in $WORK (KEEP=1 kept them)"
+else
 echo "== filling: $LINES lines, $JOBS jobs"
 start=$(now)
 chunk=1000000
@@ -69,7 +74,9 @@ for i in $(seq "$JOBS"); do
   fi
 done
 echo "jobs: $JOBS in $(awk -v s="$start" -v e="$(now)" 'BEGIN {printf "%.1f s", e-s}')"
-$BIN health --path "$A" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["rows"]; print("health rows:", len(r))'
+touch "$WORK/filled"
+fi
+{ $BIN health --path "$A" --json || true; } | python3 -c 'import json,sys; r=json.load(sys.stdin)["rows"]; print("health rows:", len(r))'
 
 server_time() { # URL -> "server_ms total_ms"
   curl -s -o /dev/null -D - -w 'total %{time_total}\n' "$1" \
@@ -144,11 +151,12 @@ end=$(now)
 echo "log --cursor-file from the start: $total messages, $(cat "$WORK/followed") lines in $(awk -v s="$start" -v e="$end" 'BEGIN {printf "%.1f s", e-s}'), $(awk -v s="$start" -v e="$end" -v n="$total" 'BEGIN {printf "%.0f msg/s", n/(e-s)}')"
 
 # Replication of 1,000,000 messages into a second node, a follower on it.
+rm -rf "$WORK/b" "$WORK/c"
 REPL=${REPL:-1000000}
 C=$WORK/c
 seq "$REPL" | awk '{printf "replicated line %d: rsync of /home/user/%d done\n", $1, $1 % 331}' \
   | $BIN publish --stdin --path "$C" --caps.shs "$KEY" --type log --source repl > /dev/null
-C_ID=$($BIN whoami --path "$C")
+C_ID=$($BIN whoami --path "$C" | python3 -c "import json,sys; print(json.load(sys.stdin)[\"id\"])")
 RUST_LOG=warn $BIN serve --path "$C" --no-mount --no-discovery --port 0 --caps.shs "$KEY" --http off --name bench-c 2> "$WORK/c.log" &
 for _ in $(seq 200); do [ -S "$C/scuttlefs.sock" ] && break; sleep 0.1; done
 C_PORT=$($BIN status --path "$C" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["listening"].rsplit(":",1)[1])')

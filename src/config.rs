@@ -97,6 +97,9 @@ pub struct ConfigFile {
     /// when it listens beyond loopback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_token: Option<String>,
+    /// Where `serve` mounts when not told (`join --mount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
 }
 
 /// `caps` in ssb-server's config.
@@ -136,6 +139,8 @@ pub struct Overrides {
     pub http: Option<String>,
     /// `serve --http-token`.
     pub http_token: Option<String>,
+    /// `join --mount`.
+    pub mount: Option<String>,
 }
 
 /// Everything a node needs to know about itself.
@@ -164,6 +169,8 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// The status page's token (`serve --http-token`).
     pub http_token: Option<String>,
+    /// Where `serve` mounts when not told (`join --mount`).
+    pub mount: Option<PathBuf>,
 }
 
 impl Config {
@@ -284,7 +291,11 @@ impl Config {
                 message: format!("http_token: {message}"),
             })?;
         }
+        if overrides.mount.is_some() {
+            file.mount.clone_from(&overrides.mount);
+        }
         let config = Config {
+            mount: file.mount.as_ref().map(PathBuf::from),
             http,
             http_token: file.http_token.clone(),
             port: file.port.unwrap_or(DEFAULT_PORT),

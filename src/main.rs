@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::CommandFactory;
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
 
@@ -77,9 +78,9 @@ Options:
 enum Command {
     /// Run the daemon: replicate feeds and mount them.
     Serve {
-        /// Where to mount.
-        #[arg(long, default_value = "mount")]
-        mount: PathBuf,
+        /// Where to mount [default: the config's `mount`, else ./mount].
+        #[arg(long)]
+        mount: Option<PathBuf>,
         /// Run without mounting.
         #[arg(long)]
         no_mount: bool,
@@ -159,6 +160,56 @@ enum Command {
     Job {
         #[command(subcommand)]
         action: JobAction,
+    },
+    /// Join the network of the machine that made CODE (`scuttlefs
+    /// join-code` there): saves the network key and name, follows it and is
+    /// followed; then a bare `scuttlefs serve` reaches every machine.
+    Join {
+        /// The code, as join-code printed it.
+        code: String,
+        /// This machine's name (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Where `serve` mounts from now on (saved; default ./mount, or
+        /// ~/scuttlefs with --service).
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Then install and start the per-user service.
+        #[arg(long)]
+        service: bool,
+    },
+    /// Make a join code for a new machine: one line to give it. The code is
+    /// a secret: it holds the network key.
+    JoinCode {
+        /// How many machines may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it works.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// List the codes not yet used up, and do nothing else.
+        #[arg(long)]
+        list: bool,
+        /// Revoke the code with this id (from --list).
+        #[arg(long, value_name = "ID")]
+        revoke: Option<String>,
+    },
+    /// The per-user service that runs `serve` from login on: a systemd
+    /// user unit (Linux) or a launchd agent (macOS).
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Print shell completions: scuttlefs completions bash > /etc/bash_completion.d/scuttlefs
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write a man page for every command into DIR (for packagers).
+    #[command(hide = true)]
+    Manpages {
+        /// Where the pages go.
+        dir: PathBuf,
     },
     /// Pub invites: join a pub or room, or let others join this machine.
     Invite {
@@ -359,6 +410,9 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
             overrides.hops = hops;
             overrides.host = host;
             let config = Config::load(&overrides, true).map_err(|e| e.to_string())?;
+            let mount = mount
+                .or_else(|| config.mount.clone())
+                .unwrap_or_else(|| PathBuf::from("mount"));
             let options = ServeOptions {
                 mount: (!no_mount).then_some(mount),
                 allow_other,
@@ -425,7 +479,243 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
         Command::Job {
             action: JobAction::Retire { job },
         } => retire_job(&overrides, &job),
+        Command::Service { action } => service_command(&overrides, action),
+        Command::Join {
+            code,
+            name,
+            mount,
+            service,
+        } => join_command(&overrides, &code, name, mount, service),
+        Command::JoinCode {
+            uses,
+            expires,
+            list,
+            revoke,
+        } => join_code_command(&overrides, uses, &expires, list, revoke),
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "scuttlefs", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => write_manpages(&dir),
     }
+}
+
+fn join_command(
+    overrides: &Overrides,
+    code: &str,
+    name: Option<String>,
+    mount: Option<PathBuf>,
+    service: bool,
+) -> Result<ExitCode, String> {
+    let path = overrides.path.clone().unwrap_or_else(Config::default_path);
+    // With the service, the mount is where the service mounts.
+    let mount = match (mount, service) {
+        (Some(mount), _) => Some(std::path::absolute(&mount).unwrap_or(mount)),
+        (None, true) => std::env::var_os("HOME").map(|h| PathBuf::from(h).join("scuttlefs")),
+        (None, false) => None,
+    };
+    let joined =
+        scuttlefs::join::join_here(&path, code, name, mount.clone()).map_err(|e| e.to_string())?;
+    println!(
+        "joined as {} ({}): it and {} now follow each other (reached at {}); \
+         the network key and name are saved in {}",
+        joined.name,
+        joined.me,
+        joined.inviter,
+        joined.route,
+        path.join("config").display()
+    );
+    if service {
+        return service_command(
+            overrides,
+            ServiceAction::Install {
+                mount,
+                dry_run: false,
+            },
+        );
+    }
+    println!(
+        "start it: scuttlefs serve{}",
+        match &overrides.path {
+            Some(p) => format!(" --path {}", p.display()),
+            None => String::new(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn join_code_command(
+    overrides: &Overrides,
+    uses: u32,
+    expires: &str,
+    list: bool,
+    revoke: Option<String>,
+) -> Result<ExitCode, String> {
+    let config = Config::load(overrides, false).map_err(|e| e.to_string())?;
+    let call = |req: Request| -> Result<Option<Vec<Value>>, String> {
+        let mut items = Vec::new();
+        match control::call(&config.socket_path(), &req, &mut |item| {
+            items.push(item);
+            Ok(())
+        }) {
+            Ok(None) => Err(format!(
+                "join codes are made by the daemon (it is what the new machine reaches): \
+                 start it with scuttlefs serve --path {}",
+                config.path.display()
+            )),
+            Ok(Some(Ok(()))) => Ok(Some(items)),
+            Ok(Some(Err(refused))) => Err(refused.message),
+            Err(e) => Err(format!("talking to the daemon: {e}")),
+        }
+    };
+    if list {
+        let items = call(Request::JoinCodes)?.unwrap_or_default();
+        if items.is_empty() {
+            println!("(no join codes or invites with uses left)");
+        }
+        for item in items {
+            let s = |k: &str| item[k].as_str().unwrap_or("-").to_string();
+            println!(
+                "{}  {}  {} use(s) left  made {}  {}",
+                s("id"),
+                s("kind"),
+                item["uses"],
+                s("made"),
+                match item["expires"].as_str() {
+                    Some(at) if item["expired"] == Value::Bool(true) => format!("expired {at}"),
+                    Some(at) => format!("expires {at}"),
+                    None => "never expires".into(),
+                }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(id) = revoke {
+        call(Request::JoinRevoke { id: id.clone() })?;
+        println!("revoked {id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let expires_ms = parse_duration(expires)
+        .map_err(|e| format!("--expires: {e}"))?
+        .as_secs_f64()
+        * 1000.0;
+    let items = call(Request::JoinCode { uses, expires_ms })?.unwrap_or_default();
+    let made = items.first().ok_or("the daemon answered with nothing")?;
+    let code = made["code"]
+        .as_str()
+        .ok_or("the daemon answered without a code")?;
+    eprintln!(
+        "A join code for {} machine(s), until {} (id {}). It is a secret: it holds this \
+         network's key, so give it only to the new machine, and never paste it where others read. \
+         Routes: {}. On the new machine:\n\n  scuttlefs join CODE --service\n",
+        uses,
+        made["expires"].as_str().unwrap_or("-"),
+        made["id"].as_str().unwrap_or("-"),
+        made["routes"]
+            .as_array()
+            .map(|r| r
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default(),
+    );
+    println!("{code}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `service` does.
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Write, enable and start the service.
+    Install {
+        /// Where it mounts (default ~/scuttlefs).
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Print what would be done, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop, disable and remove it.
+    Uninstall {
+        /// Print what would be done, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Whether it is installed and running.
+    Status,
+}
+
+fn service_command(overrides: &Overrides, action: ServiceAction) -> Result<ExitCode, String> {
+    use scuttlefs::service::{self, Manager, ServiceSpec};
+    let binary = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+    let manager = Manager::here();
+    let spec_for = |mount| {
+        ServiceSpec::for_user(binary.clone(), overrides.path.clone(), mount)
+            .map_err(|e| e.to_string())
+    };
+    match action {
+        ServiceAction::Install { mount, dry_run } => {
+            let spec = spec_for(mount)?;
+            let plan = service::install_plan(&spec, manager);
+            if dry_run {
+                for step in &plan {
+                    println!("{}", step.describe());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            service::carry_out(&plan, false).map_err(|e| e.to_string())?;
+            println!(
+                "installed and started: {} (mounted at {})",
+                spec.file(manager).display(),
+                spec.mount.display()
+            );
+            let user = std::env::var("USER").unwrap_or_default();
+            if let Some(hint) = service::linger_hint(&user) {
+                println!("{hint}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceAction::Uninstall { dry_run } => {
+            let spec = spec_for(None)?;
+            let plan = service::uninstall_plan(&spec, manager);
+            if dry_run {
+                for step in &plan {
+                    println!("{}", step.describe());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            service::carry_out(&plan, true).map_err(|e| e.to_string())?;
+            println!("removed {}", spec.file(manager).display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ServiceAction::Status => {
+            print!("{}", service::status(&spec_for(None)?, manager));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A man page for `scuttlefs` and one for each command
+/// (`scuttlefs-serve.1`, …), as clap_mangen renders them.
+fn write_manpages(dir: &std::path::Path) -> Result<ExitCode, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let command = Cli::command();
+    let mut pages = vec![(String::from("scuttlefs"), command.clone())];
+    for sub in command.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("scuttlefs-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .map_err(|e| format!("rendering {name}: {e}"))?;
+        std::fs::write(&path, out).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn alert_command(overrides: &Overrides, action: AlertAction) -> Result<ExitCode, String> {

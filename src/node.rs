@@ -808,6 +808,7 @@ mod tests {
             remind_ms: Some(crate::config::DEFAULT_REMIND_MS),
             http: None,
             http_token: None,
+            mount: None,
         };
         let node = Node::open(config, Keypair::from_seed(&[1; 32]), false).expect("opens");
         let (x, y) = (Keypair::from_seed(&[2; 32]), Keypair::from_seed(&[3; 32]));

@@ -16,6 +16,7 @@ pub fn config(dir: &std::path::Path) -> Config {
         remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
         http: None,
         http_token: None,
+        mount: None,
     }
 }
 

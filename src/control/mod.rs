@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 
 mod health;
 mod invite;
+mod join;
 mod log;
 mod publish;
 mod status;
@@ -93,6 +94,20 @@ pub enum Request {
         /// How many machines may redeem it.
         uses: u32,
     },
+    /// Make a join code for `uses` new machines, good for `expires_ms`.
+    JoinCode {
+        /// How many machines may join with it.
+        uses: u32,
+        /// How long it lasts (ms).
+        expires_ms: f64,
+    },
+    /// The join codes and invites with uses left.
+    JoinCodes,
+    /// Revoke the join code (or invite) with this short id.
+    JoinRevoke {
+        /// As `JoinCodes` names it.
+        id: String,
+    },
 }
 
 /// Why a request failed, in a form that survives the socket.
@@ -160,6 +175,9 @@ pub fn handle(
             invite::accept(node, net, &code, room_caps, emit)
         }
         Request::InviteCreate { uses } => invite::create(node, net, uses, emit),
+        Request::JoinCode { uses, expires_ms } => join::create(node, net, uses, expires_ms, emit),
+        Request::JoinCodes => join::list(net, emit),
+        Request::JoinRevoke { id } => join::revoke(net, &id, emit),
     }
 }
 
@@ -327,6 +345,14 @@ mod tests {
                 room_caps: Some("main".into()),
             },
             Request::InviteCreate { uses: 7 },
+            Request::JoinCode {
+                uses: 2,
+                expires_ms: 604_800_000.0,
+            },
+            Request::JoinCodes,
+            Request::JoinRevoke {
+                id: "abcd1234".into(),
+            },
         ];
         for request in requests {
             let text = serde_json::to_string(&request).expect("encodes");

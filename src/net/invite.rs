@@ -229,7 +229,7 @@ pub async fn follow_pub(node: &Arc<Node>, pub_id: FeedId) -> Result<(), InviteEr
 }
 
 /// `invite.use({feed: me})` on a guest connection; the first answer decides.
-async fn call_invite_use(conn: Connection, me: FeedId) -> Result<(), InviteError> {
+pub(crate) async fn call_invite_use(conn: Connection, me: FeedId) -> Result<(), InviteError> {
     let address = conn.address.clone();
     let mut wire = Wire::start(conn.reader, conn.writer);
     let request = Frame::request(
@@ -285,6 +285,32 @@ struct Open {
     uses: u32,
     /// When it was made (ms since the epoch).
     created_ms: f64,
+    /// When it stops working (join codes; pub invites never expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_ms: Option<f64>,
+    /// A join code (`scuttlefs join-code`), not a pub invite.
+    #[serde(default)]
+    join: bool,
+}
+
+/// An invite or join code as `join-code --list` shows it: never its seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InviteInfo {
+    /// A short name for it: the start of its guest key.
+    pub id: String,
+    /// Uses left.
+    pub uses: u32,
+    /// When it was made.
+    pub created_ms: f64,
+    /// When it stops working.
+    pub expires_ms: Option<f64>,
+    /// A join code, not a pub invite.
+    pub join: bool,
+}
+
+/// The short name of the invite with guest key `guest`.
+fn short_id(guest: &FeedId) -> String {
+    guest.to_string().chars().skip(1).take(8).collect()
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -328,6 +354,49 @@ impl Invites {
 
     /// Makes an invite for `uses` redemptions; returns its guest seed.
     pub fn create(&self, uses: u32) -> Result<[u8; 32], InviteError> {
+        self.create_with(uses, None, false)
+    }
+
+    /// Makes a join code's invite: `uses` redemptions until `expires_ms`.
+    pub fn create_join(&self, uses: u32, expires_ms: f64) -> Result<[u8; 32], InviteError> {
+        self.create_with(uses, Some(expires_ms), true)
+    }
+
+    /// The invites and join codes with uses left, oldest first.
+    pub fn list(&self) -> Vec<InviteInfo> {
+        let mut list: Vec<InviteInfo> = self
+            .lock()
+            .iter()
+            .map(|(guest, open)| InviteInfo {
+                id: short_id(guest),
+                uses: open.uses,
+                created_ms: open.created_ms,
+                expires_ms: open.expires_ms,
+                join: open.join,
+            })
+            .collect();
+        list.sort_by(|a, b| a.created_ms.total_cmp(&b.created_ms));
+        list
+    }
+
+    /// Revokes the invite whose short name is `id`; whether there was one.
+    pub fn revoke(&self, id: &str) -> Result<bool, InviteError> {
+        let mut open = self.lock();
+        let before = open.len();
+        open.retain(|guest, _| short_id(guest) != id.trim());
+        if open.len() == before {
+            return Ok(false);
+        }
+        self.save(&open)?;
+        Ok(true)
+    }
+
+    fn create_with(
+        &self,
+        uses: u32,
+        expires_ms: Option<f64>,
+        join: bool,
+    ) -> Result<[u8; 32], InviteError> {
         if uses == 0 {
             return Err(InviteError::CannotCreate(
                 "an invite needs at least one use".into(),
@@ -341,6 +410,8 @@ impl Invites {
             Open {
                 uses,
                 created_ms: now_ms(),
+                expires_ms,
+                join,
             },
         );
         self.save(&open)?;
@@ -352,12 +423,16 @@ impl Invites {
         self.lock().contains_key(id)
     }
 
-    /// Takes one use of `guest`'s invite; false when none is left.
-    fn take_use(&self, guest: &FeedId) -> bool {
+    /// Takes one use of `guest`'s invite; why not, when it cannot.
+    fn take_use(&self, guest: &FeedId) -> Result<(), &'static str> {
         let mut open = self.lock();
         let Some(invite) = open.get_mut(guest) else {
-            return false;
+            // What ssb-server says of a used-up invite.
+            return Err("method:invite,use is not in list of allowed methods");
         };
+        if invite.expires_ms.is_some_and(|at| now_ms() > at) {
+            return Err("this join code expired");
+        }
         invite.uses = invite.uses.saturating_sub(1);
         if invite.uses == 0 {
             open.remove(guest);
@@ -365,7 +440,7 @@ impl Invites {
         if let Err(e) = self.save(&open) {
             tracing::warn!("{e}");
         }
-        true
+        Ok(())
     }
 
     /// Gives a use back (the follow it paid for failed).
@@ -375,6 +450,8 @@ impl Invites {
             .or_insert(Open {
                 uses: 0,
                 created_ms: now_ms(),
+                expires_ms: None,
+                join: false,
             })
             .uses += 1;
         if let Err(e) = self.save(&open) {
@@ -439,10 +516,7 @@ async fn use_invite(
     if node.following().contains(&feed) {
         return Err("already following".into());
     }
-    if !invites.take_use(guest) {
-        // What ssb-server says of a used-up invite.
-        return Err("method:invite,use is not in list of allowed methods".into());
-    }
+    invites.take_use(guest)?;
     let node = node.clone();
     let followed = tokio::task::spawn_blocking(move || {
         let stored = node.follow(&feed, true)?;
@@ -552,10 +626,10 @@ mod tests {
         let guest = Keypair::from_seed(&seed).id();
         let reloaded = Invites::load(dir.path());
         assert!(reloaded.is_guest(&guest));
-        assert!(reloaded.take_use(&guest));
+        assert!(reloaded.take_use(&guest).is_ok());
         assert!(Invites::load(dir.path()).is_guest(&guest), "one use left");
-        assert!(reloaded.take_use(&guest));
-        assert!(!reloaded.take_use(&guest));
+        assert!(reloaded.take_use(&guest).is_ok());
+        assert!(reloaded.take_use(&guest).is_err());
         assert!(!Invites::load(dir.path()).is_guest(&guest));
         assert!(invites.create(0).is_err());
     }

@@ -18,6 +18,7 @@ pub mod ebt;
 pub mod history;
 pub mod ingest;
 pub mod invite;
+pub mod join;
 pub mod muxrpc;
 pub mod peers;
 pub mod ping;

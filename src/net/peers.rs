@@ -409,6 +409,22 @@ impl Peers {
         Some(GuestSlot(self.clone()))
     }
 
+    /// Whether `peer` is the guest key of an invite or join code made here.
+    pub fn is_guest(&self, peer: &FeedId) -> bool {
+        self.net.invites.is_guest(peer)
+    }
+
+    /// Serves a guest that came through a room's tunnel: `invite.use`, as
+    /// one that dialled directly.
+    pub async fn serve_tunnelled_guest(self: &Arc<Self>, conn: Connection) {
+        let Some(_guest) = self.take_guest_slot() else {
+            tracing::info!("refusing a guest through a room: {MAX_GUESTS} are redeeming already");
+            return;
+        };
+        tracing::info!("a guest is redeeming a join code through a room");
+        invite::serve_guest(self.node.clone(), self.net.invites.clone(), conn).await;
+    }
+
     /// Incoming handshakes in flight now (for tests and status).
     pub fn handshakes_in_flight(&self) -> usize {
         self.lock().handshakes

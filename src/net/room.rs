@@ -354,8 +354,9 @@ impl Room {
         }
     }
 
-    /// Accepts a tunnel from a feed within our hops; the handshake inside
-    /// must prove that the far end is that feed.
+    /// Accepts a tunnel from a feed within our hops, or from the guest key
+    /// of a join code made here; the handshake inside must prove that the
+    /// far end is that feed.
     async fn accept_tunnel(&mut self, req: i32, args: &Value) {
         let origin = args["origin"].as_str().and_then(|o| FeedId::parse(o).ok());
         let for_us = args["target"].as_str() == Some(self.me.to_string().as_str());
@@ -365,7 +366,9 @@ impl Room {
                 .send(refuse(format!("could not connect to {}", self.me)));
             return;
         };
-        if !self.node.wanted_feeds().contains_key(&origin) {
+        // A guest (a new machine redeeming a join code) may come in too.
+        let guest = self.peers.is_guest(&origin);
+        if !guest && !self.node.wanted_feeds().contains_key(&origin) {
             if self.refused_once.len() < 1024 && self.refused_once.insert(origin) {
                 tracing::info!(
                     "refused a tunnel from {origin} through the room {}: not within {} hops",
@@ -401,6 +404,7 @@ impl Room {
             )
             .await
             {
+                Ok(conn) if conn.peer == origin && guest => peers.serve_tunnelled_guest(conn).await,
                 Ok(conn) if conn.peer == origin => peers.run_tunnel(conn).await,
                 Ok(conn) => tracing::warn!(
                     "a tunnel announced as {origin} came from {}: closed",

@@ -38,6 +38,7 @@ mod tests {
             remind_ms: None,
             http: None,
             http_token: None,
+            mount: None,
         };
         let node = Node::open(config, Keypair::from_seed(&[4; 32]), true).expect("opens");
         node.ensure_name("nas").expect("names itself");

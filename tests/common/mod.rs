@@ -358,6 +358,7 @@ pub fn node_config(path: &Path) -> scuttlefs::config::Config {
         remind_ms: Some(scuttlefs::config::DEFAULT_REMIND_MS),
         http: None,
         http_token: None,
+        mount: None,
     }
 }
 

@@ -529,3 +529,66 @@ fn prometheus_scrapes_the_jobs() {
     );
     assert!(query("scuttlefs_messages_total").is_some());
 }
+
+#[test]
+fn strangers_holding_connections_cost_the_daemon_no_more_than_the_page() {
+    if !system_available("FUSE", fuse_available()) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(&dir.path().join("nas"), "nas", &[]);
+    let address = daemon.http();
+    let pid = daemon.child.as_ref().expect("running").id();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = descriptors();
+    // Connections that send nothing, as a slow stranger's would, until
+    // the kernel's backlog is full too (connects then time out).
+    let target: std::net::SocketAddr = address.parse().expect("an address");
+    let mut held = Vec::new();
+    let mut timeouts = 0;
+    while held.len() < 400 && timeouts < 3 {
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => timeouts += 1,
+        }
+    }
+    assert!(
+        held.len() >= 200,
+        "only {} connections were made",
+        held.len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || descriptors() >= before + 100),
+        "the page took no connection at all"
+    );
+    let during = descriptors();
+    assert!(
+        during <= before + 128 + 8,
+        "{during} descriptors with {} idle connections (from {before})",
+        held.len()
+    );
+    // The daemon's own work goes on.
+    let out = daemon.sh("echo 'written while the page is full' >> publish");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(daemon
+        .read("merged.log")
+        .contains("written while the page is full"));
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(20), || get(
+            &format!("http://{address}/"),
+            &[]
+        )
+        .status
+            == 200),
+        "the page did not come back once the connections closed"
+    );
+}

@@ -28,6 +28,7 @@ use crate::query;
 mod auth;
 pub mod badge;
 pub mod html;
+mod listener;
 mod live;
 pub mod pages;
 
@@ -84,7 +85,7 @@ pub async fn start(node: Arc<Node>, addr: SocketAddr, token: Option<String>) {
     };
     let router = router(app);
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        if let Err(e) = axum::serve(listener::Bounded::new(listener), router).await {
             tracing::warn!("status page: {e}");
         }
     });

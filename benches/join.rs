@@ -25,12 +25,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-fn has_line(daemon: &Daemon, text: &str) -> bool {
-    daemon
-        .try_read("merged.log")
-        .is_ok_and(|m| m.contains(text))
-}
-
 /// Joins a new machine at `path` in `ns` with a fresh code from `inviter`;
 /// returns seconds from the join to its first line in the inviter's
 /// merged.log, then from its second line to the same, and the machine.
@@ -54,24 +48,16 @@ fn join_once(inviter: &Daemon, ns: &str, path: &Path, name: &str, port: u16) -> 
         String::from_utf8_lossy(&joined.stderr)
     );
     let daemon = Daemon::start_in(Some(ns), path, name, &["--port", &port.to_string()]);
-    assert!(daemon
-        .sh(&format!("echo '{first}' >> publish"))
-        .status
-        .success());
+    daemon.publish_line(&first);
     assert!(
-        wait_until(Duration::from_secs(120), || has_line(inviter, &first)),
+        wait_until(Duration::from_secs(120), || inviter.merged_has(&first)),
         "{name}'s line never arrived"
     );
     let joined_in = started.elapsed().as_secs_f64();
     let second = format!("{name} says hello again");
     let sent = Instant::now();
-    assert!(daemon
-        .sh(&format!("echo '{second}' >> publish"))
-        .status
-        .success());
-    assert!(wait_until(Duration::from_secs(60), || has_line(
-        inviter, &second
-    )));
+    daemon.publish_line(&second);
+    assert!(wait_until(Duration::from_secs(60), || inviter.merged_has(&second)));
     (joined_in, sent.elapsed().as_secs_f64(), daemon)
 }
 

@@ -20,9 +20,8 @@ use crate::schedule::Schedule;
 use crate::store::{Store, StoreError};
 use crate::view::line::{format_timestamp, is_log, label, text_of};
 use crate::vocab::{
-    parse_duration, ALERTING_TYPE, ANNOUNCED_TYPE, CRON_FIELD, EVERY_FIELD, EXIT_FIELD,
-    GRACE_FIELD, MUTE_TYPE, RETIRE_TYPE, RUN_FIELD, SIGNAL_FIELD, TIMEOUT_FIELD, TOOK_FIELD,
-    TZ_FIELD,
+    parse_duration, ALERTING_TYPE, ANNOUNCED_TYPE, CRON_FIELD, EVERY_FIELD, GRACE_FIELD, MUTE_TYPE,
+    RETIRE_TYPE, RUN_FIELD, TIMEOUT_FIELD, TZ_FIELD,
 };
 
 /// A machine silent this long counts as gone quiet, by default.
@@ -338,15 +337,10 @@ impl JobTable {
             Some("start") => job.start_ms = Some(msg.timestamp),
             Some("end") => {
                 job.end_ms = Some(msg.timestamp);
-                job.exit = content.get(EXIT_FIELD).and_then(Value::as_i64);
-                job.signal = content
-                    .get(SIGNAL_FIELD)
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                job.took = content
-                    .get(TOOK_FIELD)
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
+                let end = crate::vocab::RunEnd::of(content);
+                job.exit = end.exit;
+                job.signal = end.signal;
+                job.took = end.took;
             }
             _ if every.is_none() => return,
             _ => {}

@@ -85,6 +85,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(trimmed).map_err(|e| bad(e.to_string()))
 }
 
+/// What a `run=end` line says of how its run ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunEnd {
+    /// The exit code.
+    pub exit: Option<i64>,
+    /// The signal that ended it.
+    pub signal: Option<String>,
+    /// How long it took, as written (`2m 3s`).
+    pub took: Option<String>,
+}
+
+impl RunEnd {
+    /// Reads the end fields of a run's last line.
+    pub fn of(content: &serde_json::Value) -> RunEnd {
+        let text = |field: &str| {
+            content
+                .get(field)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string)
+        };
+        RunEnd {
+            exit: content.get(EXIT_FIELD).and_then(serde_json::Value::as_i64),
+            signal: text(SIGNAL_FIELD),
+            took: text(TOOK_FIELD),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

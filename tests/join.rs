@@ -29,21 +29,6 @@ fn path_of(daemon: &Daemon) -> &str {
     daemon.path.to_str().expect("utf-8 path")
 }
 
-fn publish(daemon: &Daemon, line: &str) {
-    let out = daemon.sh(&format!("echo '{line}' >> publish"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn has_line(daemon: &Daemon, text: &str) -> bool {
-    daemon
-        .try_read("merged.log")
-        .is_ok_and(|m| m.contains(text))
-}
-
 fn join_code(inviter: &Daemon, extra: &[&str]) -> String {
     let mut args = vec!["--path", path_of(inviter), "join-code"];
     args.extend_from_slice(extra);
@@ -104,12 +89,9 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
             .status
             .success());
     }
-    publish(&a, "a was here first");
-    publish(&b, "b was here too");
-    assert!(wait_until(Duration::from_secs(60), || has_line(
-        &b,
-        "a was here first"
-    )));
+    a.publish_line("a was here first");
+    b.publish_line("b was here too");
+    assert!(wait_until(Duration::from_secs(60), || b.merged_has("a was here first")));
 
     // C joins over the LAN: one command, then a bare serve.
     let code = join_code(&a, &[]);
@@ -142,7 +124,7 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
     );
 
     let c = Daemon::start_in(Some(&sites.a), &c_path, "c", &["--port", "8010"]);
-    publish(&c, "c joined on the lan");
+    c.publish_line("c joined on the lan");
     for (daemon, line) in [
         (&c, "a was here first"),
         (&c, "b was here too"),
@@ -150,7 +132,7 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
         (&b, "c joined on the lan"),
     ] {
         assert!(
-            wait_until(Duration::from_secs(90), || has_line(daemon, line)),
+            wait_until(Duration::from_secs(90), || daemon.merged_has(line)),
             "{line:?} never reached {}: {}",
             daemon.read("whoami"),
             daemon.read("status")
@@ -165,7 +147,7 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
     assert!(joined.status.success(), "{}", text(&joined));
     assert!(text(&joined).contains("room"), "{}", text(&joined));
     let d = Daemon::start_in(Some(&sites.b), &d_path, "d", &["--port", "8008"]);
-    publish(&d, "d joined through the room");
+    d.publish_line("d joined through the room");
     for (daemon, line) in [
         (&d, "a was here first"),
         (&d, "c joined on the lan"),
@@ -173,7 +155,7 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
         (&b, "d joined through the room"),
     ] {
         assert!(
-            wait_until(Duration::from_secs(120), || has_line(daemon, line)),
+            wait_until(Duration::from_secs(120), || daemon.merged_has(line)),
             "{line:?} never reached {}: {}",
             daemon.read("whoami"),
             daemon.read("status")

@@ -7,7 +7,7 @@ use crate::feed::{FeedId, Message};
 use crate::node::Node;
 use crate::store::StoreError;
 use crate::view::line::{continues, is_log, text_of};
-use crate::vocab::{parse_duration, EXIT_FIELD, RUN_FIELD, SIGNAL_FIELD, TOOK_FIELD};
+use crate::vocab::{parse_duration, RunEnd, RUN_FIELD};
 
 /// How a run ended, as its page shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,15 +151,10 @@ pub fn group_runs(
             Some("end") => {
                 let mut run = current.take().unwrap_or_else(|| Run::new(None));
                 run.end_ms = Some(msg.timestamp);
-                run.exit = content.get(EXIT_FIELD).and_then(Value::as_i64);
-                run.signal = content
-                    .get(SIGNAL_FIELD)
-                    .and_then(Value::as_str)
-                    .map(String::from);
-                run.took = content
-                    .get(TOOK_FIELD)
-                    .and_then(Value::as_str)
-                    .map(String::from);
+                let end = RunEnd::of(content);
+                run.exit = end.exit;
+                run.signal = end.signal;
+                run.took = end.took;
                 run.took_ms = run
                     .took
                     .as_deref()

@@ -292,6 +292,21 @@ impl Daemon {
         address.unwrap_or_default()
     }
 
+    /// Publishes `line` through the mount (`echo >> publish`).
+    pub fn publish_line(&self, line: &str) {
+        let out = self.sh(&format!("echo '{line}' >> publish"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether its merged.log holds `text` (false while it cannot be read).
+    pub fn merged_has(&self, text: &str) -> bool {
+        self.try_read("merged.log").is_ok_and(|m| m.contains(text))
+    }
+
     /// A file in the mount.
     pub fn file(&self, rel: &str) -> PathBuf {
         self.mount.join(rel)

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::lan::Lan;
-use common::room::{self, RoomServer};
-use common::sites::{Sites, MIDDLE};
+use common::room;
+use common::sites::Sites;
 use common::ssb_server::KEY;
 use common::{bin, run_ok, wait_until, Daemon};
 
@@ -72,20 +72,7 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let sites = Sites::new("bj");
-    let room = RoomServer::start(dir.path(), &sites.middle, MIDDLE, 8008, Some(KEY), &sites.a);
-    let a = Daemon::start_in(
-        Some(&sites.a),
-        &dir.path().join("a"),
-        "a",
-        &["--caps.shs", KEY, "--port", "8008"],
-    );
-    run_ok(&[
-        "--path",
-        a.path.to_str().expect("utf8"),
-        "invite",
-        "accept",
-        &room.invite(),
-    ]);
+    let (_room, a) = room::inviter_in_a_room(dir.path(), &sites, KEY);
     let (mut lan, mut lan_next, mut far, mut far_next) = (vec![], vec![], vec![], vec![]);
     let mut machines = Vec::new();
     for i in 0..runs {

@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::lan::Lan;
-use common::room::{self, RoomServer};
-use common::sites::{Sites, MIDDLE, SITE_A};
+use common::room;
+use common::sites::{Sites, SITE_A};
 use common::ssb_server::KEY;
 use common::{bin, run_ok, wait_until, Daemon};
 
@@ -55,19 +55,8 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let sites = Sites::new("j");
-    let room = RoomServer::start(dir.path(), &sites.middle, MIDDLE, 8008, Some(KEY), &sites.a);
     // A is set up, in the room, and replicates with B.
-    let a = Daemon::start_in(
-        Some(&sites.a),
-        &dir.path().join("a"),
-        "a",
-        &["--caps.shs", KEY, "--port", "8008"],
-    );
-    let a_key = a.id();
-    let a_key = a_key
-        .strip_prefix('@')
-        .and_then(|k| k.strip_suffix(".ed25519"))
-        .expect("an id");
+    let (_room, a) = room::inviter_in_a_room(dir.path(), &sites, KEY);
     let b = Daemon::start_in(
         Some(&sites.a),
         &dir.path().join("b"),
@@ -78,11 +67,9 @@ fn new_machines_join_on_the_lan_and_through_a_room_with_one_command() {
             "--port",
             "8009",
             "--peer",
-            &format!("net:{SITE_A}:8008~shs:{a_key}"),
+            &a.address_at(SITE_A, 8008),
         ],
     );
-    let invite = room.invite();
-    run_ok(&["--path", path_of(&a), "invite", "accept", &invite]);
     for (x, y) in [(&a, &b), (&b, &a)] {
         assert!(x
             .sh(&format!("echo '{}' >> follow", y.id()))

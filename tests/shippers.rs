@@ -241,27 +241,22 @@ fn a_cursor_from_another_store_is_refused_and_prints_nothing() {
     // Without the file: everything, then nothing new.
     std::fs::remove_file(&cursor).expect("removes");
     let cursor_arg = cursor.to_str().expect("utf8");
-    let first = run(&[
-        "log",
-        "--path",
-        path,
-        "--cursor-file",
-        cursor_arg,
-        "--format",
-        "text",
-    ]);
+    let read_text = || {
+        run(&[
+            "log",
+            "--path",
+            path,
+            "--cursor-file",
+            cursor_arg,
+            "--format",
+            "text",
+        ])
+    };
+    let first = read_text();
     assert!(first.status.success());
     let text = String::from_utf8_lossy(&first.stdout);
     assert_eq!(text.matches("ship-a-").count(), 3, "{text}");
-    let again = run(&[
-        "log",
-        "--path",
-        path,
-        "--cursor-file",
-        cursor_arg,
-        "--format",
-        "text",
-    ]);
+    let again = read_text();
     assert!(again.status.success());
     assert!(
         again.stdout.is_empty(),

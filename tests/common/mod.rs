@@ -269,12 +269,17 @@ impl Daemon {
 
     /// Its `net:` address on loopback, for another daemon's `--peer`.
     pub fn loopback_address(&self) -> String {
+        self.address_at("127.0.0.1", self.port())
+    }
+
+    /// Its `net:` address at `host:port`, for another daemon's `--peer`.
+    pub fn address_at(&self, host: &str, port: u16) -> String {
         let id = self.id();
         let key = id
             .strip_prefix('@')
             .and_then(|k| k.strip_suffix(".ed25519"))
             .unwrap_or(&id);
-        format!("net:127.0.0.1:{}~shs:{key}", self.port())
+        format!("net:{host}:{port}~shs:{key}")
     }
 
     /// Where its status page listens (`HOST:PORT`), once it does; for a

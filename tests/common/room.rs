@@ -112,6 +112,33 @@ impl Drop for RoomServer {
     }
 }
 
+/// A room in the middle of `sites` (under network key `caps`), and a
+/// daemon called `a` at site A (port 8008) that joined it: the inviter of
+/// the join tests and benchmark.
+pub fn inviter_in_a_room(
+    dir: &Path,
+    sites: &super::sites::Sites,
+    caps: &str,
+) -> (RoomServer, super::Daemon) {
+    let room = RoomServer::start(
+        dir,
+        &sites.middle,
+        super::sites::MIDDLE,
+        8008,
+        Some(caps),
+        &sites.a,
+    );
+    let a = super::Daemon::start_in(
+        Some(&sites.a),
+        &dir.join("a"),
+        "a",
+        &["--caps.shs", caps, "--port", "8008"],
+    );
+    let path = a.path.to_str().expect("utf8").to_string();
+    super::run_ok(&["--path", &path, "invite", "accept", &room.invite()]);
+    (room, a)
+}
+
 /// Whether `needle` is anywhere in the memory of process `pid` (read
 /// through /proc as root), in one-byte or in UTF-16 form as V8 keeps
 /// strings.

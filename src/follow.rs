@@ -263,23 +263,15 @@ pub fn load_cursor(path: &Path) -> Result<Option<Cursor>, FollowError> {
         })
 }
 
-/// Saves `cursor` in `path`, whole or not at all: written beside it,
-/// synced, then renamed over it.
+/// Saves `cursor` in `path`, whole or not at all (written beside it,
+/// synced, then renamed over it).
 pub fn save_cursor(path: &Path, cursor: &Cursor) -> Result<(), FollowError> {
-    let err = |source| FollowError::SaveCursor {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".new");
-    let temporary = PathBuf::from(temporary);
     let mut text = json!(cursor).to_string();
     text.push('\n');
-    let mut file = std::fs::File::create(&temporary).map_err(err)?;
-    file.write_all(text.as_bytes()).map_err(err)?;
-    file.sync_data().map_err(err)?;
-    std::fs::rename(&temporary, path).map_err(err)?;
-    Ok(())
+    crate::config::replace_file(path, text.as_bytes()).map_err(|source| FollowError::SaveCursor {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

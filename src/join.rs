@@ -26,8 +26,6 @@ use crate::node::{Node, NodeError};
 pub const PREFIX: &str = "scuttlefs-join:";
 /// The format this build writes and reads.
 const VERSION: u8 = 1;
-/// How long a code lasts unless told otherwise.
-pub const DEFAULT_EXPIRY_MS: f64 = 7.0 * 24.0 * 3600.0 * 1000.0;
 
 /// One way to reach the inviter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +44,16 @@ pub enum Route {
         /// The room's network key, when it is not ours.
         caps: Option<[u8; 32]>,
     },
+}
+
+impl Route {
+    /// The route as a person reads it: `host:port`, or `room host:port`.
+    pub fn describe(&self) -> String {
+        match self {
+            Route::Direct { host, port } => format!("{host}:{port}"),
+            Route::Room { address, .. } => format!("room {}:{}", address.host, address.port),
+        }
+    }
 }
 
 /// A parsed join code.
@@ -186,13 +194,7 @@ impl JoinCode {
 
     /// The routes as a person reads them (no secret in them).
     pub fn describe_routes(&self) -> Vec<String> {
-        self.routes
-            .iter()
-            .map(|route| match route {
-                Route::Direct { host, port } => format!("{host}:{port}"),
-                Route::Room { address, .. } => format!("room {}:{}", address.host, address.port),
-            })
-            .collect()
+        self.routes.iter().map(Route::describe).collect()
     }
 }
 
@@ -290,6 +292,7 @@ pub fn join_here(
     if new_identity {
         crate::config::write_private(&secret, keys.to_secret_file_text().as_bytes())?;
     }
+    let me = keys.id();
     let node = Node::open(config.clone(), keys, false)?;
     node.ensure_name(&config.name)?;
     if !node.following().contains(&code.inviter) {
@@ -316,32 +319,11 @@ pub fn join_here(
         }
     }
     Ok(Joined {
-        me: node_id(path)?,
+        me,
         inviter: code.inviter,
-        route: describe(&route),
+        route: route.describe(),
         name: config.name,
     })
-}
-
-fn node_id(path: &Path) -> Result<FeedId, JoinError> {
-    let secret = path.join("secret");
-    let text = std::fs::read_to_string(&secret).map_err(|source| ConfigError::Io {
-        path: secret.clone(),
-        source,
-    })?;
-    Ok(Keypair::from_secret_file_text(&text)
-        .map_err(|source| ConfigError::Secret {
-            path: secret,
-            source,
-        })?
-        .id())
-}
-
-fn describe(route: &Route) -> String {
-    match route {
-        Route::Direct { host, port } => format!("{host}:{port}"),
-        Route::Room { address, .. } => format!("the room at {}:{}", address.host, address.port),
-    }
 }
 
 /// Refuses a data directory that already replicated other machines under

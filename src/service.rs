@@ -103,7 +103,7 @@ impl ServiceSpec {
             .map_or_else(|| home.join(".config"), PathBuf::from);
         Ok(ServiceSpec {
             binary: absolute(binary),
-            data: absolute(data.unwrap_or_else(|| home.join(".scuttlefs"))),
+            data: absolute(data.unwrap_or_else(crate::config::Config::default_path)),
             mount: absolute(mount.unwrap_or_else(|| home.join("scuttlefs"))),
             config_home,
             home,

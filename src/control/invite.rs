@@ -58,7 +58,7 @@ fn invite_err(e: InviteError) -> RequestError {
 }
 
 /// The port the daemon listens on (the configured one may be 0: any).
-fn listening_port(node: &Node) -> Option<u16> {
+pub(super) fn listening_port(node: &Node) -> Option<u16> {
     let net = node.net.read().ok()?;
     net.listening.as_ref()?.rsplit(':').next()?.parse().ok()
 }

@@ -46,7 +46,7 @@ pub(super) fn create(
         ));
     }
     let expires_ms = now_ms() + expires_in_ms;
-    let seed = net
+    let (seed, id) = net
         .invites
         .create_join(uses, expires_ms)
         .map_err(|e| refused(e.to_string()))?;
@@ -57,8 +57,6 @@ pub(super) fn create(
         expires_ms,
         routes,
     };
-    let listed = net.invites.list();
-    let id = listed.last().map(|i| i.id.clone()).unwrap_or_default();
     emit(json!({
         "code": code.encode(),
         "id": id,
@@ -72,13 +70,7 @@ pub(super) fn create(
 /// Where this machine can be reached: its `--host`, its LAN addresses,
 /// and the rooms it is in.
 fn routes(node: &Node, net: &Net) -> Vec<Route> {
-    let port = node
-        .net
-        .read()
-        .ok()
-        .and_then(|n| n.listening.clone())
-        .and_then(|l| l.rsplit(':').next()?.parse().ok())
-        .unwrap_or(node.config.port);
+    let port = super::invite::listening_port(node).unwrap_or(node.config.port);
     let mut routes = Vec::new();
     if let Some(host) = &node.config.host {
         routes.push(Route::Direct {
@@ -86,14 +78,11 @@ fn routes(node: &Node, net: &Net) -> Vec<Route> {
             port,
         });
     }
-    let mut lan: Vec<String> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
+    let mut lan: Vec<String> = crate::net::discovery::local_subnets()
         .into_iter()
-        .filter(|i| !i.is_loopback())
-        .filter_map(|i| match i.ip() {
-            std::net::IpAddr::V4(v4) if !v4.is_link_local() => Some(v4.to_string()),
-            _ => None,
-        })
+        .map(|(ip, _)| ip)
+        .filter(|ip| !ip.is_link_local())
+        .map(|ip| ip.to_string())
         .collect();
     lan.sort();
     lan.dedup();

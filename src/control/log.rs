@@ -2,16 +2,14 @@
 //! one as it is stored, after a cursor a reader kept (`log --follow
 //! --cursor-file`, for log shippers).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{io_err, Emit, RequestError};
-use crate::feed::{FeedId, Message};
 use crate::node::{Node, NodeError};
-use crate::view::line::{continues, is_log, label, render, text_of};
+use crate::view::line::LineRenderer;
 
 /// Where a reader of the log stopped: the last message it was given, and
 /// where that message's record lies in the store's log. The message log
@@ -46,9 +44,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// How long a follower may hear nothing before it is sent a keepalive,
 /// which also tells the daemon whether the reader is still there.
 const KEEPALIVE: Duration = Duration::from_secs(5);
-/// A line split into more parts than this is joined only from here on
-/// (as `view::line` does).
-const MAX_PARTS_BACK: u64 = 8192;
 
 /// Answers with each message as `{key, value, timestamp}`.
 pub(super) fn log(node: &Node, emit: Emit<'_>) -> Result<(), RequestError> {
@@ -74,10 +69,11 @@ pub(super) fn log_from(
         None => 0,
         Some(cursor) => resume_at(node, &cursor)?,
     };
-    let mut joiner = LineJoiner::default();
+    // merged.log's own renderer: split lines joined (parts from before
+    // the cursor read back from the store), names learned as they come.
+    let mut renderer = LineRenderer::new(node.names());
     let mut quiet_since = Instant::now();
     loop {
-        let names = node.names();
         let mut sent = 0usize;
         for item in node.store.log_from(from) {
             let (start, end, raw) = item.map_err(NodeError::from)?;
@@ -92,7 +88,13 @@ pub(super) fn log_from(
                     json!({"cursor": cursor, "message": msg.to_kvt(raw.received_ms)})
                 }
                 LogFormat::Text => {
-                    let line = joiner.line(node, &msg, &names);
+                    let line = renderer
+                        .render(&msg, |feed, seq| node.store.get(feed, seq).ok().flatten())
+                        .map(|bytes| {
+                            String::from_utf8_lossy(&bytes)
+                                .trim_end_matches('\n')
+                                .to_string()
+                        });
                     json!({"cursor": cursor, "line": line})
                 }
             };
@@ -142,65 +144,6 @@ fn resume_at(node: &Node, cursor: &Cursor) -> Result<u64, RequestError> {
         }
         _ => Err(mismatch()),
     }
-}
-
-/// Joins a line that was split into several messages (`more: true`), as
-/// merged.log shows it. Parts that came before the reader started are
-/// read back from the store.
-#[derive(Default)]
-struct LineJoiner {
-    /// Each feed's parts so far of a line still to be finished.
-    pending: HashMap<FeedId, String>,
-    /// Feeds seen since this reader started.
-    seen: std::collections::HashSet<FeedId>,
-}
-
-impl LineJoiner {
-    /// The line `msg` completes, or `None` (not a log message, or a part
-    /// whose line goes on).
-    fn line(
-        &mut self,
-        node: &Node,
-        msg: &Message,
-        names: &HashMap<FeedId, String>,
-    ) -> Option<String> {
-        if !is_log(msg) {
-            return None;
-        }
-        if self.seen.insert(msg.author) {
-            let earlier = earlier_parts(node, msg);
-            if !earlier.is_empty() {
-                self.pending.insert(msg.author, earlier);
-            }
-        }
-        let mut text = self.pending.remove(&msg.author).unwrap_or_default();
-        text.push_str(text_of(msg));
-        if continues(msg) {
-            self.pending.insert(msg.author, text);
-            return None;
-        }
-        let line = render(&label(&msg.author, names), msg, &text);
-        Some(
-            String::from_utf8_lossy(&line)
-                .trim_end_matches('\n')
-                .to_string(),
-        )
-    }
-}
-
-/// The text of the parts before `msg` of the line `msg` belongs to.
-fn earlier_parts(node: &Node, msg: &Message) -> String {
-    let mut parts = Vec::new();
-    let mut seq = msg.sequence;
-    while seq > 1 && msg.sequence - seq < MAX_PARTS_BACK {
-        seq -= 1;
-        match node.store.get(&msg.author, seq) {
-            Ok(Some(prev)) if continues(&prev) => parts.push(text_of(&prev).to_string()),
-            _ => break,
-        }
-    }
-    parts.reverse();
-    parts.concat()
 }
 
 /// The items of a log answer, as the reader sees them.

@@ -48,7 +48,7 @@ fn udp_socket(port: u16) -> std::io::Result<UdpSocket> {
 /// This machine's IPv4 subnets: address and netmask of each interface.
 type Subnets = Arc<RwLock<Vec<(Ipv4Addr, Ipv4Addr)>>>;
 
-fn local_subnets() -> Vec<(Ipv4Addr, Ipv4Addr)> {
+pub(crate) fn local_subnets() -> Vec<(Ipv4Addr, Ipv4Addr)> {
     if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()

@@ -357,9 +357,15 @@ impl Invites {
         self.create_with(uses, None, false)
     }
 
-    /// Makes a join code's invite: `uses` redemptions until `expires_ms`.
-    pub fn create_join(&self, uses: u32, expires_ms: f64) -> Result<[u8; 32], InviteError> {
-        self.create_with(uses, Some(expires_ms), true)
+    /// Makes a join code's invite: `uses` redemptions until `expires_ms`;
+    /// returns its guest seed and its short id (as `list` names it).
+    pub fn create_join(
+        &self,
+        uses: u32,
+        expires_ms: f64,
+    ) -> Result<([u8; 32], String), InviteError> {
+        let seed = self.create_with(uses, Some(expires_ms), true)?;
+        Ok((seed, short_id(&Keypair::from_seed(&seed).id())))
     }
 
     /// The invites and join codes with uses left, oldest first.

@@ -37,10 +37,7 @@ pub async fn redeem(code: &JoinCode, me: FeedId) -> Result<Route, RedeemError> {
     let mut failures = Vec::new();
     for route in &code.routes {
         let attempt = tokio::time::timeout(ROUTE_TIMEOUT, try_route(code, route, &guest, me)).await;
-        let described = match route {
-            Route::Direct { host, port } => format!("{host}:{port}"),
-            Route::Room { address, .. } => format!("room {}:{}", address.host, address.port),
-        };
+        let described = route.describe();
         match attempt {
             Ok(Ok(())) => return Ok(route.clone()),
             Ok(Err(Attempt::Refused(message))) => {

@@ -18,11 +18,15 @@ pub fn find_machine(node: &Node, name: &str) -> Option<FeedId> {
         return Some(feed);
     }
     let names = node.names();
-    let mut feeds: Vec<FeedId> = node.store.feeds().into_iter().map(|(f, _)| f).collect();
+    let me = node.id();
     // The node's own feed first, then by id: the same machine each time
     // when two share a name.
-    feeds.sort_by_key(|f| (*f != node.id(), f.to_string()));
-    feeds.into_iter().find(|feed| label(feed, &names) == name)
+    node.store
+        .feeds()
+        .into_iter()
+        .map(|(feed, _)| feed)
+        .filter(|feed| label(feed, &names) == name)
+        .min_by_key(|feed| (*feed != me, feed.to_string()))
 }
 
 /// `feed`'s last `max_lines` lines (without their newlines), oldest first,

@@ -23,8 +23,10 @@ pub struct Machine {
     pub connected: bool,
 }
 
-/// Every machine, this one first, then by name.
-pub fn machines(node: &Node) -> Vec<Machine> {
+/// Every machine, this one first, then by name; when each was last heard
+/// from is taken from `heard` (a health report's) where it has it, so a
+/// page does not read every feed's latest message twice.
+pub fn machines(node: &Node, heard: &std::collections::HashMap<FeedId, f64>) -> Vec<Machine> {
     let names = node.names();
     let me = node.id();
     let connected: std::collections::HashSet<FeedId> = node
@@ -39,7 +41,10 @@ pub fn machines(node: &Node) -> Vec<Machine> {
         .map(|(feed, tip)| Machine {
             feed,
             name: label(&feed, &names),
-            last_heard_ms: super::health::last_heard(node, &feed, &tip),
+            last_heard_ms: heard
+                .get(&feed)
+                .copied()
+                .unwrap_or_else(|| super::health::last_heard(node, &feed, &tip)),
             messages: tip.sequence,
             is_self: feed == me,
             connected: connected.contains(&feed),

@@ -136,7 +136,7 @@ mod tests {
             "{text}"
         );
 
-        let machines = machines::machines(&node);
+        let machines = machines::machines(&node, &report.heard_ms);
         assert_eq!(machines.len(), 1);
         assert!(machines[0].is_self);
         let status = status::report(&node);

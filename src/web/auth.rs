@@ -14,6 +14,23 @@ use sha2::{Digest, Sha256};
 
 use super::App;
 
+/// The page's token, with the cookie value made from it once.
+#[derive(Clone)]
+pub(super) struct Token {
+    token: std::sync::Arc<str>,
+    cookie: std::sync::Arc<str>,
+}
+
+impl Token {
+    /// Holds `token`.
+    pub(super) fn new(token: &str) -> Token {
+        Token {
+            token: token.into(),
+            cookie: cookie_value(token).into(),
+        }
+    }
+}
+
 /// The cookie a browser keeps instead of the token.
 const COOKIE: &str = "scuttlefs_token";
 
@@ -23,11 +40,11 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 /// Checks the token, then adds the security headers to the answer.
 pub(super) async fn guard(State(app): State<App>, request: Request, next: Next) -> Response {
-    let mut response = match app.token.as_deref() {
+    let mut response = match &app.token {
         None => next.run(request).await,
         Some(token) => match check(token, &request) {
             Access::Granted => next.run(request).await,
-            Access::FromUrl(location) => redirect_with_cookie(token, &location),
+            Access::FromUrl(location) => redirect_with_cookie(&token.cookie, &location),
             Access::Denied => denied(),
         },
     };
@@ -58,12 +75,12 @@ enum Access {
     Denied,
 }
 
-fn check(token: &str, request: &Request) -> Access {
+fn check(held: &Token, request: &Request) -> Access {
+    let (token, expected) = (&*held.token, &*held.cookie);
     let headers = request.headers();
     if bearer(headers).is_some_and(|given| same(given.as_bytes(), token.as_bytes())) {
         return Access::Granted;
     }
-    let expected = cookie_value(token);
     if cookies(headers)
         .any(|(name, value)| name == COOKIE && same(value.as_bytes(), expected.as_bytes()))
     {
@@ -125,11 +142,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn redirect_with_cookie(token: &str, location: &str) -> Response {
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000",
-        cookie_value(token)
-    );
+fn redirect_with_cookie(value: &str, location: &str) -> Response {
+    let cookie = format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000");
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let (Ok(location), Ok(cookie)) = (
         HeaderValue::from_str(location),
@@ -167,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_token_opens_by_header_cookie_or_url_once() {
-        let granted = |r: &Request| matches!(check(TOKEN, r), Access::Granted);
+        let granted = |r: &Request| matches!(check(&Token::new(TOKEN), r), Access::Granted);
         assert!(!granted(&request("/", &[])));
         assert!(granted(&request(
             "/",
@@ -183,12 +197,15 @@ mod tests {
             "/",
             &[("cookie", &format!("{COOKIE}={TOKEN}"))]
         )));
-        match check(TOKEN, &request(&format!("/search?q=x&token={TOKEN}"), &[])) {
+        match check(
+            &Token::new(TOKEN),
+            &request(&format!("/search?q=x&token={TOKEN}"), &[]),
+        ) {
             Access::FromUrl(location) => assert_eq!(location, "/search?q=x"),
             _ => panic!("a token in the address is taken once"),
         }
         assert!(matches!(
-            check(TOKEN, &request("/?token=wrong", &[])),
+            check(&Token::new(TOKEN), &request("/?token=wrong", &[])),
             Access::Denied
         ));
     }

@@ -36,7 +36,8 @@ pub mod pages;
 #[derive(Clone)]
 struct App {
     node: Arc<Node>,
-    token: Option<Arc<str>>,
+    /// The token, and the cookie value a browser keeps for it.
+    token: Option<auth::Token>,
     live: Arc<tokio::sync::watch::Sender<Arc<String>>>,
 }
 
@@ -81,7 +82,7 @@ pub async fn start(node: Arc<Node>, addr: SocketAddr, token: Option<String>) {
     let app = App {
         live: Arc::new(live::spawn(node.clone())),
         node,
-        token: token.map(Arc::from),
+        token: token.map(|t| auth::Token::new(&t)),
     };
     let router = router(app);
     tokio::spawn(async move {
@@ -152,7 +153,7 @@ fn add_timing(headers: &mut HeaderMap, started: Instant) {
 fn render_status(node: &Node) -> Option<(String, crate::health::Report, f64)> {
     let now = now_ms();
     let report = query::health(node, now, node.config.max_silence_ms)?;
-    let machines = query::machines::machines(node);
+    let machines = query::machines::machines(node, &report.heard_ms);
     let peers = node.net.read().map(|n| n.peers.clone()).unwrap_or_default();
     let fragment = pages::status_fragment(&report, &machines, &peers, now);
     Some((fragment, report, now))
@@ -199,12 +200,12 @@ async fn machine(State(app): State<App>, Path(name): Path<String>) -> Response {
         let Some(feed) = query::lines::find_machine(&node, &name) else {
             return Err(missing(&node, &format!("No machine called {name}."), now));
         };
-        let machines = query::machines::machines(&node);
+        let report =
+            query::health(&node, now, node.config.max_silence_ms).ok_or_else(unavailable)?;
+        let machines = query::machines::machines(&node, &report.heard_ms);
         let Some(machine) = machines.iter().find(|m| m.feed == feed) else {
             return Err(missing(&node, &format!("Nothing held of {name} yet."), now));
         };
-        let report =
-            query::health(&node, now, node.config.max_silence_ms).ok_or_else(unavailable)?;
         let rows: Vec<&crate::health::Row> = report.rows.iter().filter(|r| r.id == feed).collect();
         let (lines, end) = query::lines::last_lines(&node, &feed, MACHINE_LINES)
             .map_err(|e| internal(format!("reading {name}'s lines: {e}")))?;

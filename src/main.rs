@@ -382,7 +382,13 @@ fn run(args: Vec<std::ffi::OsString>) -> Result<ExitCode, String> {
                 ..
             }
     );
-    if !follows && !matches!(cli.command, Command::Serve { .. } | Command::Run { .. }) {
+    // `alert test` writes to an exec target's stdin, which may close first:
+    // that must be the target's failure, not a SIGPIPE that kills us.
+    let writes_to_children = matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Run { .. } | Command::Alert { .. }
+    );
+    if !follows && !writes_to_children {
         scuttlefs::platform::exit_on_closed_stdout();
     }
     match cli.command {
